@@ -1,0 +1,2 @@
+//! ZooKeeper backend for sharedstate (zookeeper-client).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! One async function per behaviour, grouped by topic. Each takes a
+//! [`BackendFactory`](crate::BackendFactory) and panics on failure.

@@ -1,0 +1,113 @@
+//! The behaviour suite every sharedstate backend passes, and its fixtures.
+//!
+//! One async function per behaviour lives in [`behaviours`]; the
+//! [`conformance_tests!`] macro expands them into one `#[tokio::test]` per
+//! behaviour in a backend crate's `tests/conformance.rs`:
+//!
+//! ```ignore
+//! async fn factory() -> MyFactory { MyFactory::start().await }
+//! sharedstate_conformance::conformance_tests!(factory);
+//! ```
+//!
+//! Behaviours never skip: a behaviour whose capability a backend lacks
+//! asserts that the call fails with `ErrorKind::Unsupported` instead.
+#![deny(missing_docs)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sharedstate_core::{CoordinationBackend, Key, Result};
+
+pub mod behaviours;
+
+/// Fault injection on one test client.
+#[async_trait]
+pub trait FaultInjector: Send + Sync + 'static {
+    /// Makes the service expire this client's session, and returns once the
+    /// expiry is effective on the service (its locks and ephemerals gone).
+    /// The client must then notice, report `Lost`, and open a new session.
+    ///
+    /// # Errors
+    ///
+    /// When the fault cannot be injected.
+    async fn expire_session(&self) -> Result<()>;
+
+    /// Cuts this client's connection without ending its session (the
+    /// client reports `Suspended`) until [`resume`](Self::resume).
+    ///
+    /// # Errors
+    ///
+    /// When the fault cannot be injected.
+    async fn suspend(&self) -> Result<()>;
+
+    /// Restores a suspended connection.
+    ///
+    /// # Errors
+    ///
+    /// When the fault cannot be lifted.
+    async fn resume(&self) -> Result<()>;
+}
+
+/// A fresh client with its own session, and the handle to inject faults
+/// into it.
+#[derive(Clone)]
+pub struct TestClient {
+    /// The client.
+    pub backend: Arc<dyn CoordinationBackend>,
+    /// Faults for this client only.
+    pub faults: Arc<dyn FaultInjector>,
+}
+
+/// Makes fresh clients of one backend, each with its own session.
+#[async_trait]
+pub trait BackendFactory: Send + Sync + 'static {
+    /// The backend's name, for messages.
+    fn name(&self) -> &str;
+
+    /// A new client with a new session. Panics (this is test code) with a
+    /// message that says how to fix the environment when it cannot connect.
+    async fn client(&self) -> TestClient;
+}
+
+/// A key under a prefix unique to this call, so behaviours can share one
+/// server: `/conformance/<behaviour>-<random>`.
+pub fn unique_key(behaviour: &str) -> Key {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    Key::new(format!("/conformance/{behaviour}-{}", &id[..12]))
+        .unwrap_or_else(|e| panic!("behaviour name {behaviour:?} makes an invalid key: {e}"))
+}
+
+/// Expands to one `#[tokio::test]` per behaviour. `$factory` is a path to
+/// an `async fn() -> impl BackendFactory`, called once per test.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:path) => {
+        $crate::for_each_behaviour!($crate::__conformance_test, $factory);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test {
+    ($factory:path; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let factory = $factory().await;
+                $crate::behaviours::$module::$name(&factory).await;
+            }
+        )*
+    };
+}
+
+/// Calls `$callback!($arg; module::behaviour, ...)` with every behaviour.
+/// The one list of behaviours: add new ones here.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! for_each_behaviour {
+    ($callback:path, $arg:path) => {
+        $callback!($arg;
+            // BEHAVIOURS: one `module::name,` per line, grouped by module.
+        );
+    };
+}

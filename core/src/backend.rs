@@ -1,0 +1,252 @@
+//! The contract every coordination service implements.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::key::Key;
+use crate::lock::LockGuard;
+use crate::registration::Registration;
+use crate::version::{Version, Versioned};
+
+/// How [`CoordinationBackend::put`] treats an existing value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Create the key; fails with `AlreadyExists` when it is there.
+    Create,
+    /// Replace the value only if the key is at exactly this version; fails
+    /// with `Conflict` (carrying the current version) otherwise, and with
+    /// `Conflict` and no current version when the key does not exist.
+    Update(Version),
+    /// Create or replace unconditionally.
+    Overwrite,
+}
+
+/// What a backend can do. A call it cannot honour returns
+/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), never a
+/// silent no-op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Largest value accepted by `put`; larger ones fail with
+    /// `ValueTooLarge` before anything is sent.
+    pub max_value_bytes: usize,
+    /// `get` is linearizable (sees every write acknowledged before it).
+    pub linearizable_reads: bool,
+    /// `watch` is available.
+    pub watch: bool,
+    /// `lock` is available.
+    pub locks: bool,
+    /// `fenced_put` is available (one atomic lock check plus write).
+    pub fenced_writes: bool,
+    /// `register` (ephemeral registrations) is available.
+    pub registrations: bool,
+    /// `delete` of a key that has children fails with `NotEmpty`
+    /// (ZooKeeper). When false, children are simply left in place (etcd).
+    pub delete_requires_no_children: bool,
+}
+
+/// The state of a client's session with the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// Connected; locks and registrations of this session are held.
+    Connected,
+    /// The connection is lost; the session (with its locks and
+    /// registrations) may still survive if it comes back in time.
+    Suspended,
+    /// The session expired: its locks and ephemeral registrations are gone.
+    /// A new session follows (state `Connected` with a higher epoch).
+    Lost,
+    /// The client was closed; nothing follows.
+    Closed,
+}
+
+/// The session state together with the session's epoch: the epoch grows by
+/// one each time a new session replaces a lost one, so a `Lost` that a
+/// `watch` receiver missed (it keeps only the latest value) still shows as a
+/// changed epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionStatus {
+    /// The current state.
+    pub state: SessionState,
+    /// Which session this is, starting at 0 for the first one.
+    pub epoch: u64,
+}
+
+impl SessionStatus {
+    /// A connected status for the given epoch.
+    pub const fn connected(epoch: u64) -> Self {
+        SessionStatus {
+            state: SessionState::Connected,
+            epoch,
+        }
+    }
+}
+
+/// One item of a [`CoordinationBackend::watch`] stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Always the first item: the key's state when the watch started.
+    Initial(Option<Versioned>),
+    /// The key has a new value (intermediate versions may be folded away,
+    /// the latest always arrives).
+    Changed(Versioned),
+    /// The key was deleted.
+    Deleted,
+    /// Continuity could not be proven (reconnect, compaction, new session):
+    /// this is the current state, and changes in between may be missing.
+    Resync(Option<Versioned>),
+}
+
+/// The stream returned by [`CoordinationBackend::watch`]. It ends when the
+/// client is closed; an `Err` item reports a failure the watch cannot
+/// recover from on its own (the stream ends after it).
+pub type WatchStream = BoxStream<'static, Result<WatchEvent>>;
+
+/// Options for [`CoordinationBackend::lock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockOptions {
+    /// How long to wait for the lock before failing with `LockTimeout`.
+    pub timeout: Duration,
+}
+
+impl LockOptions {
+    /// Options with the given wait timeout.
+    pub const fn with_timeout(timeout: Duration) -> Self {
+        LockOptions { timeout }
+    }
+}
+
+impl Default for LockOptions {
+    /// Waits up to 30 seconds.
+    fn default() -> Self {
+        LockOptions::with_timeout(Duration::from_secs(30))
+    }
+}
+
+/// A coordination service: ZooKeeper, etcd or the in-memory cluster.
+///
+/// Object safe; share it as `Arc<dyn CoordinationBackend>`. Every method
+/// validates nothing about keys beyond [`Key`]'s own rules, and every error
+/// carries an [`ErrorKind`](crate::ErrorKind) tests can match.
+#[async_trait]
+pub trait CoordinationBackend: Send + Sync + Debug + 'static {
+    /// Short backend name: `"memory"`, `"zookeeper"`, `"etcd"`.
+    fn name(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The session state, as a `watch` channel that always holds the latest.
+    fn session(&self) -> watch::Receiver<SessionStatus>;
+
+    /// Reads a key, linearizably where `capabilities().linearizable_reads`.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable`, `SessionLost`, `Closed` and backend failures; a missing
+    /// key is `Ok(None)`.
+    async fn get(&self, key: &Key) -> Result<Option<Versioned>>;
+
+    /// Writes a value; missing parents are created as empty persistent
+    /// keys. Returns the new version.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` (Create), `Conflict` (Update), `ValueTooLarge`
+    /// (checked before sending), `Unavailable`.
+    async fn put(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version>;
+
+    /// Deletes a key, only at that version when `expected` is given.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `Conflict` (carrying the current version), `NotEmpty`
+    /// where `capabilities().delete_requires_no_children`.
+    async fn delete(&self, key: &Key, expected: Option<Version>) -> Result<()>;
+
+    /// Names (last segments) of the key's direct children, sorted.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` and backend failures; no children is an empty list.
+    async fn list(&self, key: &Key) -> Result<Vec<String>>;
+
+    /// Watches one key: first item [`WatchEvent::Initial`], then changes in
+    /// version order, level-triggered, with [`WatchEvent::Resync`] wherever
+    /// continuity cannot be proven.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` without `capabilities().watch`; `Unavailable`.
+    async fn watch(&self, key: &Key) -> Result<WatchStream>;
+
+    /// Takes an exclusive lock on `key`, held by this client's session,
+    /// waiting up to `options.timeout`.
+    ///
+    /// # Errors
+    ///
+    /// `LockTimeout`, `SessionLost` (the session died while waiting),
+    /// `Unsupported`, `Unavailable`.
+    async fn lock(&self, key: &Key, options: LockOptions) -> Result<LockGuard>;
+
+    /// A conditional write that succeeds only while `guard` still holds its
+    /// lock, checked in the same atomic operation as the write.
+    ///
+    /// # Errors
+    ///
+    /// `LockLost` when the lock is no longer held, otherwise as
+    /// [`put`](Self::put).
+    async fn fenced_put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        mode: PutMode,
+        guard: &LockGuard,
+    ) -> Result<Version>;
+
+    /// [`fenced_put`](Self::fenced_put) then release the lock. Backends that
+    /// can do both in one round trip override this; the lock is released
+    /// whether the write succeeded or not.
+    ///
+    /// # Errors
+    ///
+    /// As [`fenced_put`](Self::fenced_put); a failed release after a
+    /// successful write is logged, not returned (the write happened, and the
+    /// lock goes with the session at the latest).
+    async fn fenced_put_and_release(
+        &self,
+        key: &Key,
+        value: Bytes,
+        mode: PutMode,
+        guard: LockGuard,
+    ) -> Result<Version> {
+        let written = self.fenced_put(key, value, mode, &guard).await;
+        if let Err(error) = guard.release().await {
+            tracing::warn!(%error, key = %key, "releasing the lock after a fenced write failed");
+        }
+        written
+    }
+
+    /// Creates an ephemeral key that lives while this client's session
+    /// lives, and is re-created by the backend after a new session replaces
+    /// a lost one, until the [`Registration`] is closed or dropped.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when the key is held by someone else, `Unsupported`,
+    /// `ValueTooLarge`, `Unavailable`.
+    async fn register(&self, key: &Key, value: Bytes) -> Result<Registration>;
+
+    /// Closes the client: its session ends, so its locks and registrations
+    /// go; watches end. Further calls fail with `Closed`.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures while closing (the client is closed regardless).
+    async fn close(&self) -> Result<()>;
+}

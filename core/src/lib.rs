@@ -1,0 +1,24 @@
+//! The core of sharedstate: the [`CoordinationBackend`] contract that every
+//! coordination service implements, and the [`SharedState`] engine that
+//! shares one typed struct through it.
+#![deny(missing_docs)]
+
+mod backend;
+mod error;
+mod key;
+mod lock;
+mod registration;
+mod version;
+
+pub use backend::{
+    Capabilities, CoordinationBackend, LockOptions, PutMode, SessionState, SessionStatus,
+    WatchEvent, WatchStream,
+};
+pub use error::{Error, ErrorKind, Operation, Result};
+pub use key::{Key, MAX_KEY_BYTES};
+pub use lock::{LockGuard, LockRelease};
+pub use registration::{Registration, RegistrationClose};
+pub use version::{FencingToken, Version, Versioned};
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;

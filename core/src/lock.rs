@@ -1,0 +1,133 @@
+//! The held-lock handle shared by every backend.
+
+use std::fmt;
+use std::future::Future;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+use crate::key::Key;
+use crate::version::FencingToken;
+
+/// Backend side of a held lock: how to give it back.
+#[async_trait]
+pub trait LockRelease: Send + Sync + fmt::Debug + 'static {
+    /// Releases the lock (deletes the lock node / key).
+    ///
+    /// # Errors
+    ///
+    /// Backend failures; the lock still goes with the session at the latest.
+    async fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// An exclusive lock held by one client's session.
+///
+/// Carries a strictly increasing [`FencingToken`], a [`lost`](Self::lost)
+/// signal that fires when the session or lease dies, and
+/// [`release`](Self::release). Dropping the guard releases it in the
+/// background.
+pub struct LockGuard {
+    key: Key,
+    owner: String,
+    token: FencingToken,
+    lost: CancellationToken,
+    releaser: Option<Box<dyn LockRelease>>,
+}
+
+impl LockGuard {
+    /// For backend implementations: a guard for the lock on `key`, held
+    /// through the backend object `owner` (ZooKeeper: the sequential node's
+    /// path; etcd: the lock key), cancelled through `lost`.
+    pub fn new(
+        key: Key,
+        owner: String,
+        token: FencingToken,
+        lost: CancellationToken,
+        releaser: Box<dyn LockRelease>,
+    ) -> Self {
+        LockGuard {
+            key,
+            owner,
+            token,
+            lost,
+            releaser: Some(releaser),
+        }
+    }
+
+    /// The key that was locked.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The backend object that represents the held lock.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The fencing token of this acquisition.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// True once the lock is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Resolves when the lock is lost (session expired, lease revoked).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.lost.clone().cancelled_owned()
+    }
+
+    /// Releases the lock now.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures (the lock still goes with the session at the latest).
+    pub async fn release(mut self) -> Result<()> {
+        match self.releaser.take() {
+            Some(releaser) => releaser.release().await,
+            None => Ok(()),
+        }
+    }
+
+    /// For backend implementations that release the lock themselves (in the
+    /// same atomic operation as a write): takes the releaser out so that
+    /// dropping the guard does nothing more.
+    pub fn disarm(mut self) -> Option<Box<dyn LockRelease>> {
+        self.releaser.take()
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("owner", &self.owner)
+            .field("token", &self.token)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(releaser) = self.releaser.take() {
+            let key = self.key.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        if let Err(error) = releaser.release().await {
+                            tracing::warn!(%error, %key, "releasing a dropped lock failed");
+                        }
+                    });
+                }
+                Err(_) => tracing::warn!(
+                    %key,
+                    "lock guard dropped outside a tokio runtime; the lock goes with the session"
+                ),
+            }
+        }
+    }
+}

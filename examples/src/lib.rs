@@ -1,0 +1,2 @@
+//! Runnable sharedstate examples; see the `examples/` targets.
+#![deny(missing_docs)]
