@@ -159,8 +159,19 @@ mod tests {
     #[test]
     fn rejects_bad_paths() {
         for bad in [
-            "", "/", "a", "a/b", "//a", "/a//b", "/a/", "/a/./b", "/a/..", "/a\nb", "/a\0b",
-            "/zookeeper", "/zookeeper/quota",
+            "",
+            "/",
+            "a",
+            "a/b",
+            "//a",
+            "/a//b",
+            "/a/",
+            "/a/./b",
+            "/a/..",
+            "/a\nb",
+            "/a\0b",
+            "/zookeeper",
+            "/zookeeper/quota",
         ] {
             let err = Key::new(bad).expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::InvalidKey, "{bad:?}");

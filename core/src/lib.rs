@@ -22,3 +22,12 @@ pub use version::{FencingToken, Version, Versioned};
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
+
+mod diff;
+mod engine;
+
+pub use diff::{diff, Change};
+pub use engine::{
+    listeners_of, ChangeHandler, ChangeSet, ListenerInfo, Origin, PayloadProblem, SharedState,
+    SharedStateBuilder, StateEvent, Status, Subscription, WriteMode,
+};

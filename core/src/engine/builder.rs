@@ -1,0 +1,246 @@
+//! Opening a `SharedState`: find or create the payload, register, watch.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::listeners::ListenerInfo;
+use super::shared::{decode, encode_value, Shared, StateKeys};
+use super::{watcher, Config, SharedState, WriteMode};
+use crate::backend::{CoordinationBackend, PutMode, WatchEvent, WatchStream};
+use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::key::Key;
+use crate::version::Versioned;
+
+/// Default bound on how long `read()` serves an unverified copy.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
+
+/// How long the first watch item (the current state) may take at open.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creating a payload races with other instances doing the same; a few
+/// rounds of create-or-read always settle it.
+const OPEN_CREATE_ROUNDS: u32 = 5;
+
+/// Configures and opens a [`SharedState`]; from [`SharedState::builder`].
+#[must_use = "a builder does nothing until .open().await"]
+pub struct SharedStateBuilder<T> {
+    backend: Arc<dyn CoordinationBackend>,
+    path: String,
+    initial: Option<T>,
+    expect_existing: Option<Duration>,
+    config: Config,
+    register: bool,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> SharedStateBuilder<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    pub(super) fn new(backend: Arc<dyn CoordinationBackend>, path: &str) -> Self {
+        SharedStateBuilder {
+            backend,
+            path: path.to_owned(),
+            initial: None,
+            expect_existing: None,
+            config: Config {
+                max_staleness: DEFAULT_MAX_STALENESS,
+                write_mode: WriteMode::Locked,
+                lock_timeout: Duration::from_secs(30),
+                max_attempts: 100,
+                change_buffer: 1024,
+            },
+            register: true,
+            _type: PhantomData,
+        }
+    }
+
+    /// The value written when no payload exists yet. Several instances
+    /// opening at once all succeed; exactly one creates the payload.
+    pub fn initial(mut self, value: T) -> Self {
+        self.initial = Some(value);
+        self
+    }
+
+    /// Waits up to `timeout` for another party to create the payload
+    /// instead of creating it.
+    pub fn expect_existing(mut self, timeout: Duration) -> Self {
+        self.expect_existing = Some(timeout);
+        self
+    }
+
+    /// How long `read()` serves a copy that could not be verified against
+    /// the service (default 30 s).
+    pub fn max_staleness(mut self, bound: Duration) -> Self {
+        self.config.max_staleness = bound;
+        self
+    }
+
+    /// Locked (default) or optimistic writes.
+    pub fn write_mode(mut self, mode: WriteMode) -> Self {
+        self.config.write_mode = mode;
+        self
+    }
+
+    /// How long a locked update waits for the lock (default 30 s).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.config.lock_timeout = timeout;
+        self
+    }
+
+    /// How many conflicting attempts an update makes before failing with
+    /// `Conflict` (default 100, at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// How many events a subscriber may fall behind before it gets `Lagged`
+    /// (default 1024).
+    pub fn change_buffer(mut self, events: usize) -> Self {
+        self.config.change_buffer = events.max(1);
+        self
+    }
+
+    /// Whether to register this instance under `<path>/listeners` (default
+    /// true; tools that only look can turn it off).
+    pub fn register_listener(mut self, register: bool) -> Self {
+        self.register = register;
+        self
+    }
+
+    /// Opens the state: watches the payload, creates it from `initial` when
+    /// missing, decodes it, registers this instance, and starts following
+    /// changes.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey` for a bad path; `NotFound` when there is no payload and
+    /// no `initial` (or `expect_existing` timed out); `Decode` when the
+    /// payload does not decode as `T`; backend errors such as `Unavailable`.
+    pub async fn open(self) -> Result<SharedState<T>> {
+        let root = Key::new(self.path.as_str())?;
+        let keys = StateKeys::new(root)?;
+        let backend = self.backend;
+        let mut stream = backend.watch(&keys.payload).await?;
+        let first = first_state(&keys, &mut stream).await?;
+        let versioned = match first {
+            Some(found) => found,
+            None => match (&self.initial, self.expect_existing) {
+                (Some(initial), _) => create_or_read(backend.as_ref(), &keys, initial).await?,
+                (None, Some(timeout)) => wait_for_payload(&keys, &mut stream, timeout).await?,
+                (None, None) => {
+                    return Err(Error::new(ErrorKind::NotFound, Operation::Open)
+                        .with_key(&keys.payload)
+                        .with_message(
+                            "no payload; give .initial(value) or .expect_existing(timeout)",
+                        ))
+                }
+            },
+        };
+        let (value, json) = decode::<T>(&keys.payload, &versioned.value)?;
+        let instance_id = uuid::Uuid::new_v4().simple().to_string();
+        let registration = if self.register && backend.capabilities().registrations {
+            let info = ListenerInfo::for_this_process(instance_id.clone());
+            let bytes = serde_json::to_vec(&info)
+                .map_err(|e| Error::new(ErrorKind::Encode, Operation::Register).with_source(e))?;
+            let key = keys.listeners.child(&instance_id)?;
+            Some(backend.register(&key, bytes.into()).await?)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared::new(
+            backend,
+            keys,
+            self.config,
+            instance_id,
+            value,
+            json,
+            versioned.version,
+        ));
+        let task = tokio::spawn(watcher::run(shared.clone(), stream, registration));
+        shared.set_task(task);
+        let guard = shared.closed.clone().drop_guard();
+        Ok(SharedState {
+            shared,
+            _close_on_last_drop: Arc::new(guard),
+        })
+    }
+}
+
+/// The watch's first item: the payload as it is now.
+async fn first_state(keys: &StateKeys, stream: &mut WatchStream) -> Result<Option<Versioned>> {
+    let unavailable =
+        || Error::new(ErrorKind::Unavailable, Operation::Open).with_key(&keys.payload);
+    match tokio::time::timeout(OPEN_TIMEOUT, stream.next()).await {
+        Err(_) => Err(unavailable().with_message("the watch gave no initial state in time")),
+        Ok(None) => Err(unavailable().with_message("the watch ended before its initial state")),
+        Ok(Some(Err(error))) => Err(error),
+        Ok(Some(Ok(WatchEvent::Initial(state) | WatchEvent::Resync(state)))) => Ok(state),
+        Ok(Some(Ok(WatchEvent::Changed(versioned)))) => Ok(Some(versioned)),
+        Ok(Some(Ok(WatchEvent::Deleted))) => Ok(None),
+    }
+}
+
+async fn create_or_read<T: Serialize>(
+    backend: &dyn CoordinationBackend,
+    keys: &StateKeys,
+    initial: &T,
+) -> Result<Versioned> {
+    let json = encode_value(&keys.payload, initial)?;
+    let bytes: bytes::Bytes = serde_json::to_vec(&json)
+        .map_err(|e| Error::new(ErrorKind::Encode, Operation::Open).with_source(e))?
+        .into();
+    for _ in 0..OPEN_CREATE_ROUNDS {
+        match backend
+            .put(&keys.payload, bytes.clone(), PutMode::Create)
+            .await
+        {
+            Ok(version) => {
+                return Ok(Versioned {
+                    value: bytes,
+                    version,
+                })
+            }
+            // Another instance created it first: use theirs.
+            Err(error) if error.kind() == ErrorKind::AlreadyExists => {
+                if let Some(found) = backend.get(&keys.payload).await? {
+                    return Ok(found);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(Error::new(ErrorKind::Conflict, Operation::Open)
+        .with_key(&keys.payload)
+        .with_message("the payload kept appearing and disappearing while opening"))
+}
+
+async fn wait_for_payload(
+    keys: &StateKeys,
+    stream: &mut WatchStream,
+    timeout: Duration,
+) -> Result<Versioned> {
+    let wait = async {
+        while let Some(item) = stream.next().await {
+            match item? {
+                WatchEvent::Changed(found)
+                | WatchEvent::Initial(Some(found))
+                | WatchEvent::Resync(Some(found)) => return Ok(found),
+                _ => {}
+            }
+        }
+        Err(Error::new(ErrorKind::Closed, Operation::Open).with_key(&keys.payload))
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(found) => found,
+        Err(_) => Err(Error::new(ErrorKind::NotFound, Operation::Open)
+            .with_key(&keys.payload)
+            .with_message(format!("no payload appeared within {timeout:?}"))),
+    }
+}

@@ -1,0 +1,185 @@
+//! What subscribers receive: change sets and notices.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::stream::{BoxStream, Stream};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::diff::{diff, Change};
+use crate::version::Version;
+
+/// Where a change set comes from.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// An `update` of this instance.
+    Local,
+    /// Another instance, or an outside writer, seen through the watch.
+    Remote,
+    /// Rebuilt by comparing snapshots after this subscriber lagged: the
+    /// individual change sets in between were dropped for it.
+    Resync,
+}
+
+/// The changes one version brought, as seen by this instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeSet {
+    /// The payload version after the changes.
+    pub version: Version,
+    /// Who made them.
+    pub origin: Origin,
+    /// The changes, never empty.
+    pub changes: Vec<Change>,
+}
+
+/// One item of a [`Subscription`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateEvent {
+    /// The shared value changed.
+    Changed(ChangeSet),
+    /// This subscriber fell behind and `missed` events were dropped for it;
+    /// a [`Origin::Resync`] change set with the net difference follows (when
+    /// there is one).
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+    /// The payload at `version` does not decode as the state's type: the
+    /// last good copy is kept, and updates fail with `Decode` until a valid
+    /// payload arrives.
+    Rejected {
+        /// The rejected version.
+        version: Version,
+        /// Why it was rejected.
+        error: String,
+    },
+    /// Someone deleted the payload: the last good copy is kept, and updates
+    /// fail with `NotFound` until it is written again.
+    PayloadDeleted,
+}
+
+/// What the engine broadcasts: the event plus what a lagging subscriber
+/// needs to rebuild its view.
+#[derive(Debug, Clone)]
+pub(crate) struct Published {
+    pub event: StateEvent,
+    /// Version the event is about (payload-deleted notices carry the last
+    /// seen one).
+    pub version: Version,
+    /// The decoded state after the event, when it changed.
+    pub json: Option<Arc<Value>>,
+}
+
+/// Gives a lagging subscriber the current (version, JSON) to resync from.
+pub(crate) type CurrentView = Arc<dyn Fn() -> (Version, Arc<Value>) + Send + Sync>;
+
+/// A stream of [`StateEvent`]s for one subscriber, in version order. Ends
+/// when the state is closed.
+pub struct Subscription {
+    inner: BoxStream<'static, StateEvent>,
+}
+
+struct Cursor {
+    rx: broadcast::Receiver<Published>,
+    seen_version: Version,
+    seen_json: Arc<Value>,
+    current: CurrentView,
+    closed: CancellationToken,
+    pending: VecDeque<StateEvent>,
+}
+
+impl Subscription {
+    /// Starts at (`version`, `json`), which must be the state as of the
+    /// moment `rx` subscribed.
+    pub(crate) fn new(
+        rx: broadcast::Receiver<Published>,
+        version: Version,
+        json: Arc<Value>,
+        current: CurrentView,
+        closed: CancellationToken,
+    ) -> Self {
+        let cursor = Cursor {
+            rx,
+            seen_version: version,
+            seen_json: json,
+            current,
+            closed,
+            pending: VecDeque::new(),
+        };
+        let inner = futures::stream::unfold(cursor, |mut cursor| async move {
+            let event = cursor.next_event().await?;
+            Some((event, cursor))
+        });
+        Subscription {
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl Cursor {
+    async fn next_event(&mut self) -> Option<StateEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            let received = tokio::select! {
+                biased;
+                received = self.rx.recv() => received,
+                _ = self.closed.cancelled() => return None,
+            };
+            match received {
+                Ok(published) => {
+                    // After a resync the receiver replays what it still
+                    // buffers; those versions are already folded in.
+                    let replay = published.version <= self.seen_version
+                        && !matches!(published.event, StateEvent::PayloadDeleted);
+                    if replay {
+                        continue;
+                    }
+                    self.seen_version = published.version;
+                    if let Some(json) = published.json {
+                        self.seen_json = json;
+                    }
+                    return Some(published.event);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let (version, json) = (self.current)();
+                    let changes = diff(&self.seen_json, &json);
+                    if !changes.is_empty() {
+                        self.pending.push_back(StateEvent::Changed(ChangeSet {
+                            version,
+                            origin: Origin::Resync,
+                            changes,
+                        }));
+                    }
+                    self.seen_version = self.seen_version.max(version);
+                    self.seen_json = json;
+                    return Some(StateEvent::Lagged { missed });
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = StateEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StateEvent>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Subscription")
+    }
+}

@@ -1,0 +1,390 @@
+//! The `SharedState<T>` engine: one typed value shared through a
+//! [`CoordinationBackend`].
+//!
+//! Layout under a state's path: `<path>/payload` (the JSON, plain so zkCli
+//! or etcdctl can edit it), `<path>/listeners/<id>` (one ephemeral
+//! registration per live instance), `<path>/lock` (the write lock).
+
+mod builder;
+mod events;
+mod freshness;
+mod listeners;
+mod shared;
+mod update;
+mod watcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::DropGuard;
+
+pub use builder::SharedStateBuilder;
+pub use events::{ChangeSet, Origin, StateEvent, Subscription};
+pub use listeners::ListenerInfo;
+
+use crate::backend::{CoordinationBackend, SessionStatus};
+use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::key::Key;
+use crate::version::Version;
+use shared::Shared;
+use update::Strictness;
+
+/// How `update` protects against concurrent writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Take the distributed lock, refresh, write with a fenced conditional
+    /// update. Writers queue instead of retrying; `f` runs once per attempt
+    /// and only re-runs if an outside writer that ignores the lock races it.
+    #[default]
+    Locked,
+    /// Conditional write without the lock, re-running `f` on the refreshed
+    /// copy after each conflict. Fewer round trips when contention is low.
+    Optimistic,
+}
+
+/// Why the payload on the service is not the local copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadProblem {
+    /// The payload at `version` does not decode as the state's type.
+    Undecodable {
+        /// The rejected version.
+        version: Version,
+        /// The decoding error.
+        error: String,
+    },
+    /// The payload was deleted.
+    Deleted,
+}
+
+/// Engine settings, fixed at open.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub max_staleness: Duration,
+    pub write_mode: WriteMode,
+    pub lock_timeout: Duration,
+    pub max_attempts: u32,
+    pub change_buffer: usize,
+}
+
+/// A snapshot of a state's health, for dashboards and the CLI.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The state's path.
+    pub path: Key,
+    /// This instance's listener id.
+    pub instance_id: String,
+    /// Version of the local (last good) copy.
+    pub version: Version,
+    /// Latest version seen on the service, good or not.
+    pub seen_version: Version,
+    /// The backend's session.
+    pub session: SessionStatus,
+    /// Session connected and watch in sync: reads are current up to the
+    /// watch's delivery delay.
+    pub live: bool,
+    /// How long the copy has gone without verification (zero while live).
+    pub unverified_for: Duration,
+    /// The staleness bound `read()` enforces.
+    pub max_staleness: Duration,
+    /// Why the service's payload is not the local copy, if it is not.
+    pub problem: Option<PayloadProblem>,
+    /// The write mode.
+    pub write_mode: WriteMode,
+    /// `close()` was called.
+    pub closed: bool,
+}
+
+/// One typed value shared by every instance of an application.
+///
+/// Reads come from a local copy kept fresh by a watch ([`read`](Self::read)
+/// does no I/O); [`update`](Self::update) never loses a write; every change
+/// arrives as a precise [`ChangeSet`] on [`subscribe`](Self::subscribe).
+/// Cloning gives another handle to the same instance; the instance closes
+/// when the last handle drops or on [`close`](Self::close).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), sharedstate_core::Error> {
+/// use std::sync::Arc;
+/// use serde::{Deserialize, Serialize};
+/// use sharedstate_core::{CoordinationBackend, SharedState};
+/// use sharedstate_memory::MemoryCluster;
+///
+/// #[derive(Clone, Debug, Serialize, Deserialize)]
+/// struct Monitor { globs: Vec<String> }
+///
+/// let cluster = MemoryCluster::new();
+/// let backend: Arc<dyn CoordinationBackend> = Arc::new(cluster.client());
+/// let state = SharedState::builder(backend, "/agents/monitor")
+///     .initial(Monitor { globs: vec!["systemd*".into()] })
+///     .open()
+///     .await?;
+/// state.update(|m| m.globs.push("rsync*".into())).await?;
+/// assert_eq!(state.read()?.globs, ["systemd*", "rsync*"]);
+/// state.close().await;
+/// # Ok(()) }
+/// ```
+pub struct SharedState<T> {
+    shared: Arc<Shared<T>>,
+    _close_on_last_drop: Arc<DropGuard>,
+}
+
+impl<T> Clone for SharedState<T> {
+    fn clone(&self) -> Self {
+        SharedState {
+            shared: self.shared.clone(),
+            _close_on_last_drop: self._close_on_last_drop.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SharedState<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedState")
+            .field("path", &self.shared.keys.root)
+            .field("instance_id", &self.shared.instance_id)
+            .finish()
+    }
+}
+
+impl<T> SharedState<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// Starts opening the state at `path` on `backend`.
+    pub fn builder(
+        backend: Arc<dyn CoordinationBackend>,
+        path: impl AsRef<str>,
+    ) -> SharedStateBuilder<T> {
+        SharedStateBuilder::new(backend, path.as_ref())
+    }
+
+    /// The local copy, without I/O.
+    ///
+    /// # Errors
+    ///
+    /// `Stale` when the copy has not been verified against the service within
+    /// `max_staleness` (the session is suspended or lost, or the watch
+    /// broke, for longer than that); `Closed` after [`close`](Self::close).
+    pub fn read(&self) -> Result<Arc<T>> {
+        let shared = &self.shared;
+        if shared.closed.is_cancelled() {
+            return Err(Error::new(ErrorKind::Closed, Operation::Read).with_key(&shared.keys.root));
+        }
+        let unverified_for = shared.freshness.unverified_for();
+        if unverified_for > shared.config.max_staleness {
+            return Err(Error::new(ErrorKind::Stale, Operation::Read)
+                .with_key(&shared.keys.payload)
+                .with_message(format!(
+                    "not verified against the service for {unverified_for:?} (max_staleness {:?})",
+                    shared.config.max_staleness
+                )));
+        }
+        Ok(shared.current().value.clone())
+    }
+
+    /// Checks the local version against the service, refreshes it if
+    /// needed, and returns a copy that was current when the call returned.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable`/`SessionLost` from the backend, `NotFound` when the
+    /// payload was deleted, `Decode` when the service's payload does not
+    /// decode, `Closed`.
+    pub async fn read_consistent(&self) -> Result<Arc<T>> {
+        let shared = &self.shared;
+        if shared.closed.is_cancelled() {
+            return Err(Error::new(ErrorKind::Closed, Operation::ReadConsistent)
+                .with_key(&shared.keys.root));
+        }
+        let latest = shared.backend.get(&shared.keys.payload).await?;
+        shared.freshness.mark_checked();
+        {
+            let _gate = shared.write_gate.lock().await;
+            shared.apply_read(latest.as_ref());
+        }
+        let snapshot = shared.current();
+        match (&latest, &snapshot.problem) {
+            (None, _) | (_, Some(PayloadProblem::Deleted)) => {
+                Err(Error::new(ErrorKind::NotFound, Operation::ReadConsistent)
+                    .with_key(&shared.keys.payload)
+                    .with_message("the payload was deleted on the service"))
+            }
+            (Some(_), Some(PayloadProblem::Undecodable { version, error })) => {
+                Err(Error::new(ErrorKind::Decode, Operation::ReadConsistent)
+                    .with_key(&shared.keys.payload)
+                    .with_message(format!("version {version}: {error}")))
+            }
+            (Some(_), None) => Ok(snapshot.value.clone()),
+        }
+    }
+
+    /// Changes the shared value: `f` runs on a copy of the latest value and
+    /// its result is written so that no concurrent write is lost, then
+    /// published to subscribers as a [`Origin::Local`] change set. Returns
+    /// what `f` returns. When `f` changes nothing, nothing is written.
+    ///
+    /// In [`WriteMode::Optimistic`] (and, rarely, when an outside writer
+    /// ignores the lock) `f` may run more than once: keep it free of side
+    /// effects. On any error the local copy is untouched by `f`.
+    ///
+    /// # Errors
+    ///
+    /// `LockTimeout`, `LockLost`/`SessionLost` (the session died mid-write;
+    /// nothing was written), `Conflict` after `max_attempts`, `Decode` while
+    /// the service holds an undecodable payload, `NotFound` when the payload
+    /// was deleted, `ValueTooLarge`, `Unavailable`, `Closed`.
+    pub async fn update<R, F>(&self, mut f: F) -> Result<R>
+    where
+        F: FnMut(&mut T) -> R + Send,
+    {
+        update::update(&self.shared, &mut f, Strictness::RefreshAndRetry).await
+    }
+
+    /// Like [`update`](Self::update), but fails with `Stale` instead of
+    /// refreshing when the local copy was not the latest version: `f` only
+    /// ever runs on the copy the caller last saw. The copy is refreshed by
+    /// the failure, so a retry can succeed.
+    ///
+    /// # Errors
+    ///
+    /// `Stale`, and the errors of [`update`](Self::update).
+    pub async fn try_update<R, F>(&self, mut f: F) -> Result<R>
+    where
+        F: FnMut(&mut T) -> R + Send,
+    {
+        update::update(&self.shared, &mut f, Strictness::FailIfStale).await
+    }
+
+    /// Every change from now on, in version order; a subscriber that falls
+    /// more than the change buffer behind gets [`StateEvent::Lagged`] then
+    /// one [`Origin::Resync`] change set with the net difference.
+    pub fn subscribe(&self) -> Subscription {
+        self.shared.subscribe()
+    }
+
+    /// Runs `handler` on every event of a new subscription, in a task, until
+    /// the state closes or the returned handle is stopped.
+    pub fn on_change<F>(&self, mut handler: F) -> ChangeHandler
+    where
+        F: FnMut(&StateEvent) + Send + 'static,
+    {
+        let mut subscription = self.subscribe();
+        let task = tokio::spawn(async move {
+            while let Some(event) = subscription.next().await {
+                handler(&event);
+            }
+        });
+        ChangeHandler { task }
+    }
+
+    /// The live instances of this state, sorted by id.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable`, `Unsupported` when the backend has no registrations.
+    pub async fn listeners(&self) -> Result<Vec<ListenerInfo>> {
+        listeners_of(self.shared.backend.as_ref(), &self.shared.keys.listeners).await
+    }
+
+    /// This instance's listener id.
+    pub fn instance_id(&self) -> &str {
+        &self.shared.instance_id
+    }
+
+    /// The state's path.
+    pub fn path(&self) -> &Key {
+        &self.shared.keys.root
+    }
+
+    /// Version of the local copy.
+    pub fn version(&self) -> Version {
+        self.shared.current().version
+    }
+
+    /// Health and freshness of this instance.
+    pub fn status(&self) -> Status {
+        let shared = &self.shared;
+        let snapshot = shared.current();
+        Status {
+            path: shared.keys.root.clone(),
+            instance_id: shared.instance_id.clone(),
+            version: snapshot.version,
+            seen_version: snapshot.seen,
+            session: *shared.session.borrow(),
+            live: shared.freshness.is_live(),
+            unverified_for: shared.freshness.unverified_for(),
+            max_staleness: shared.config.max_staleness,
+            problem: snapshot.problem.clone(),
+            write_mode: shared.config.write_mode,
+            closed: shared.closed.is_cancelled(),
+        }
+    }
+
+    /// Deregisters this instance and stops its background task; every
+    /// handle of the instance is closed. Subscriptions end.
+    pub async fn close(&self) {
+        self.shared.closed.cancel();
+        let task = self.shared.take_task();
+        if let Some(task) = task {
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "the state's background task failed");
+            }
+        }
+    }
+}
+
+/// Reads the listener registrations under `listeners` (used by
+/// [`SharedState::listeners`] and by tools that have no state open).
+///
+/// # Errors
+///
+/// `Unavailable`, `Unsupported` when the backend has no registrations.
+pub async fn listeners_of(
+    backend: &dyn CoordinationBackend,
+    listeners: &Key,
+) -> Result<Vec<ListenerInfo>> {
+    let ids = backend.list(listeners).await?;
+    let reads = ids.iter().map(|id| async move {
+        let key = listeners.child(id)?;
+        let entry = backend.get(&key).await?;
+        Ok::<_, Error>(entry.and_then(|entry| {
+            serde_json::from_slice::<ListenerInfo>(&entry.value)
+                .map_err(
+                    |error| tracing::warn!(%key, %error, "ignoring a malformed listener entry"),
+                )
+                .ok()
+        }))
+    });
+    let mut found = Vec::new();
+    for entry in futures::future::join_all(reads).await {
+        if let Some(info) = entry? {
+            found.push(info);
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+/// The task behind [`SharedState::on_change`].
+#[derive(Debug)]
+pub struct ChangeHandler {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChangeHandler {
+    /// Stops calling the handler.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+
+    /// Waits until the handler has seen the end of its subscription (the
+    /// state closed).
+    pub async fn finished(self) {
+        let _ = self.task.await;
+    }
+}
