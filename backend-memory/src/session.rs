@@ -1,0 +1,265 @@
+//! Clients, sessions and registrations on the cluster, and the session
+//! faults (expire, suspend, resume).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sharedstate_core::{
+    ErrorKind, Key, Operation, PutMode, RegistrationClose, Result, SessionState, SessionStatus,
+};
+use tokio::sync::watch;
+
+use crate::cluster::{ClientId, SessionId, Shared, State};
+
+/// The cluster's view of one client.
+pub(crate) struct ClientRecord {
+    /// The live session; `None` between an expiry and the new session
+    /// (only while suspended: otherwise the new session follows at once).
+    session: Option<SessionId>,
+    epoch: u64,
+    suspended: bool,
+    status: Arc<watch::Sender<SessionStatus>>,
+    /// Registrations to keep alive, by id: key and value.
+    registrations: BTreeMap<u64, (Key, Bytes)>,
+}
+
+impl ClientRecord {
+    /// Connected: a live session and no suspension.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.session.is_some() && !self.suspended
+    }
+
+    fn publish(&self, state: SessionState) {
+        let status = SessionStatus {
+            state,
+            epoch: self.epoch,
+        };
+        self.status.send_replace(status);
+    }
+}
+
+impl State {
+    /// Adds a client with a new session (epoch 0).
+    pub(crate) fn open_client(&mut self) -> (ClientId, Arc<watch::Sender<SessionStatus>>) {
+        let client = self.next_id();
+        let session = self.next_id();
+        let (status, _) = watch::channel(SessionStatus::connected(0));
+        let status = Arc::new(status);
+        self.clients.insert(
+            client,
+            ClientRecord {
+                session: Some(session),
+                epoch: 0,
+                suspended: false,
+                status: Arc::clone(&status),
+                registrations: BTreeMap::new(),
+            },
+        );
+        tracing::debug!(client, session, "memory client opened");
+        (client, status)
+    }
+
+    /// The client's live session, or the error a call gets instead:
+    /// `Closed` after close, `Unavailable` while suspended.
+    pub(crate) fn session_of(
+        &self,
+        client: ClientId,
+        op: Operation,
+        key: Option<&Key>,
+    ) -> Result<SessionId> {
+        let fail = |kind: ErrorKind, message: &str| {
+            let err = sharedstate_core::Error::new(kind, op).with_message(message);
+            match key {
+                Some(key) => err.with_key(key),
+                None => err,
+            }
+        };
+        let Some(record) = self.clients.get(&client) else {
+            return Err(fail(ErrorKind::Closed, "the client is closed"));
+        };
+        match record.session {
+            Some(session) if !record.suspended => Ok(session),
+            _ => Err(fail(ErrorKind::Unavailable, "the client is suspended")),
+        }
+    }
+
+    /// Ends a session on the cluster: its ephemeral keys are deleted, its
+    /// locks released (their `lost()` fires) and its lock waiters fail with
+    /// `waiter_error`.
+    fn end_session(&mut self, session: SessionId, waiter_error: ErrorKind) {
+        let ephemerals: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.ephemeral_owner == Some(session))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in ephemerals {
+            self.remove(&key);
+        }
+        self.drop_session_locks(session, waiter_error);
+        tracing::debug!(session, "memory session ended");
+    }
+
+    /// Starts a new session for `client` (epoch + 1): re-creates its
+    /// registrations, resyncs its watches and reports `Connected`.
+    fn start_session(&mut self, client: ClientId) {
+        let session = self.next_id();
+        let registrations = match self.clients.get_mut(&client) {
+            Some(record) => {
+                record.session = Some(session);
+                record.epoch += 1;
+                record.registrations.values().cloned().collect::<Vec<_>>()
+            }
+            None => return,
+        };
+        for (key, value) in registrations {
+            let created = self.put(
+                &key,
+                value,
+                PutMode::Create,
+                Some(session),
+                Operation::Register,
+            );
+            if let Err(error) = created {
+                tracing::warn!(%error, %key, "re-creating a registration on the new session failed");
+            }
+        }
+        self.resync_watches(client);
+        if let Some(record) = self.clients.get(&client) {
+            record.publish(SessionState::Connected);
+            tracing::debug!(
+                client,
+                session,
+                epoch = record.epoch,
+                "memory session started"
+            );
+        }
+    }
+
+    /// Expires the client's session now; a new one follows at once unless
+    /// the client is suspended (then on [`resume`](Self::resume_client)).
+    pub(crate) fn expire_client(&mut self, client: ClientId) -> Result<()> {
+        let Some(record) = self.clients.get_mut(&client) else {
+            return Err(closed(Operation::FaultInjection));
+        };
+        let old = record.session.take();
+        let suspended = record.suspended;
+        if let Some(session) = old {
+            self.end_session(session, ErrorKind::SessionLost);
+        }
+        if let Some(record) = self.clients.get(&client) {
+            record.publish(SessionState::Lost);
+        }
+        if !suspended {
+            self.start_session(client);
+        }
+        Ok(())
+    }
+
+    /// Cuts the client off without ending its session.
+    pub(crate) fn suspend_client(&mut self, client: ClientId) -> Result<()> {
+        let Some(record) = self.clients.get_mut(&client) else {
+            return Err(closed(Operation::FaultInjection));
+        };
+        if record.suspended {
+            return Ok(());
+        }
+        record.suspended = true;
+        if record.session.is_some() {
+            record.publish(SessionState::Suspended);
+        }
+        self.pause_watches(client);
+        Ok(())
+    }
+
+    /// Reconnects a suspended client: same session if it survived, else a
+    /// new one.
+    pub(crate) fn resume_client(&mut self, client: ClientId) -> Result<()> {
+        let Some(record) = self.clients.get_mut(&client) else {
+            return Err(closed(Operation::FaultInjection));
+        };
+        if !record.suspended {
+            return Ok(());
+        }
+        record.suspended = false;
+        if record.session.is_some() {
+            record.publish(SessionState::Connected);
+            self.resync_watches(client);
+        } else {
+            self.start_session(client);
+        }
+        Ok(())
+    }
+
+    /// Closes the client: its session ends and its watches stop.
+    pub(crate) fn close_client(&mut self, client: ClientId) {
+        let Some(record) = self.clients.remove(&client) else {
+            return;
+        };
+        if let Some(session) = record.session {
+            self.end_session(session, ErrorKind::Closed);
+        }
+        self.drop_watches(client);
+        record.publish(SessionState::Closed);
+        tracing::debug!(client, "memory client closed");
+    }
+
+    /// Creates the ephemeral key of a new registration.
+    pub(crate) fn register(&mut self, client: ClientId, key: &Key, value: Bytes) -> Result<u64> {
+        let session = self.session_of(client, Operation::Register, Some(key))?;
+        self.put(
+            key,
+            value.clone(),
+            PutMode::Create,
+            Some(session),
+            Operation::Register,
+        )?;
+        let id = self.next_id();
+        if let Some(record) = self.clients.get_mut(&client) {
+            record.registrations.insert(id, (key.clone(), value));
+        }
+        Ok(id)
+    }
+
+    /// Stops keeping registration `id` alive and deletes its key if this
+    /// client's session owns it.
+    fn deregister(&mut self, client: ClientId, id: u64) -> Result<()> {
+        let Some(record) = self.clients.get_mut(&client) else {
+            // Closed: the key went with the session.
+            return Ok(());
+        };
+        let Some((key, _)) = record.registrations.remove(&id) else {
+            return Ok(());
+        };
+        let session = self.session_of(client, Operation::Deregister, Some(&key))?;
+        let owned = self
+            .nodes
+            .get(key.as_str())
+            .is_some_and(|node| node.ephemeral_owner == Some(session));
+        if owned {
+            self.remove(key.as_str());
+        }
+        Ok(())
+    }
+}
+
+fn closed(op: Operation) -> sharedstate_core::Error {
+    sharedstate_core::Error::new(ErrorKind::Closed, op).with_message("the client is closed")
+}
+
+/// Closes one registration of one client.
+#[derive(Debug)]
+pub(crate) struct MemoryRegistration {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) client: ClientId,
+    pub(crate) id: u64,
+}
+
+#[async_trait]
+impl RegistrationClose for MemoryRegistration {
+    async fn close(self: Box<Self>) -> Result<()> {
+        self.shared.lock().deregister(self.client, self.id)
+    }
+}
