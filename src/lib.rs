@@ -1,5 +1,142 @@
 //! sharedstate: one typed struct shared by every instance of an application
 //! through a coordination service (ZooKeeper, etcd, or in-memory).
+//!
+//! Each instance holds a local copy that watches keep fresh, reads it without
+//! a network round trip, updates it without ever losing a write, and
+//! subscribes to a stream of precise changes. The backend is chosen by URL
+//! (and Cargo feature):
+//!
+//! | URL | feature |
+//! |---|---|
+//! | `memory://` or `memory://name` (one in-process cluster per name) | `memory` (default) |
+//! | `zk://host1:2181,host2:2181/chroot` | `zookeeper` |
+//! | `etcd://host1:2379,host2:2379` | `etcd` |
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), sharedstate::Error> {
+//! use serde::{Deserialize, Serialize};
+//! use sharedstate::SharedState;
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize)]
+//! struct Flags { dark_mode: bool }
+//!
+//! let backend = sharedstate::connect("memory://").await?;
+//! let flags = SharedState::builder(backend, "/app/flags")
+//!     .initial(Flags { dark_mode: false })
+//!     .open()
+//!     .await?;
+//! flags.update(|f| f.dark_mode = true).await?;
+//! assert!(flags.read()?.dark_mode);
+//! # flags.close().await;
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
+use std::sync::Arc;
+
 pub use sharedstate_core::*;
+
+#[cfg(feature = "etcd")]
+pub use sharedstate_etcd as etcd;
+#[cfg(feature = "memory")]
+pub use sharedstate_memory as memory;
+#[cfg(feature = "zookeeper")]
+pub use sharedstate_zookeeper as zookeeper;
+
+/// Connects to the backend a URL names (see the crate docs for the forms).
+///
+/// # Errors
+///
+/// `InvalidArgument` for a malformed URL or an unknown scheme,
+/// `Unsupported` when the scheme's Cargo feature is not enabled, and the
+/// backend's own connection errors (`Unavailable`, `Unauthorized`, ...).
+pub async fn connect(url: &str) -> Result<Arc<dyn CoordinationBackend>> {
+    let invalid = |message: String| {
+        Error::new(ErrorKind::InvalidArgument, Operation::Connect).with_message(message)
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        invalid(format!(
+            "{url:?} is not a backend URL; expected memory://, zk://host:port or etcd://host:port"
+        ))
+    })?;
+    match scheme {
+        "memory" => connect_memory(rest),
+        "zk" | "zookeeper" => connect_zookeeper(url).await,
+        "etcd" => connect_etcd(url).await,
+        other => Err(invalid(format!(
+            "unknown backend scheme {other:?} in {url:?}; expected memory, zk or etcd"
+        ))),
+    }
+}
+
+fn not_built(feature: &str) -> Error {
+    Error::new(ErrorKind::Unsupported, Operation::Connect).with_message(format!(
+        "this build of sharedstate has no {feature} backend; enable the Cargo feature {feature:?}"
+    ))
+}
+
+#[cfg(feature = "memory")]
+fn connect_memory(name: &str) -> Result<Arc<dyn CoordinationBackend>> {
+    let name = name.trim_end_matches('/');
+    Ok(Arc::new(memory::MemoryCluster::named(name).client()))
+}
+
+#[cfg(not(feature = "memory"))]
+fn connect_memory(_name: &str) -> Result<Arc<dyn CoordinationBackend>> {
+    Err(not_built("memory"))
+}
+
+#[cfg(feature = "zookeeper")]
+async fn connect_zookeeper(url: &str) -> Result<Arc<dyn CoordinationBackend>> {
+    Ok(Arc::new(zookeeper::ZooKeeperBackend::from_url(url).await?))
+}
+
+#[cfg(not(feature = "zookeeper"))]
+async fn connect_zookeeper(_url: &str) -> Result<Arc<dyn CoordinationBackend>> {
+    Err(not_built("zookeeper"))
+}
+
+#[cfg(feature = "etcd")]
+async fn connect_etcd(url: &str) -> Result<Arc<dyn CoordinationBackend>> {
+    Ok(Arc::new(etcd::EtcdBackend::from_url(url).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(_url: &str) -> Result<Arc<dyn CoordinationBackend>> {
+    Err(not_built("etcd"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn urls_pick_backends_or_explain() {
+        let err = connect("localhost:2181").await.expect_err("no scheme");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        let err = connect("redis://x").await.expect_err("unknown scheme");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        #[cfg(feature = "memory")]
+        {
+            let a = connect("memory://facade-test").await.expect("memory");
+            let b = connect("memory://facade-test/").await.expect("memory");
+            let key = Key::new("/facade/k").expect("key");
+            a.put(&key, Bytes::from_static(b"1"), PutMode::Create)
+                .await
+                .expect("put");
+            let seen = b.get(&key).await.expect("get").expect("same named cluster");
+            assert_eq!(seen.value, Bytes::from_static(b"1"));
+        }
+        #[cfg(not(feature = "zookeeper"))]
+        assert_eq!(
+            connect("zk://h:2181").await.expect_err("off").kind(),
+            ErrorKind::Unsupported
+        );
+        #[cfg(not(feature = "etcd"))]
+        assert_eq!(
+            connect("etcd://h:2379").await.expect_err("off").kind(),
+            ErrorKind::Unsupported
+        );
+    }
+}
