@@ -19,6 +19,8 @@ use async_trait::async_trait;
 use sharedstate_core::{CoordinationBackend, Key, Result};
 
 pub mod behaviours;
+#[cfg(feature = "containers")]
+pub mod fixtures;
 
 /// Fault injection on one test client.
 #[async_trait]

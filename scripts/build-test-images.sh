@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Builds the local test images used when no container registry is reachable:
+#
+#   sharedstate-test/base:bookworm    Debian bookworm rootfs (mmdebstrap) with
+#                                     zookeeper, default-jre-headless,
+#                                     etcd-server and etcd-client, `docker import`ed
+#   sharedstate-test/zookeeper:local  FROM base; entrypoint compatible with the
+#                                     official `zookeeper` image (ZOO_* variables)
+#   sharedstate-test/etcd:local       FROM base; etcd/etcdctl at /usr/local/bin
+#                                     like the official etcd image
+#
+# An image that already exists is skipped (set SHAREDSTATE_REBUILD_IMAGES=1 to
+# rebuild all three). Needs root, a Docker daemon and mmdebstrap; scripts/test.sh
+# installs and starts them. Prints the image names and timings.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE_IMAGE="${SHAREDSTATE_BASE_IMAGE_LOCAL:-sharedstate-test/base:bookworm}"
+ZK_IMAGE="${SHAREDSTATE_ZOOKEEPER_IMAGE_LOCAL:-sharedstate-test/zookeeper:local}"
+ETCD_IMAGE="${SHAREDSTATE_ETCD_IMAGE_LOCAL:-sharedstate-test/etcd:local}"
+SUITE=bookworm
+MIRROR="${SHAREDSTATE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SECURITY_MIRROR="${SHAREDSTATE_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
+PACKAGES=zookeeper,default-jre-headless,etcd-server,etcd-client
+CACHE_DIR="${SHAREDSTATE_IMAGE_CACHE:-$ROOT/scripts/.cache}" # gitignored
+# The legacy builder: works with Debian's docker.io and a newer CLI alike,
+# without needing the buildx plugin.
+export DOCKER_BUILDKIT=0
+
+log() { printf '[build-test-images] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
+TIMINGS=()
+timed() { # timed LABEL CMD...: runs CMD, records its duration
+	local label="$1" start end
+	shift
+	start="$(now)"
+	"$@"
+	end="$(now)"
+	TIMINGS+=("$(awk -v l="$label" -v s="$start" -v e="$end" 'BEGIN { printf "%-28s %7.1f s", l, e - s }')")
+}
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+command -v docker >/dev/null || die "docker CLI not found (run: bash scripts/test.sh, which installs it)"
+docker info >/dev/null 2>&1 || die "no Docker daemon answers (run: bash scripts/test.sh, which starts one)"
+
+if [[ "${SHAREDSTATE_REBUILD_IMAGES:-0}" == 1 ]]; then
+	for image in "$ZK_IMAGE" "$ETCD_IMAGE" "$BASE_IMAGE"; do
+		docker image rm -f "$image" >/dev/null 2>&1 || true
+	done
+fi
+
+build_rootfs() {
+	command -v mmdebstrap >/dev/null || die "mmdebstrap not found (apt-get install mmdebstrap)"
+	mkdir -p "$CACHE_DIR"
+	# Man pages and docs are kept: openjdk's postinst needs them.
+	mmdebstrap --variant=apt --include="$PACKAGES" \
+		--customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
+		"$SUITE" "$ROOTFS" \
+		"deb $MIRROR $SUITE main" \
+		"deb $MIRROR $SUITE-updates main" \
+		"deb $SECURITY_MIRROR $SUITE-security main"
+}
+
+import_rootfs() {
+	docker import \
+		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+		--change 'ENV LANG=C.UTF-8' \
+		--change 'CMD ["/bin/bash"]' \
+		--message "sharedstate test base: mmdebstrap $SUITE + $PACKAGES" \
+		"$ROOTFS" "$BASE_IMAGE" >/dev/null
+}
+
+build_image() { # build_image TAG CONTEXT
+	docker build --quiet --build-arg "BASE=$BASE_IMAGE" -t "$1" "$2" >/dev/null
+}
+
+if image_exists "$BASE_IMAGE"; then
+	log "$BASE_IMAGE exists, skipped"
+else
+	ROOTFS="$CACHE_DIR/rootfs-$SUITE-$$.tar"
+	trap 'rm -f "$ROOTFS"' EXIT
+	log "building the $SUITE rootfs with mmdebstrap ($PACKAGES); takes a few minutes"
+	timed "rootfs (mmdebstrap)" build_rootfs
+	log "rootfs: $(du -h "$ROOTFS" | cut -f1)"
+	timed "docker import" import_rootfs
+	rm -f "$ROOTFS"
+fi
+
+for pair in "$ZK_IMAGE=zookeeper" "$ETCD_IMAGE=etcd"; do
+	image="${pair%%=*}"
+	context="$ROOT/scripts/docker/${pair#*=}"
+	if image_exists "$image"; then
+		log "$image exists, skipped"
+	else
+		log "building $image from $context"
+		timed "docker build ${pair#*=}" build_image "$image" "$context"
+	fi
+done
+
+log "images: $BASE_IMAGE $ZK_IMAGE $ETCD_IMAGE"
+if ((${#TIMINGS[@]})); then
+	log "timings:"
+	for t in "${TIMINGS[@]}"; do log "  $t"; done
+fi
