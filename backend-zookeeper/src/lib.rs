@@ -1,2 +1,344 @@
-//! ZooKeeper backend for sharedstate (zookeeper-client).
+//! ZooKeeper backend for sharedstate, on the async `zookeeper-client` crate.
+//!
+//! ```no_run
+//! # async fn demo() -> sharedstate_core::Result<()> {
+//! use std::time::Duration;
+//! use sharedstate_zookeeper::{AclPolicy, ZooKeeperBackend};
+//!
+//! let backend = ZooKeeperBackend::builder("zk1:2181,zk2:2181/myapp")
+//!     .session_timeout(Duration::from_secs(10))
+//!     .acl(AclPolicy::Open)
+//!     .connect()
+//!     .await?;
+//! // or: ZooKeeperBackend::from_url("zk://zk1:2181,zk2:2181/myapp?session_timeout_ms=10000").await?
+//! # Ok(()) }
+//! ```
+//!
+//! Mapping of the contract onto ZooKeeper:
+//!
+//! - a key is a znode; `put` creates missing parents as empty persistent
+//!   znodes; `get` is `sync` then `getData`, pipelined;
+//! - a [`Version`] is the znode's `mzxid` (never repeats, even across delete
+//!   and re-create); conditional writes translate it into the znode's data
+//!   version through a per-key cache fed by every observation, reading the
+//!   stat first on a miss;
+//! - `watch` uses a persistent watch (ZooKeeper 3.6+) and re-reads the znode
+//!   on each notification (level-triggered), with `Resync` after every
+//!   reconnect and new session;
+//! - locks are the ephemeral-sequential recipe (`<key>/lock-<guid>-<seq>`),
+//!   the fencing token is the lock znode's `czxid`, and fenced writes are one
+//!   `multi` (check the lock znode + write);
+//! - an expired session is replaced by a new one (epoch + 1), registrations
+//!   are re-created, and held locks report `lost()`.
 #![deny(missing_docs)]
+
+mod builder;
+mod error;
+mod kv;
+mod lock;
+mod registration;
+mod session;
+mod watch;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sharedstate_core::{
+    Capabilities, CoordinationBackend, Error, ErrorKind, Key, LockGuard, LockOptions, Operation,
+    PutMode, Registration, Result, SessionState, SessionStatus, Version, Versioned, WatchStream,
+};
+use tokio::sync::watch as tokio_watch;
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+pub use builder::{AclPolicy, ZooKeeperBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SESSION_TIMEOUT};
+
+/// Largest value accepted: ZooKeeper's default `jute.maxbuffer` is 1 MiB
+/// for a whole packet, so values keep some headroom for the path and the
+/// request framing.
+pub const MAX_VALUE_BYTES: usize = 1_000_000;
+
+/// One ZooKeeper session of the backend; replaced by a new one (epoch + 1)
+/// after an expiry.
+pub(crate) struct Session {
+    pub client: zk::Client,
+    pub epoch: u64,
+    /// Cancelled when this session is lost; every lock guard of the session
+    /// holds a child token.
+    pub lost: CancellationToken,
+}
+
+/// State shared by the backend, its background tasks, guards and
+/// registrations.
+pub(crate) struct Inner {
+    pub config: builder::Config,
+    current: RwLock<Option<Arc<Session>>>,
+    pub status: tokio_watch::Sender<SessionStatus>,
+    pub versions: kv::VersionCache,
+    pub registrations: Mutex<HashMap<u64, registration::Entry>>,
+    pub next_id: std::sync::atomic::AtomicU64,
+    pub closed: CancellationToken,
+}
+
+impl Inner {
+    /// The current session, or `Closed`.
+    pub(crate) fn session(&self, operation: Operation) -> Result<Arc<Session>> {
+        if self.closed.is_cancelled() {
+            return Err(error::closed(operation));
+        }
+        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone().ok_or_else(|| error::closed(operation))
+    }
+
+    pub(crate) fn replace_session(&self, session: Option<Arc<Session>>) -> Option<Arc<Session>> {
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, session)
+    }
+
+    pub(crate) fn set_status(&self, state: SessionState, epoch: u64) {
+        let status = SessionStatus { state, epoch };
+        self.status.send_if_modified(|current| {
+            if *current == status || current.state == SessionState::Closed {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+
+    pub(crate) fn acls(&self) -> zk::Acls<'static> {
+        self.config.acl.acls()
+    }
+}
+
+/// The ZooKeeper implementation of [`CoordinationBackend`].
+///
+/// Build it with [`ZooKeeperBackend::builder`] or
+/// [`ZooKeeperBackend::from_url`]. Dropping it closes the session (like
+/// [`close`](CoordinationBackend::close), in the background).
+pub struct ZooKeeperBackend {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for ZooKeeperBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZooKeeperBackend")
+            .field("config", &self.inner.config)
+            .field("status", &*self.inner.status.borrow())
+            .finish()
+    }
+}
+
+impl ZooKeeperBackend {
+    /// A builder for the connect string `h1:2181,h2:2181[/chroot]`.
+    pub fn builder(connect_string: impl Into<String>) -> ZooKeeperBuilder {
+        ZooKeeperBuilder::new(connect_string)
+    }
+
+    /// Connects with the settings of a `zk://h1:2181,h2:2181/chroot?...`
+    /// URL; see [`ZooKeeperBuilder::from_url`] for the query keys.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a malformed URL, otherwise as
+    /// [`ZooKeeperBuilder::connect`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        ZooKeeperBuilder::from_url(url)?.connect().await
+    }
+
+    pub(crate) async fn start(config: builder::Config) -> Result<Self> {
+        let client = config.open_session().await?;
+        let (status, _) = tokio_watch::channel(SessionStatus::connected(0));
+        let inner = Arc::new(Inner {
+            config,
+            current: RwLock::new(Some(Arc::new(Session {
+                client,
+                epoch: 0,
+                lost: CancellationToken::new(),
+            }))),
+            status,
+            versions: kv::VersionCache::default(),
+            registrations: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(session::supervise(inner.clone()));
+        Ok(ZooKeeperBackend { inner })
+    }
+
+    /// The ZooKeeper session id of the current session (hex as zkCli shows
+    /// it), for logs and tests.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` after [`close`](CoordinationBackend::close).
+    pub fn session_id(&self) -> Result<i64> {
+        Ok(self
+            .inner
+            .session(Operation::Connect)?
+            .client
+            .session_id()
+            .0)
+    }
+
+    /// Fault injection for tests: makes the server expire this client's
+    /// session, the way Curator's `KillSession` does. A twin connection
+    /// re-attaches to the session with its id and password and closes it;
+    /// this returns once the server has ended the session (its ephemeral
+    /// nodes and locks are gone). The backend then notices, reports
+    /// [`SessionState::Lost`], opens a new session and reports
+    /// `Connected` with the next epoch.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` after close; `Unavailable` when the twin cannot connect or
+    /// the server does not confirm within the connect timeout.
+    pub async fn force_session_expiry(&self) -> Result<()> {
+        session::force_expiry(&self.inner).await
+    }
+}
+
+impl Drop for ZooKeeperBackend {
+    fn drop(&mut self) {
+        if !self.inner.closed.is_cancelled() {
+            let inner = self.inner.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move { session::shutdown(&inner).await });
+                }
+                Err(_) => {
+                    inner.closed.cancel();
+                    inner.replace_session(None);
+                }
+            }
+        }
+    }
+}
+
+fn check_size(operation: Operation, key: &Key, value: &Bytes) -> Result<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        Err(error::too_large(
+            operation,
+            key,
+            value.len(),
+            MAX_VALUE_BYTES,
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A zxid as a [`Version`] (zxids are positive).
+pub(crate) fn version_of(zxid: i64) -> Version {
+    Version::new(u64::try_from(zxid).unwrap_or(0))
+}
+
+#[async_trait]
+impl CoordinationBackend for ZooKeeperBackend {
+    fn name(&self) -> &'static str {
+        "zookeeper"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            linearizable_reads: true,
+            watch: true,
+            locks: true,
+            fenced_writes: true,
+            registrations: true,
+            delete_requires_no_children: true,
+        }
+    }
+
+    fn session(&self) -> tokio_watch::Receiver<SessionStatus> {
+        self.inner.status.subscribe()
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Versioned>> {
+        kv::get(&self.inner, key).await
+    }
+
+    async fn put(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
+        check_size(Operation::Put, key, &value)?;
+        kv::put(&self.inner, key, value, mode).await
+    }
+
+    async fn delete(&self, key: &Key, expected: Option<Version>) -> Result<()> {
+        kv::delete(&self.inner, key, expected).await
+    }
+
+    async fn list(&self, key: &Key) -> Result<Vec<String>> {
+        kv::list(&self.inner, key).await
+    }
+
+    async fn watch(&self, key: &Key) -> Result<WatchStream> {
+        watch::watch(&self.inner, key).await
+    }
+
+    async fn lock(&self, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        lock::lock(&self.inner, key, options).await
+    }
+
+    async fn fenced_put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        mode: PutMode,
+        guard: &LockGuard,
+    ) -> Result<Version> {
+        check_size(Operation::FencedPut, key, &value)?;
+        lock::fenced_put(&self.inner, key, value, mode, guard, false).await
+    }
+
+    async fn fenced_put_and_release(
+        &self,
+        key: &Key,
+        value: Bytes,
+        mode: PutMode,
+        guard: LockGuard,
+    ) -> Result<Version> {
+        if let Err(e) = check_size(Operation::FencedPut, key, &value) {
+            if let Err(error) = guard.release().await {
+                tracing::warn!(%error, %key, "releasing the lock after a refused write failed");
+            }
+            return Err(e);
+        }
+        match lock::fenced_put(&self.inner, key, value, mode, &guard, true).await {
+            Ok(version) => {
+                // The lock node went in the same multi.
+                drop(guard.disarm());
+                Ok(version)
+            }
+            Err(e) => {
+                if e.kind() != ErrorKind::LockLost {
+                    if let Err(error) = guard.release().await {
+                        tracing::warn!(%error, %key, "releasing the lock after a failed write failed");
+                    }
+                } else {
+                    drop(guard.disarm());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn register(&self, key: &Key, value: Bytes) -> Result<Registration> {
+        check_size(Operation::Register, key, &value)?;
+        registration::register(&self.inner, key, value).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        session::shutdown(&self.inner).await;
+        Ok(())
+    }
+}
+
+/// Convenience for errors without a zookeeper-client source.
+pub(crate) fn plain(kind: ErrorKind, operation: Operation, key: &Key) -> Error {
+    Error::new(kind, operation).with_key(key)
+}

@@ -1,0 +1,154 @@
+//! Ephemeral registrations, re-created on every new session.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sharedstate_core::{ErrorKind, Key, Operation, Registration, RegistrationClose, Result};
+use zookeeper_client as zk;
+
+use crate::{error, kv, plain, Inner, Session};
+
+const ATTEMPTS: usize = 8;
+const RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// A live registration, kept to re-create it after a new session.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    key: Key,
+    value: Bytes,
+}
+
+/// Creates the ephemeral node; a node already there that belongs to this
+/// session (a create whose response was lost) counts as created.
+async fn create(inner: &Inner, session: &Session, key: &Key, value: &Bytes) -> Result<()> {
+    let op = Operation::Register;
+    let client = &session.client;
+    for _ in 0..ATTEMPTS {
+        match kv::create_with_parents(inner, client, key, value, zk::CreateMode::Ephemeral).await {
+            Ok(_) => return Ok(()),
+            Err(zk::Error::NodeExists) => {
+                return match client.check_stat(key.as_str()).await {
+                    Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => Ok(()),
+                    Ok(None) => continue,
+                    Ok(Some(_)) => Err(plain(ErrorKind::AlreadyExists, op, key)
+                        .with_message("the key is held by another session or is persistent")),
+                    Err(e) => Err(error::map(e, op, key)),
+                }
+            }
+            Err(zk::Error::ConnectionLoss) => {
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+            Err(e) => return Err(error::map(e, op, key)),
+        }
+    }
+    Err(plain(ErrorKind::Unavailable, op, key).with_message("could not create the registration"))
+}
+
+pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Result<Registration> {
+    let op = Operation::Register;
+    let session = inner.session(op)?;
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    // Recorded first so that a new session that starts meanwhile re-creates it.
+    inner
+        .registrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            id,
+            Entry {
+                key: key.clone(),
+                value: value.clone(),
+            },
+        );
+    if let Err(e) = create(inner, &session, key, &value).await {
+        inner
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        return Err(e);
+    }
+    Ok(Registration::new(
+        key.clone(),
+        Box::new(Closer {
+            inner: Arc::downgrade(inner),
+            key: key.clone(),
+            id,
+        }),
+    ))
+}
+
+/// Re-creates every registration on a new session.
+pub(crate) async fn recreate_all(inner: &Inner, session: &Session) {
+    let entries: Vec<Entry> = inner
+        .registrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for entry in entries {
+        match create(inner, session, &entry.key, &entry.value).await {
+            Ok(()) => {
+                tracing::info!(key = %entry.key, "registration re-created on the new session")
+            }
+            Err(error) => {
+                tracing::warn!(%error, key = %entry.key, "re-creating a registration failed")
+            }
+        }
+    }
+}
+
+/// Stops re-creating a registration and deletes its node.
+#[derive(Debug)]
+struct Closer {
+    inner: Weak<Inner>,
+    key: Key,
+    id: u64,
+}
+
+#[async_trait]
+impl RegistrationClose for Closer {
+    async fn close(self: Box<Self>) -> Result<()> {
+        let op = Operation::Deregister;
+        let Some(inner) = self.inner.upgrade() else {
+            return Ok(());
+        };
+        inner
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        let Ok(session) = inner.session(op) else {
+            return Ok(());
+        };
+        let client = &session.client;
+        for _ in 0..ATTEMPTS {
+            let stat = match client.check_stat(self.key.as_str()).await {
+                Ok(Some(stat)) => stat,
+                Ok(None) | Err(zk::Error::SessionExpired) => return Ok(()),
+                Err(zk::Error::ConnectionLoss) => {
+                    tokio::time::sleep(RETRY_DELAY).await;
+                    continue;
+                }
+                Err(e) => return Err(error::map(e, op, &self.key)),
+            };
+            if stat.ephemeral_owner != client.session_id().0 {
+                // Not ours (anymore): leave it alone.
+                return Ok(());
+            }
+            match client.delete(self.key.as_str(), Some(stat.version)).await {
+                Ok(()) | Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
+                Err(zk::Error::ConnectionLoss | zk::Error::BadVersion) => {
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Err(e) => return Err(error::map(e, op, &self.key)),
+            }
+        }
+        Err(plain(ErrorKind::Unavailable, op, &self.key)
+            .with_message("the registration could not be deleted; it goes with the session"))
+    }
+}

@@ -1,0 +1,179 @@
+//! The session supervisor: maps zookeeper-client session states onto
+//! [`SessionStatus`](sharedstate_core::SessionStatus), replaces an expired
+//! session by a new one, and closes the client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharedstate_core::{Error, ErrorKind, Operation, Result, SessionState};
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+use crate::{error, registration, Inner, Session};
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long `close` waits for the server to confirm the session's end.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Runs until the backend is closed: one iteration per session.
+pub(crate) async fn supervise(inner: Arc<Inner>) {
+    loop {
+        let Ok(session) = inner.session(Operation::Connect) else {
+            return;
+        };
+        let epoch = session.epoch;
+        let mut states = session.client.state_watcher();
+        let mut state = states.peek_state();
+        loop {
+            match state {
+                zk::SessionState::Disconnected => {
+                    tracing::info!(epoch, "ZooKeeper connection lost; session suspended");
+                    inner.set_status(SessionState::Suspended, epoch);
+                }
+                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                    inner.set_status(SessionState::Connected, epoch);
+                }
+                zk::SessionState::Expired
+                | zk::SessionState::AuthFailed
+                | zk::SessionState::Closed => break,
+            }
+            state = tokio::select! {
+                _ = inner.closed.cancelled() => return,
+                state = states.changed() => state,
+            };
+        }
+        drop(states);
+        if inner.closed.is_cancelled() {
+            return;
+        }
+        tracing::warn!(epoch, ?state, "ZooKeeper session lost; opening a new one");
+        inner.set_status(SessionState::Lost, epoch);
+        session.lost.cancel();
+        drop(session);
+
+        let Some(client) = reconnect(&inner).await else {
+            return;
+        };
+        let new = Arc::new(Session {
+            client,
+            epoch: epoch + 1,
+            lost: CancellationToken::new(),
+        });
+        if inner.closed.is_cancelled() {
+            return;
+        }
+        inner.replace_session(Some(new.clone()));
+        if inner.closed.is_cancelled() {
+            inner.replace_session(None);
+            return;
+        }
+        registration::recreate_all(&inner, &new).await;
+        drop(new);
+        tracing::info!(epoch = epoch + 1, "new ZooKeeper session established");
+        inner.set_status(SessionState::Connected, epoch + 1);
+    }
+}
+
+/// Opens a new session with bounded exponential backoff, until it works or
+/// the backend is closed.
+async fn reconnect(inner: &Inner) -> Option<zk::Client> {
+    let mut delay = BACKOFF_START;
+    loop {
+        let attempt = tokio::select! {
+            _ = inner.closed.cancelled() => return None,
+            attempt = inner.config.open_session() => attempt,
+        };
+        match attempt {
+            Ok(client) => return Some(client),
+            Err(error) => {
+                tracing::warn!(%error, ?delay, "opening a new ZooKeeper session failed; retrying");
+                tokio::select! {
+                    _ = inner.closed.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Closes the backend: stops the tasks, reports `Closed`, and closes the
+/// session (waiting briefly for the server to confirm).
+pub(crate) async fn shutdown(inner: &Inner) {
+    inner.closed.cancel();
+    let epoch = inner.status.borrow().epoch;
+    inner.status.send_replace(sharedstate_core::SessionStatus {
+        state: SessionState::Closed,
+        epoch,
+    });
+    inner
+        .registrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    let Some(session) = inner.replace_session(None) else {
+        return;
+    };
+    session.lost.cancel();
+    let mut states = session.client.state_watcher();
+    // The session closes once every clone of the client is gone; in-flight
+    // calls and tasks let go of theirs as they see the close.
+    drop(session);
+    let closed = async {
+        while !states.peek_state().is_terminated() {
+            states.changed().await;
+        }
+    };
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        tracing::debug!("ZooKeeper session not confirmed closed yet; it closes in the background");
+    }
+}
+
+/// Makes the server expire the current session: a twin client attaches to
+/// it and closes it.
+pub(crate) async fn force_expiry(inner: &Inner) -> Result<()> {
+    let op = Operation::FaultInjection;
+    let session = inner.session(op)?;
+    let info = session.client.session().clone();
+    drop(session);
+    let connector = zk::Client::connector()
+        .with_session(info)
+        .with_session_timeout(inner.config.session_timeout);
+    let twin = match tokio::time::timeout(
+        inner.config.connect_timeout,
+        connector.connect(&inner.config.hosts),
+    )
+    .await
+    {
+        Err(_) => return Err(error::connect_timeout(inner.config.connect_timeout)),
+        // Already expired.
+        Ok(Err(zk::Error::SessionExpired)) => return Ok(()),
+        Ok(Err(e)) => {
+            return Err(Error::new(error::kind_of(&e), op)
+                .with_message("the twin session could not attach")
+                .with_source(e))
+        }
+        Ok(Ok(twin)) => twin,
+    };
+    let mut states = twin.state_watcher();
+    // Dropping the only handle sends CloseSession and waits for the reply.
+    drop(twin);
+    let closed = async {
+        loop {
+            let state = states.peek_state();
+            if state.is_terminated() {
+                return state;
+            }
+            states.changed().await;
+        }
+    };
+    match tokio::time::timeout(inner.config.connect_timeout, closed).await {
+        Ok(state) => {
+            tracing::info!(?state, "forced the expiry of the ZooKeeper session");
+            Ok(())
+        }
+        Err(_) => Err(Error::new(ErrorKind::Unavailable, op)
+            .with_message("the server did not confirm closing the twin session")),
+    }
+}

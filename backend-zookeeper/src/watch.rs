@@ -1,0 +1,257 @@
+//! `watch`: a persistent ZooKeeper watch per stream, re-reading the znode on
+//! each notification (level-triggered), with `Resync` after a reconnect or a
+//! new session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use sharedstate_core::{
+    Key, Operation, Result, SessionState, Version, Versioned, WatchEvent, WatchStream,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use zookeeper_client as zk;
+
+use crate::{error, version_of, Inner};
+
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
+pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> {
+    let op = Operation::Watch;
+    let session = inner.session(op)?;
+    let watcher = session
+        .client
+        .watch(key.as_str(), zk::AddWatchMode::Persistent)
+        .await
+        .map_err(|e| error::map(e, op, key))?;
+    let current = read(inner, &session.client, key, true)
+        .await
+        .map_err(|e| error::map(e, op, key))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = Task {
+        inner: inner.clone(),
+        key: key.clone(),
+        last: current.as_ref().map(|v| v.version),
+        epoch: session.epoch,
+        tx,
+    };
+    drop(session);
+    // Cannot fail: the receiver is still here.
+    let _ = task.tx.send(Ok(WatchEvent::Initial(current)));
+    tokio::spawn(task.run(watcher));
+    Ok(UnboundedReceiverStream::new(rx).boxed())
+}
+
+/// Reads the znode (after a `sync` when `linearizable`), feeding the
+/// version cache.
+async fn read(
+    inner: &Inner,
+    client: &zk::Client,
+    key: &Key,
+    linearizable: bool,
+) -> std::result::Result<Option<Versioned>, zk::Error> {
+    let sync = linearizable.then(|| client.sync(key.as_str()));
+    let data = client.get_data(key.as_str());
+    if let Some(sync) = sync {
+        sync.await?;
+    }
+    match data.await {
+        Ok((data, stat)) => {
+            inner.versions.observe(key.as_str(), &stat);
+            Ok(Some(Versioned {
+                value: Bytes::from(data),
+                version: version_of(stat.mzxid),
+            }))
+        }
+        Err(zk::Error::NoNode) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a batch of notifications asks for, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Need {
+    Nothing,
+    Read,
+    Resync,
+    NewSession,
+}
+
+fn need_of(event: &zk::WatchedEvent) -> Need {
+    match event.event_type {
+        zk::EventType::Session => match event.session_state {
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => Need::Resync,
+            zk::SessionState::Disconnected => Need::Nothing,
+            zk::SessionState::Expired | zk::SessionState::AuthFailed | zk::SessionState::Closed => {
+                Need::NewSession
+            }
+        },
+        zk::EventType::NodeChildrenChanged => Need::Nothing,
+        zk::EventType::NodeCreated
+        | zk::EventType::NodeDeleted
+        | zk::EventType::NodeDataChanged => Need::Read,
+    }
+}
+
+struct Task {
+    inner: Arc<Inner>,
+    key: Key,
+    /// The version last emitted (`None`: absent).
+    last: Option<Version>,
+    /// The session the watcher belongs to.
+    epoch: u64,
+    tx: mpsc::UnboundedSender<Result<WatchEvent>>,
+}
+
+enum Outcome {
+    Continue,
+    NewSession,
+    Stop,
+}
+
+impl Task {
+    async fn run(mut self, watcher: zk::PersistentWatcher) {
+        let mut watcher = Some(watcher);
+        loop {
+            let outcome = match watcher.as_mut() {
+                Some(w) => self.step(w).await,
+                None => Outcome::NewSession,
+            };
+            match outcome {
+                Outcome::Continue => {}
+                Outcome::Stop => return,
+                Outcome::NewSession => {
+                    // The old watcher died with its session; never poll it again.
+                    drop(watcher.take());
+                    match self.renew().await {
+                        Some(w) => watcher = Some(w),
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for notifications, folds those already queued, and acts once.
+    async fn step(&mut self, watcher: &mut zk::PersistentWatcher) -> Outcome {
+        let first = tokio::select! {
+            _ = self.tx.closed() => return Outcome::Stop,
+            _ = self.inner.closed.cancelled() => return Outcome::Stop,
+            event = watcher.changed() => event,
+        };
+        let mut need = need_of(&first);
+        while need != Need::NewSession {
+            match watcher.changed().now_or_never() {
+                Some(event) => need = need.max(need_of(&event)),
+                None => break,
+            }
+        }
+        match need {
+            Need::Nothing => Outcome::Continue,
+            Need::NewSession => Outcome::NewSession,
+            Need::Read | Need::Resync => self.refresh(need == Need::Resync).await,
+        }
+    }
+
+    /// Reads the znode and emits what changed (or `Resync`).
+    async fn refresh(&mut self, resync: bool) -> Outcome {
+        let Ok(session) = self.inner.session(Operation::Watch) else {
+            return Outcome::Stop;
+        };
+        if session.epoch != self.epoch {
+            return Outcome::NewSession;
+        }
+        let current = match read(&self.inner, &session.client, &self.key, resync).await {
+            Ok(current) => current,
+            Err(zk::Error::SessionExpired | zk::Error::SessionMoved | zk::Error::AuthFailed) => {
+                return Outcome::NewSession
+            }
+            Err(zk::Error::ClientClosed) => return Outcome::Stop,
+            // The connection broke: a reconnect notification (and a
+            // resync) follows, or the session expires.
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => return Outcome::Continue,
+            Err(e) => {
+                let _ = self
+                    .tx
+                    .send(Err(error::map(e, Operation::Watch, &self.key)));
+                return Outcome::Stop;
+            }
+        };
+        if resync {
+            self.last = current.as_ref().map(|v| v.version);
+            return self.send(WatchEvent::Resync(current));
+        }
+        match (self.last, current) {
+            (last, Some(value)) if last.is_none_or(|l| value.version > l) => {
+                self.last = Some(value.version);
+                self.send(WatchEvent::Changed(value))
+            }
+            (Some(_), None) => {
+                self.last = None;
+                self.send(WatchEvent::Deleted)
+            }
+            _ => Outcome::Continue,
+        }
+    }
+
+    fn send(&self, event: WatchEvent) -> Outcome {
+        match self.tx.send(Ok(event)) {
+            Ok(()) => Outcome::Continue,
+            Err(_) => Outcome::Stop,
+        }
+    }
+
+    /// Waits for the session after this watcher's one, re-arms the watch on
+    /// it and emits `Resync`. `None` when the stream should end.
+    async fn renew(&mut self) -> Option<zk::PersistentWatcher> {
+        let mut status = self.inner.status.subscribe();
+        loop {
+            let epoch = self.epoch;
+            let ready = tokio::select! {
+                _ = self.tx.closed() => return None,
+                ready = status.wait_for(|s| {
+                    s.state == SessionState::Closed
+                        || (s.state == SessionState::Connected && s.epoch > epoch)
+                }) => ready.map(|s| s.state != SessionState::Closed).unwrap_or(false),
+            };
+            if !ready {
+                return None;
+            }
+            let session = self.inner.session(Operation::Watch).ok()?;
+            let armed = session
+                .client
+                .watch(self.key.as_str(), zk::AddWatchMode::Persistent)
+                .await;
+            let watcher = match armed {
+                Ok(watcher) => watcher,
+                Err(zk::Error::SessionExpired | zk::Error::SessionMoved) => {
+                    self.epoch = session.epoch;
+                    continue;
+                }
+                Err(zk::Error::ClientClosed) => return None,
+                Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
+                    tokio::time::sleep(RETRY_DELAY).await;
+                    continue;
+                }
+                Err(e) => {
+                    let _ = self
+                        .tx
+                        .send(Err(error::map(e, Operation::Watch, &self.key)));
+                    return None;
+                }
+            };
+            self.epoch = session.epoch;
+            drop(session);
+            return match self.refresh(true).await {
+                Outcome::Continue => Some(watcher),
+                Outcome::Stop => None,
+                // The new session died already: wait for the next one. A
+                // failed read after a lost connection is resynced by the
+                // reconnect notification.
+                Outcome::NewSession => continue,
+            };
+        }
+    }
+}
