@@ -194,6 +194,32 @@ pub trait CoordinationBackend: Send + Sync + Debug + 'static {
     /// `Unsupported`, `Unavailable`.
     async fn lock(&self, key: &Key, options: LockOptions) -> Result<LockGuard>;
 
+    /// Takes the lock on `lock_key`, then reads `key`, and returns both; the
+    /// read sees every write made before the lock was granted. Backends that
+    /// can pipeline the two (one round trip for both) override this.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock) and [`get`](Self::get); a failed read releases
+    /// the lock.
+    async fn lock_and_get(
+        &self,
+        lock_key: &Key,
+        options: LockOptions,
+        key: &Key,
+    ) -> Result<(LockGuard, Option<Versioned>)> {
+        let guard = self.lock(lock_key, options).await?;
+        match self.get(key).await {
+            Ok(value) => Ok((guard, value)),
+            Err(error) => {
+                if let Err(release_error) = guard.release().await {
+                    tracing::warn!(%release_error, key = %lock_key, "releasing the lock after a failed read failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// A conditional write that succeeds only while `guard` still holds its
     /// lock, checked in the same atomic operation as the write.
     ///

@@ -68,15 +68,10 @@ where
     for attempt in 1..=attempts {
         shared.ensure_writable(&shared.current())?;
         let options = LockOptions::with_timeout(shared.config.lock_timeout);
-        let guard = backend.lock(&keys.lock, options).await?;
         // Under the lock, bring the local copy to the latest version.
-        let latest = match backend.get(&keys.payload).await {
-            Ok(latest) => latest,
-            Err(error) => {
-                release(guard).await;
-                return Err(error);
-            }
-        };
+        let (guard, latest) = backend
+            .lock_and_get(&keys.lock, options, &keys.payload)
+            .await?;
         let before = shared.current();
         let was_latest =
             before.problem.is_none() && latest.as_ref().map(|l| l.version) == Some(before.seen);
