@@ -1,0 +1,426 @@
+//! [`EtcdBuilder`] and `etcd://` URLs.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use sharedstate_core::{Error, ErrorKind, Operation, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{to_error, EtcdError};
+use crate::registration::Registry;
+use crate::session::Session;
+use crate::{EtcdBackend, Inner};
+
+/// Default lease TTL of a session.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
+/// Default time allowed to reach etcd when connecting.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time allowed for one request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connection settings shared by the backend's tasks.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) options: ConnectOptions,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The options hold the password: never print them.
+        f.debug_struct("Config")
+            .field("endpoints", &self.endpoints)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`EtcdBackend`]: `EtcdBackend::builder(["h1:2379", "h2:2379"])`,
+/// options, then [`connect`](Self::connect).
+///
+/// Endpoints are `host:port` (plain HTTP, or HTTPS when TLS is configured)
+/// or full `http://` / `https://` URLs.
+#[derive(Clone)]
+pub struct EtcdBuilder {
+    endpoints: Vec<String>,
+    user: Option<(String, String)>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    session_ttl: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<etcd_client::TlsOptions>,
+}
+
+impl fmt::Debug for EtcdBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("session_ttl", &self.session_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdBuilder {
+    pub(crate) fn new<I, S>(endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        EtcdBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            user: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            session_ttl: DEFAULT_SESSION_TTL,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Authenticates as `name` with `password` (etcd's user/password auth).
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((name.into(), password.into()));
+        self
+    }
+
+    /// How long [`connect`](Self::connect) may take to reach etcd
+    /// (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one request may take before it fails with `Unavailable`
+    /// (default [`DEFAULT_REQUEST_TIMEOUT`]). Also bounds how long a
+    /// keep-alive may stay unanswered before the session is `Suspended`.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The session lease's TTL, rounded up to whole seconds (default
+    /// [`DEFAULT_SESSION_TTL`]). Locks and registrations outlive a lost
+    /// connection by up to this long; etcd may raise very small values to
+    /// its own minimum.
+    pub fn session_ttl(mut self, ttl: Duration) -> Self {
+        self.session_ttl = ttl;
+        self
+    }
+
+    /// TLS settings (CA, client identity, domain name) for `https://`
+    /// endpoints, or for `host:port` endpoints which then use HTTPS.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: etcd_client::TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Connects, grants the session lease and starts its keep-alive task.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for no or malformed endpoints, `Unavailable` when
+    /// etcd cannot be reached within the connect timeout, `Unauthorized`
+    /// when the credentials are refused.
+    pub async fn connect(self) -> Result<EtcdBackend> {
+        let op = Operation::Connect;
+        if self.endpoints.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidArgument, op)
+                .with_message("at least one etcd endpoint is needed"));
+        }
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some((name, password)) = &self.user {
+            options = options.with_user(name.clone(), password.clone());
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
+        let config = Config {
+            endpoints: self.endpoints.clone(),
+            options,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+        };
+        let client = open_client(&config).await?;
+        let ttl = i64::try_from(self.session_ttl.as_secs_f64().ceil() as u64)
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let mut leases = client.lease_client();
+        let granted =
+            match tokio::time::timeout(self.connect_timeout, leases.grant(ttl, None)).await {
+                Ok(Ok(granted)) => granted,
+                Ok(Err(error)) => {
+                    return Err(
+                        to_error(op, None, EtcdError::Client(error)).with_message(format!(
+                            "granting the session lease on {:?}",
+                            self.endpoints
+                        )),
+                    )
+                }
+                Err(_) => {
+                    return Err(to_error(op, None, EtcdError::Timeout(self.connect_timeout))
+                        .with_message(format!("cannot reach etcd at {:?}", self.endpoints)))
+                }
+            };
+        let inner = Arc::new(Inner {
+            client,
+            config,
+            session: Session::new(granted.id(), granted.ttl()),
+            registry: tokio::sync::Mutex::new(Registry::default()),
+            closed: CancellationToken::new(),
+            lock_seq: AtomicU64::new(0),
+        });
+        tokio::spawn(crate::session::run(Arc::clone(&inner)));
+        tracing::debug!(lease = granted.id(), ttl = granted.ttl(), endpoints = ?self.endpoints, "etcd session started");
+        Ok(EtcdBackend { inner })
+    }
+}
+
+/// Opens an etcd client (no request is sent unless credentials are set).
+pub(crate) async fn open_client(config: &Config) -> Result<Client> {
+    let op = Operation::Connect;
+    match tokio::time::timeout(
+        config.connect_timeout,
+        Client::connect(&config.endpoints, Some(config.options.clone())),
+    )
+    .await
+    {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(error)) => Err(to_error(op, None, EtcdError::Client(error))
+            .with_message(format!("connecting to {:?}", config.endpoints))),
+        Err(_) => Err(
+            to_error(op, None, EtcdError::Timeout(config.connect_timeout))
+                .with_message(format!("cannot reach etcd at {:?}", config.endpoints)),
+        ),
+    }
+}
+
+/// Parses `etcd://[user:password@]h1:2379,h2:2379[/][?key=value&...]` into a
+/// builder. See [`EtcdBackend::from_url`] for the query keys.
+pub(crate) fn parse_url(url: &str) -> Result<EtcdBuilder> {
+    let invalid = |message: String| {
+        Error::new(ErrorKind::InvalidArgument, Operation::Connect).with_message(message)
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| invalid(format!("{url:?} is not a URL (expected etcd://host:port)")))?;
+    let tls_scheme = match scheme {
+        "etcd" => false,
+        "etcds" => true,
+        other => {
+            return Err(invalid(format!(
+                "unsupported scheme {other:?} (expected etcd:// or etcds://)"
+            )))
+        }
+    };
+    let (authority_and_path, query) = match rest.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (rest, None),
+    };
+    let authority = match authority_and_path.split_once('/') {
+        Some((authority, "")) => authority,
+        Some((_, path)) => {
+            return Err(invalid(format!(
+                "a path ({path:?}) is not supported in etcd URLs"
+            )))
+        }
+        None => authority_and_path,
+    };
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let endpoints: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if tls_scheme {
+                format!("https://{h}")
+            } else {
+                format!("http://{h}")
+            }
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return Err(invalid(format!("{url:?} names no etcd host")));
+    }
+    let mut builder = EtcdBuilder::new(endpoints);
+    if let Some(userinfo) = userinfo {
+        let (name, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        builder = builder.user(decode(name), decode(password));
+    }
+    #[cfg(feature = "tls")]
+    let mut tls = TlsFiles::default();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let millis = |value: &str| {
+            value
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| {
+                    invalid(format!(
+                        "{name} must be a whole number of milliseconds, got {value:?}"
+                    ))
+                })
+        };
+        match name.as_ref() {
+            "session_ttl_s" => {
+                let secs = value.parse::<u64>().map_err(|_| {
+                    invalid(format!(
+                        "session_ttl_s must be a whole number of seconds, got {value:?}"
+                    ))
+                })?;
+                builder = builder.session_ttl(Duration::from_secs(secs));
+            }
+            "connect_timeout_ms" => builder = builder.connect_timeout(millis(&value)?),
+            "request_timeout_ms" => builder = builder.request_timeout(millis(&value)?),
+            "user" => {
+                let password = builder.user.take().map(|(_, p)| p).unwrap_or_default();
+                builder = builder.user(value.into_owned(), password);
+            }
+            "password" => {
+                let user = builder.user.take().map(|(u, _)| u).unwrap_or_default();
+                builder = builder.user(user, value.into_owned());
+            }
+            #[cfg(feature = "tls")]
+            "ca_file" => tls.ca = Some(value.into_owned()),
+            #[cfg(feature = "tls")]
+            "cert_file" => tls.cert = Some(value.into_owned()),
+            #[cfg(feature = "tls")]
+            "key_file" => tls.key = Some(value.into_owned()),
+            #[cfg(feature = "tls")]
+            "domain" => tls.domain = Some(value.into_owned()),
+            #[cfg(not(feature = "tls"))]
+            "ca_file" | "cert_file" | "key_file" | "domain" => {
+                return Err(invalid(format!(
+                    "{name} needs sharedstate-etcd's \"tls\" feature"
+                )))
+            }
+            other => return Err(invalid(format!("unknown etcd URL option {other:?}"))),
+        }
+    }
+    if tls_scheme {
+        #[cfg(feature = "tls")]
+        {
+            builder = builder.tls(tls.load()?);
+        }
+        #[cfg(not(feature = "tls"))]
+        return Err(invalid(
+            "etcds:// needs sharedstate-etcd's \"tls\" feature".to_owned(),
+        ));
+    }
+    Ok(builder)
+}
+
+/// Minimal `%XX` decoding for the user info part.
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(feature = "tls")]
+#[derive(Default)]
+struct TlsFiles {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    domain: Option<String>,
+}
+
+#[cfg(feature = "tls")]
+impl TlsFiles {
+    fn load(self) -> Result<etcd_client::TlsOptions> {
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|e| {
+                Error::new(ErrorKind::InvalidArgument, Operation::Connect)
+                    .with_message(format!("cannot read {path}"))
+                    .with_source(e)
+            })
+        };
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::new(ErrorKind::InvalidArgument, Operation::Connect)
+                    .with_message("cert_file and key_file go together"))
+            }
+        }
+        if let Some(domain) = self.domain {
+            tls = tls.domain_name(domain);
+        }
+        Ok(tls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_and_options() {
+        let b = parse_url(
+            "etcd://h1:2379,h2:2379?session_ttl_s=7&connect_timeout_ms=1500&request_timeout_ms=250",
+        )
+        .unwrap();
+        assert_eq!(b.endpoints, vec!["http://h1:2379", "http://h2:2379"]);
+        assert_eq!(b.session_ttl, Duration::from_secs(7));
+        assert_eq!(b.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(b.request_timeout, Duration::from_millis(250));
+        assert!(b.user.is_none());
+    }
+
+    #[test]
+    fn parses_credentials() {
+        let b = parse_url("etcd://al%40ice:p%3Ass@h1:2379/").unwrap();
+        assert_eq!(b.user, Some(("al@ice".to_owned(), "p:ss".to_owned())));
+        let b = parse_url("etcd://h1:2379?user=bob&password=secret").unwrap();
+        assert_eq!(b.user, Some(("bob".to_owned(), "secret".to_owned())));
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for bad in [
+            "h1:2379",
+            "zk://h1:2181",
+            "etcd://",
+            "etcd://h1:2379/chroot",
+            "etcd://h1:2379?bogus=1",
+            "etcd://h1:2379?session_ttl_s=ten",
+        ] {
+            let err = parse_url(bad).expect_err(bad);
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+}

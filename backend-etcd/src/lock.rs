@@ -1,0 +1,308 @@
+//! Locks with the create-revision recipe (as etcd's Go `concurrency.Mutex`)
+//! and fenced writes.
+//!
+//! Each acquisition puts a waiter key `<lock key>/<lease hex>-<seq hex>`
+//! bound to the session lease, in one transaction that also reads the
+//! oldest waiter. The waiter with the smallest `create_revision` holds the
+//! lock; the others each watch the deletion of the waiter just before them.
+//! The fencing token is the waiter key's `create_revision`: later
+//! acquisitions always have larger ones. A fenced write is one transaction
+//! comparing that `create_revision` together with the write's own
+//! condition.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
+};
+use sharedstate_core::{
+    Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, PutMode,
+    Result, Version,
+};
+use tokio::time::Instant;
+
+use crate::error::{call, call_raw};
+use crate::kv::{
+    check_open, check_size, first_kv_at, header_revision, mode_compare, mode_failure, range_at,
+    version_of,
+};
+use crate::session::LeaseHandle;
+use crate::Inner;
+
+/// Acquires the lock on `key`.
+pub(crate) async fn lock(inner: &Arc<Inner>, key: &Key, options: LockOptions) -> Result<LockGuard> {
+    let op = Operation::Lock;
+    check_open(inner, op, key)?;
+    let deadline = Instant::now() + options.timeout;
+    let lease = inner.session.current();
+    if lease.lost.is_cancelled() {
+        return Err(session_lost(op, key));
+    }
+    let prefix = format!("{}/", key.as_str());
+    let seq = inner.lock_seq.fetch_add(1, Ordering::Relaxed);
+    let waiter = format!("{prefix}{:x}-{seq:x}", lease.id);
+
+    // One round trip: create the waiter key and read the oldest waiter.
+    let oldest = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+        .with_keys_only();
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            waiter.as_str(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then([
+            TxnOp::put(
+                waiter.as_str(),
+                Vec::new(),
+                Some(PutOptions::new().with_lease(lease.id)),
+            ),
+            TxnOp::get(prefix.as_str(), Some(oldest)),
+        ]);
+    let mut kv = inner.client.kv_client();
+    let response = call(inner.config.request_timeout, op, Some(key), kv.txn(txn))
+        .await
+        .inspect_err(|e| poke_if_lost(inner, e))?;
+    if !response.succeeded() {
+        return Err(Error::new(ErrorKind::Other, op)
+            .with_key(key)
+            .with_message(format!("the waiter key {waiter} exists already")));
+    }
+    let token = header_revision(response.header(), op, key)?;
+    let owner = first_kv_at(&response, 1).map(|kv| kv.create_revision());
+    if owner != Some(token) {
+        let waited = tokio::select! {
+            waited = tokio::time::timeout_at(deadline, wait_for_turn(inner, key, &prefix, &waiter, token)) => waited,
+            _ = lease.lost.cancelled() => Ok(Err(session_lost(op, key))),
+            _ = inner.closed.cancelled() => Ok(Err(crate::error::closed(op, Some(key)))),
+        };
+        let failure = match waited {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(_) => Some(
+                Error::new(ErrorKind::LockTimeout, op)
+                    .with_key(key)
+                    .with_message(format!("not acquired within {:?}", options.timeout)),
+            ),
+        };
+        if let Some(error) = failure {
+            delete_waiter(inner, key, &waiter).await;
+            return Err(error);
+        }
+    }
+    Ok(guard(inner, key, waiter, token, &lease))
+}
+
+fn guard(
+    inner: &Arc<Inner>,
+    key: &Key,
+    waiter: String,
+    token: i64,
+    lease: &LeaseHandle,
+) -> LockGuard {
+    LockGuard::new(
+        key.clone(),
+        waiter.clone(),
+        FencingToken::new(u64::try_from(token).unwrap_or(0)),
+        lease.lost.child_token(),
+        Box::new(EtcdLockRelease {
+            inner: Arc::clone(inner),
+            key: key.clone(),
+            waiter,
+        }),
+    )
+}
+
+fn session_lost(op: Operation, key: &Key) -> Error {
+    Error::new(ErrorKind::SessionLost, op)
+        .with_key(key)
+        .with_message("the session lease is lost")
+}
+
+fn poke_if_lost(inner: &Inner, error: &Error) {
+    if error.kind() == ErrorKind::SessionLost {
+        inner.session.poke();
+    }
+}
+
+/// Waits until no waiter older than ours is left.
+async fn wait_for_turn(
+    inner: &Arc<Inner>,
+    key: &Key,
+    prefix: &str,
+    waiter: &str,
+    token: i64,
+) -> Result<()> {
+    let op = Operation::Lock;
+    let timeout = inner.config.request_timeout;
+    loop {
+        // Our key must still be ours; then find the newest older waiter.
+        let older = GetOptions::new()
+            .with_prefix()
+            .with_max_create_revision(token - 1)
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
+        let txn = Txn::new()
+            .when([Compare::create_revision(waiter, CompareOp::Equal, token)])
+            .and_then([TxnOp::get(prefix, Some(older))]);
+        let mut kv = inner.client.kv_client();
+        let response = call(timeout, op, Some(key), kv.txn(txn)).await?;
+        if !response.succeeded() {
+            inner.session.poke();
+            return Err(session_lost(op, key).with_message("the waiter key vanished"));
+        }
+        let revision = header_revision(response.header(), op, key)?;
+        let Some(predecessor) = range_at(&response, 0).and_then(|get| get.kvs().first().cloned())
+        else {
+            return Ok(());
+        };
+        // Watch the predecessor from just after our read: its deletion
+        // cannot slip between the read and the watch.
+        let mut watcher = inner.client.watch_client();
+        let options = WatchOptions::new().with_start_revision(revision + 1);
+        let mut stream =
+            match call_raw(timeout, watcher.watch(predecessor.key(), Some(options))).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, %key, "watching the lock predecessor failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+        loop {
+            match stream.message().await {
+                Ok(Some(answer)) => {
+                    if answer.canceled()
+                        || answer
+                            .events()
+                            .iter()
+                            .any(|e| e.kv().is_some_and(|kv| kv.version() == 0))
+                    {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%error, %key, "the lock predecessor watch broke; re-checking");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Removes a waiter key after a failed acquisition (best effort: it goes
+/// with the lease at the latest).
+async fn delete_waiter(inner: &Inner, key: &Key, waiter: &str) {
+    let mut kv = inner.client.kv_client();
+    if let Err(error) = call(
+        inner.config.request_timeout,
+        Operation::Unlock,
+        Some(key),
+        kv.delete(waiter, None),
+    )
+    .await
+    {
+        tracing::warn!(%error, waiter, "removing a lock waiter key failed; it goes with the lease");
+    }
+}
+
+/// The transaction of a fenced write: lock compare + mode compare, put
+/// (+ release), and reads of both keys in the failure branch.
+fn fenced_txn(key: &Key, value: Bytes, mode: PutMode, guard: &LockGuard, release: bool) -> Txn {
+    let token = i64::try_from(guard.fencing_token().as_u64()).unwrap_or(i64::MAX);
+    let owner = guard.owner();
+    let mut compares = vec![Compare::create_revision(owner, CompareOp::Equal, token)];
+    compares.extend(mode_compare(key, mode));
+    let mut then = vec![TxnOp::put(key.as_str(), Vec::from(value), None)];
+    let keys_only = || Some(GetOptions::new().with_keys_only());
+    let mut otherwise = vec![
+        TxnOp::get(owner, keys_only()),
+        TxnOp::get(key.as_str(), keys_only()),
+    ];
+    if release {
+        then.push(TxnOp::delete(owner, None));
+        otherwise.push(TxnOp::delete(owner, None));
+    }
+    Txn::new().when(compares).and_then(then).or_else(otherwise)
+}
+
+/// A fenced write; with `release`, the lock key is deleted in the same
+/// transaction (whether the write's condition held or not).
+pub(crate) async fn fenced_put(
+    inner: &Inner,
+    key: &Key,
+    value: Bytes,
+    mode: PutMode,
+    guard: &LockGuard,
+    release: bool,
+) -> Result<Version> {
+    let op = Operation::FencedPut;
+    check_open(inner, op, key)?;
+    check_size(op, key, &value)?;
+    if guard.is_lost() {
+        return Err(lock_lost(key, guard));
+    }
+    let txn = fenced_txn(key, value, mode, guard, release);
+    let mut kv = inner.client.kv_client();
+    let response = call(inner.config.request_timeout, op, Some(key), kv.txn(txn)).await?;
+    if response.succeeded() {
+        return Ok(version_of(header_revision(response.header(), op, key)?));
+    }
+    let token = i64::try_from(guard.fencing_token().as_u64()).unwrap_or(i64::MAX);
+    let lock_held = first_kv_at(&response, 0).is_some_and(|kv| kv.create_revision() == token);
+    if !lock_held {
+        return Err(lock_lost(key, guard));
+    }
+    Err(mode_failure(
+        op,
+        key,
+        mode,
+        first_kv_at(&response, 1).as_ref(),
+    ))
+}
+
+fn lock_lost(key: &Key, guard: &LockGuard) -> Error {
+    Error::new(ErrorKind::LockLost, Operation::FencedPut)
+        .with_key(key)
+        .with_message(format!(
+            "the lock {} (token {}) is no longer held",
+            guard.owner(),
+            guard.fencing_token()
+        ))
+}
+
+/// Releases a held lock by deleting its waiter key.
+#[derive(Debug)]
+struct EtcdLockRelease {
+    inner: Arc<Inner>,
+    key: Key,
+    waiter: String,
+}
+
+#[async_trait]
+impl LockRelease for EtcdLockRelease {
+    async fn release(self: Box<Self>) -> Result<()> {
+        if self.inner.closed.is_cancelled() {
+            // The lease was revoked on close: the key is gone already.
+            return Ok(());
+        }
+        let mut kv = self.inner.client.kv_client();
+        call(
+            self.inner.config.request_timeout,
+            Operation::Unlock,
+            Some(&self.key),
+            kv.delete(self.waiter.as_str(), None),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! Ephemeral registrations: keys bound to the session lease, re-created on
+//! every new lease until the [`Registration`] is closed or dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use sharedstate_core::{Error, ErrorKind, Key, Operation, Registration, RegistrationClose, Result};
+
+use crate::error::{call, closed};
+use crate::Inner;
+
+/// The live registrations of one client.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    entries: HashMap<u64, Entry>,
+    next_id: u64,
+}
+
+impl Registry {
+    /// Forgets every registration (on close).
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: Key,
+    value: Bytes,
+    /// The lease the key was last created with (0: not created yet).
+    lease: i64,
+    /// A warning about someone else holding the key was logged.
+    warned: bool,
+}
+
+/// How creating a registration key went.
+enum Created {
+    /// The key is ours, bound to the lease.
+    Ours,
+    /// Another key holds the name (another client, or a stale lease).
+    Taken { lease: i64 },
+}
+
+/// One transaction: create `key` bound to `lease` if it is absent, and
+/// read it back otherwise.
+async fn create(inner: &Inner, key: &Key, value: &Bytes, lease: i64) -> Result<Created> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            value.to_vec(),
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(
+            key.as_str(),
+            Some(GetOptions::new().with_keys_only()),
+        )]);
+    let mut kv = inner.client.kv_client();
+    let response = call(
+        inner.config.request_timeout,
+        Operation::Register,
+        Some(key),
+        kv.txn(txn),
+    )
+    .await
+    .inspect_err(|e| {
+        if e.kind() == ErrorKind::SessionLost {
+            inner.session.poke();
+        }
+    })?;
+    if response.succeeded() {
+        return Ok(Created::Ours);
+    }
+    let holder = response
+        .op_responses()
+        .into_iter()
+        .find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.lease()),
+            _ => None,
+        })
+        .unwrap_or(0);
+    if holder == lease {
+        Ok(Created::Ours)
+    } else {
+        Ok(Created::Taken { lease: holder })
+    }
+}
+
+/// Registers `key` on the current lease.
+pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Result<Registration> {
+    if inner.closed.is_cancelled() {
+        return Err(closed(Operation::Register, Some(key)));
+    }
+    crate::kv::check_size(Operation::Register, key, &value)?;
+    let mut registry = inner.registry.lock().await;
+    let lease = inner.session.current();
+    if lease.lost.is_cancelled() {
+        return Err(Error::new(ErrorKind::SessionLost, Operation::Register)
+            .with_key(key)
+            .with_message("the session is lost; a new one is being opened"));
+    }
+    match create(inner, key, &value, lease.id).await? {
+        Created::Ours => {}
+        Created::Taken { .. } => {
+            return Err(Error::new(ErrorKind::AlreadyExists, Operation::Register).with_key(key));
+        }
+    }
+    let id = registry.next_id;
+    registry.next_id += 1;
+    registry.entries.insert(
+        id,
+        Entry {
+            key: key.clone(),
+            value,
+            lease: lease.id,
+            warned: false,
+        },
+    );
+    drop(registry);
+    Ok(Registration::new(
+        key.clone(),
+        Box::new(EtcdRegistration {
+            inner: Arc::clone(inner),
+            id,
+            key: key.clone(),
+        }),
+    ))
+}
+
+/// Re-creates every registration not bound to `lease` yet (called with the
+/// registry locked, on a new lease).
+pub(crate) async fn reconcile(inner: &Inner, registry: &mut Registry, lease: i64) {
+    for entry in registry.entries.values_mut() {
+        if entry.lease == lease {
+            continue;
+        }
+        match create(inner, &entry.key, &entry.value, lease).await {
+            Ok(Created::Ours) => {
+                tracing::debug!(key = %entry.key, lease, "registration re-created");
+                entry.lease = lease;
+                entry.warned = false;
+            }
+            Ok(Created::Taken { lease: holder }) => {
+                if !entry.warned {
+                    tracing::warn!(
+                        key = %entry.key,
+                        holder,
+                        "cannot re-create a registration: the key is held by another lease; retrying"
+                    );
+                    entry.warned = true;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, key = %entry.key, "re-creating a registration failed; retrying");
+            }
+        }
+    }
+}
+
+/// [`reconcile`] when some registration is not on `lease` (cheap check
+/// from the keep-alive loop).
+pub(crate) async fn reconcile_pending(inner: &Inner, lease: i64) {
+    let Ok(mut registry) = inner.registry.try_lock() else {
+        return;
+    };
+    if registry.entries.values().any(|entry| entry.lease != lease) {
+        reconcile(inner, &mut registry, lease).await;
+    }
+}
+
+/// The closer behind a [`Registration`].
+#[derive(Debug)]
+struct EtcdRegistration {
+    inner: Arc<Inner>,
+    id: u64,
+    key: Key,
+}
+
+#[async_trait]
+impl RegistrationClose for EtcdRegistration {
+    async fn close(self: Box<Self>) -> Result<()> {
+        let entry = self.inner.registry.lock().await.entries.remove(&self.id);
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        if self.inner.closed.is_cancelled() || entry.lease == 0 {
+            // The lease was revoked on close: the key is gone already.
+            return Ok(());
+        }
+        // Delete the key only while it is still ours (same lease).
+        let txn = Txn::new()
+            .when([Compare::lease(
+                self.key.as_str(),
+                CompareOp::Equal,
+                entry.lease,
+            )])
+            .and_then([TxnOp::delete(self.key.as_str(), None)]);
+        let mut kv = self.inner.client.kv_client();
+        call(
+            self.inner.config.request_timeout,
+            Operation::Deregister,
+            Some(&self.key),
+            kv.txn(txn),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,324 @@
+//! The session: one etcd lease kept alive by a background task.
+//!
+//! States, as published on [`Session::subscribe`]:
+//!
+//! - `Connected(epoch)`: the keep-alive stream answers.
+//! - `Suspended(epoch)`: the keep-alive stream broke or stopped answering;
+//!   the lease may still live. When a keep-alive works again (the lease
+//!   still exists) the state goes back to `Connected` with the same epoch.
+//! - `Lost(epoch)`: etcd says the lease is gone (a keep-alive answers with
+//!   TTL 0 or "lease not found"), or the lease's TTL passed since the last
+//!   answered keep-alive. Every lock guard's `lost()` fires first. A new
+//!   lease is then granted, registrations are re-created on it, and the
+//!   state becomes `Connected(epoch + 1)`.
+//! - `Closed`: after `close()`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use sharedstate_core::{ErrorKind, SessionState, SessionStatus};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{call_raw, kind_of, EtcdError};
+use crate::Inner;
+
+/// The lease of the current session and the token cancelled when it is
+/// lost (parent of every lock guard's `lost` token).
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseHandle {
+    /// The etcd lease id.
+    pub(crate) id: i64,
+    /// Cancelled when this lease is known to be lost.
+    pub(crate) lost: CancellationToken,
+}
+
+/// Session bookkeeping shared by the backend and its keep-alive task.
+#[derive(Debug)]
+pub(crate) struct Session {
+    status: watch::Sender<SessionStatus>,
+    current: Mutex<LeaseHandle>,
+    ttl_secs: AtomicU64,
+    poke: Notify,
+}
+
+impl Session {
+    /// A connected session (epoch 0) on a freshly granted lease.
+    pub(crate) fn new(lease_id: i64, ttl_secs: i64) -> Self {
+        let (status, _) = watch::channel(SessionStatus::connected(0));
+        Session {
+            status,
+            current: Mutex::new(LeaseHandle {
+                id: lease_id,
+                lost: CancellationToken::new(),
+            }),
+            ttl_secs: AtomicU64::new(positive_secs(ttl_secs)),
+            poke: Notify::new(),
+        }
+    }
+
+    /// The latest status.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<SessionStatus> {
+        self.status.subscribe()
+    }
+
+    /// The status right now.
+    pub(crate) fn status(&self) -> SessionStatus {
+        *self.status.borrow()
+    }
+
+    /// The current lease.
+    pub(crate) fn current(&self) -> LeaseHandle {
+        self.lock_current().clone()
+    }
+
+    /// Asks the keep-alive task to check the lease now (after an operation
+    /// saw "lease not found", or after a forced expiry).
+    pub(crate) fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    fn lock_current(&self) -> MutexGuard<'_, LeaseHandle> {
+        // A poisoned lock only means a panic elsewhere; the handle is plain data.
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs.load(Ordering::Relaxed))
+    }
+
+    fn set_state(&self, state: SessionState) {
+        self.status.send_if_modified(|status| {
+            if status.state == state || status.state == SessionState::Closed {
+                false
+            } else {
+                status.state = state;
+                true
+            }
+        });
+    }
+
+    /// Fires every lock guard's `lost()` and publishes `Lost`.
+    fn declare_lost(&self) {
+        self.lock_current().lost.cancel();
+        self.set_state(SessionState::Lost);
+    }
+
+    /// Installs a new lease (called with the registry lock held, so that
+    /// registrations cannot slip between the old lease and the new one).
+    pub(crate) fn install(&self, lease_id: i64, ttl_secs: i64) {
+        *self.lock_current() = LeaseHandle {
+            id: lease_id,
+            lost: CancellationToken::new(),
+        };
+        self.ttl_secs
+            .store(positive_secs(ttl_secs), Ordering::Relaxed);
+    }
+
+    /// Publishes `Connected` on a new session (epoch + 1).
+    fn connected_new_epoch(&self) {
+        self.status.send_if_modified(|status| {
+            if status.state == SessionState::Closed {
+                return false;
+            }
+            *status = SessionStatus::connected(status.epoch + 1);
+            true
+        });
+    }
+
+    /// Ends the session for good: guards fire, state `Closed`.
+    pub(crate) fn close(&self) {
+        self.lock_current().lost.cancel();
+        self.status.send_if_modified(|status| {
+            if status.state == SessionState::Closed {
+                false
+            } else {
+                status.state = SessionState::Closed;
+                true
+            }
+        });
+    }
+}
+
+fn positive_secs(secs: i64) -> u64 {
+    u64::try_from(secs).unwrap_or(1).max(1)
+}
+
+/// Why a keep-alive round ended.
+enum Outcome {
+    /// etcd says the lease is gone.
+    Lost,
+    /// The stream broke or did not answer in time.
+    Broken(EtcdError),
+}
+
+/// The keep-alive task: runs until the backend is closed.
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut last_ack = Instant::now();
+    let mut backoff = Backoff::new();
+    loop {
+        let lease = inner.session.current();
+        let outcome = tokio::select! {
+            _ = inner.closed.cancelled() => return,
+            outcome = keep_alive(&inner, lease.id, &mut last_ack, &mut backoff) => outcome,
+        };
+        match outcome {
+            Outcome::Lost => {
+                tracing::warn!(lease = lease.id, "etcd lease lost; starting a new session");
+                inner.session.declare_lost();
+                if !renew(&inner, None).await {
+                    return;
+                }
+                last_ack = Instant::now();
+                backoff.reset();
+            }
+            Outcome::Broken(error) => {
+                if inner.session.status().state == SessionState::Connected {
+                    tracing::warn!(%error, lease = lease.id, "etcd connection lost; session suspended");
+                }
+                inner.session.set_state(SessionState::Suspended);
+                if last_ack.elapsed() >= inner.session.ttl() {
+                    tracing::warn!(
+                        lease = lease.id,
+                        "no keep-alive answered within the lease TTL; the session is lost"
+                    );
+                    inner.session.declare_lost();
+                    if !renew(&inner, Some(lease.id)).await {
+                        return;
+                    }
+                    last_ack = Instant::now();
+                    backoff.reset();
+                } else {
+                    let wait = backoff.next();
+                    tokio::select! {
+                        _ = inner.closed.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens a keep-alive stream for `lease_id` and keeps the lease alive
+/// until etcd says it is gone or the stream breaks.
+async fn keep_alive(
+    inner: &Arc<Inner>,
+    lease_id: i64,
+    last_ack: &mut Instant,
+    backoff: &mut Backoff,
+) -> Outcome {
+    let timeout = inner.config.request_timeout;
+    let mut leases = inner.client.lease_client();
+    let (mut keeper, mut stream) = match call_raw(timeout, leases.keep_alive(lease_id)).await {
+        Ok(pair) => pair,
+        Err(error) if kind_of(&error) == ErrorKind::SessionLost => return Outcome::Lost,
+        Err(error) => return Outcome::Broken(error),
+    };
+    *last_ack = Instant::now();
+    backoff.reset();
+    if inner.session.status().state == SessionState::Suspended {
+        tracing::info!(lease = lease_id, "etcd connection restored; session kept");
+        inner.session.set_state(SessionState::Connected);
+    }
+    crate::registration::reconcile_pending(inner, lease_id).await;
+    loop {
+        let ttl = inner.session.ttl();
+        let interval = (ttl / 3).max(Duration::from_millis(500));
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = inner.session.poke.notified() => {}
+        }
+        if let Err(error) = keeper.keep_alive().await {
+            return Outcome::Broken(EtcdError::Client(error));
+        }
+        let answer_within = interval.min(timeout);
+        match tokio::time::timeout(answer_within, stream.message()).await {
+            Ok(Ok(Some(answer))) if answer.ttl() > 0 => *last_ack = Instant::now(),
+            Ok(Ok(Some(_))) => return Outcome::Lost,
+            Ok(Ok(None)) => {
+                return Outcome::Broken(EtcdError::Protocol("the keep-alive stream ended"))
+            }
+            Ok(Err(error)) => {
+                let error = EtcdError::Client(error);
+                if kind_of(&error) == ErrorKind::SessionLost {
+                    return Outcome::Lost;
+                }
+                return Outcome::Broken(error);
+            }
+            Err(_) => return Outcome::Broken(EtcdError::Timeout(answer_within)),
+        }
+        crate::registration::reconcile_pending(inner, lease_id).await;
+    }
+}
+
+/// Grants a new lease (revoking `stale` first when the old one may still
+/// exist on the server), re-creates registrations on it and publishes
+/// `Connected` with the next epoch. Returns false when the backend was
+/// closed meanwhile.
+async fn renew(inner: &Arc<Inner>, mut stale: Option<i64>) -> bool {
+    let timeout = inner.config.request_timeout;
+    let mut backoff = Backoff::new();
+    loop {
+        if inner.closed.is_cancelled() {
+            return false;
+        }
+        let mut leases = inner.client.lease_client();
+        if let Some(old) = stale {
+            match call_raw(timeout, leases.revoke(old)).await {
+                Ok(_) => stale = None,
+                Err(error) if kind_of(&error) == ErrorKind::SessionLost => stale = None,
+                Err(error) => {
+                    tracing::debug!(%error, lease = old, "revoking the stale lease failed")
+                }
+            }
+        }
+        let ttl = i64::try_from(inner.session.ttl().as_secs()).unwrap_or(i64::MAX);
+        match call_raw(timeout, leases.grant(ttl, None)).await {
+            Ok(granted) => {
+                let mut registry = inner.registry.lock().await;
+                inner.session.install(granted.id(), granted.ttl());
+                crate::registration::reconcile(inner, &mut registry, granted.id()).await;
+                drop(registry);
+                inner.session.connected_new_epoch();
+                tracing::info!(lease = granted.id(), "new etcd session");
+                return true;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "granting a new etcd lease failed; retrying");
+                let wait = backoff.next();
+                tokio::select! {
+                    _ = inner.closed.cancelled() => return false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 100 ms to 2 s.
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(2));
+        now
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+}
