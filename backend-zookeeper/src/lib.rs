@@ -75,7 +75,7 @@ pub(crate) struct Session {
 /// registrations.
 pub(crate) struct Inner {
     pub config: builder::Config,
-    current: RwLock<Option<Arc<Session>>>,
+    pub(crate) current: RwLock<Option<Arc<Session>>>,
     pub status: tokio_watch::Sender<SessionStatus>,
     pub versions: kv::VersionCache,
     pub registrations: Mutex<HashMap<u64, registration::Entry>>,
@@ -89,8 +89,17 @@ impl Inner {
         if self.closed.is_cancelled() {
             return Err(error::closed(operation));
         }
-        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
-        guard.clone().ok_or_else(|| error::closed(operation))
+        let session = {
+            let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+            guard.clone().ok_or_else(|| error::closed(operation))?
+        };
+        // Requests made while disconnected would wait for the reconnect (or
+        // the expiry): fail fast instead, the caller retries.
+        if session.client.state() == zk::SessionState::Disconnected {
+            return Err(Error::new(ErrorKind::Unavailable, operation)
+                .with_message("the ZooKeeper connection is lost (session suspended)"));
+        }
+        Ok(session)
     }
 
     pub(crate) fn replace_session(&self, session: Option<Arc<Session>>) -> Option<Arc<Session>> {
@@ -198,7 +207,23 @@ impl ZooKeeperBackend {
     /// `Closed` after close; `Unavailable` when the twin cannot connect or
     /// the server does not confirm within the connect timeout.
     pub async fn force_session_expiry(&self) -> Result<()> {
-        session::force_expiry(&self.inner).await
+        let hosts = self.inner.config.hosts.clone();
+        session::force_expiry(&self.inner, &hosts).await
+    }
+
+    /// [`force_session_expiry`](Self::force_session_expiry) with the twin
+    /// connecting to `hosts` (`h1:2181,h2:2181`, no chroot) rather than to
+    /// this client's own connect string: for tests whose client goes
+    /// through a fault-injecting proxy that may be cutting the connection.
+    /// Cutting this client's connection first (and restoring it after)
+    /// avoids the race where the client re-attaches to the session between
+    /// the twin's connect and its close.
+    ///
+    /// # Errors
+    ///
+    /// As [`force_session_expiry`](Self::force_session_expiry).
+    pub async fn force_session_expiry_via(&self, hosts: &str) -> Result<()> {
+        session::force_expiry(&self.inner, hosts).await
     }
 }
 

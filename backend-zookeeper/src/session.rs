@@ -132,30 +132,34 @@ pub(crate) async fn shutdown(inner: &Inner) {
 
 /// Makes the server expire the current session: a twin client attaches to
 /// it and closes it.
-pub(crate) async fn force_expiry(inner: &Inner) -> Result<()> {
+pub(crate) async fn force_expiry(inner: &Inner, hosts: &str) -> Result<()> {
     let op = Operation::FaultInjection;
-    let session = inner.session(op)?;
-    let info = session.client.session().clone();
-    drop(session);
+    if inner.closed.is_cancelled() {
+        return Err(error::closed(op));
+    }
+    // Works while suspended too: the session is what matters.
+    let info = {
+        let current = inner.current.read().unwrap_or_else(|p| p.into_inner());
+        match current.as_ref() {
+            Some(session) => session.client.session().clone(),
+            None => return Err(error::closed(op)),
+        }
+    };
     let connector = zk::Client::connector()
         .with_session(info)
         .with_session_timeout(inner.config.session_timeout);
-    let twin = match tokio::time::timeout(
-        inner.config.connect_timeout,
-        connector.connect(&inner.config.hosts),
-    )
-    .await
-    {
-        Err(_) => return Err(error::connect_timeout(inner.config.connect_timeout)),
-        // Already expired.
-        Ok(Err(zk::Error::SessionExpired)) => return Ok(()),
-        Ok(Err(e)) => {
-            return Err(Error::new(error::kind_of(&e), op)
-                .with_message("the twin session could not attach")
-                .with_source(e))
-        }
-        Ok(Ok(twin)) => twin,
-    };
+    let twin =
+        match tokio::time::timeout(inner.config.connect_timeout, connector.connect(hosts)).await {
+            Err(_) => return Err(error::connect_timeout(inner.config.connect_timeout)),
+            // Already expired.
+            Ok(Err(zk::Error::SessionExpired)) => return Ok(()),
+            Ok(Err(e)) => {
+                return Err(Error::new(error::kind_of(&e), op)
+                    .with_message("the twin session could not attach")
+                    .with_source(e))
+            }
+            Ok(Ok(twin)) => twin,
+        };
     let mut states = twin.state_watcher();
     // Dropping the only handle sends CloseSession and waits for the reply.
     drop(twin);

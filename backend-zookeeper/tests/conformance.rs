@@ -1,0 +1,235 @@
+//! The conformance suite against a real ZooKeeper (a container, or the
+//! server `SHAREDSTATE_TEST_ZOOKEEPER` points at), plus ZooKeeper-specific
+//! checks. Every client gets its own session through its own fault-injecting
+//! proxy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use sharedstate_conformance::fixtures::{self, TcpProxy};
+use sharedstate_conformance::{unique_key, BackendFactory, FaultInjector, TestClient};
+use sharedstate_core::{CoordinationBackend, ErrorKind, PutMode, Result, SessionState, WatchEvent};
+use sharedstate_zookeeper::ZooKeeperBackend;
+use zookeeper_client as zk;
+
+/// Short enough that expiries are quick, long enough (server ticks are
+/// 500 ms, so 1-10 s is allowed) that a brief suspension survives.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct ZkFactory {
+    server: String,
+}
+
+async fn factory() -> ZkFactory {
+    init_tracing();
+    ZkFactory {
+        server: fixtures::zookeeper(),
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+#[async_trait]
+impl BackendFactory for ZkFactory {
+    fn name(&self) -> &str {
+        "zookeeper"
+    }
+
+    async fn client(&self) -> TestClient {
+        let proxy = TcpProxy::start(self.server.clone())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("cannot start a TCP proxy in front of {}: {e}", self.server)
+            });
+        let backend = ZooKeeperBackend::builder(proxy.endpoint())
+            .session_timeout(SESSION_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot connect to ZooKeeper at {} (through {}): {e}; is the server up? \
+                     Set SHAREDSTATE_TEST_ZOOKEEPER=host:port or run scripts/test.sh",
+                    self.server,
+                    proxy.endpoint()
+                )
+            });
+        let backend = Arc::new(backend);
+        let faults = Arc::new(ZkFaults {
+            backend: backend.clone(),
+            proxy,
+            server: self.server.clone(),
+        });
+        TestClient { backend, faults }
+    }
+}
+
+struct ZkFaults {
+    backend: Arc<ZooKeeperBackend>,
+    proxy: TcpProxy,
+    server: String,
+}
+
+#[async_trait]
+impl FaultInjector for ZkFaults {
+    async fn expire_session(&self) -> Result<()> {
+        // Cut the client's connection while the twin closes the session, so
+        // that the client cannot re-attach in between; then restore it
+        // unless the test had suspended it.
+        let was_forwarding = self.proxy.mode() == fixtures::ProxyMode::Forward;
+        if was_forwarding {
+            self.proxy.suspend();
+        }
+        let expired = self.backend.force_session_expiry_via(&self.server).await;
+        if was_forwarding {
+            self.proxy.resume();
+        }
+        expired
+    }
+
+    async fn suspend(&self) -> Result<()> {
+        self.proxy.suspend();
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<()> {
+        self.proxy.resume();
+        Ok(())
+    }
+}
+
+sharedstate_conformance::conformance_tests!(factory);
+
+async fn raw_client(server: &str) -> zk::Client {
+    zk::Client::connector()
+        .with_session_timeout(SESSION_TIMEOUT)
+        .connect(server)
+        .await
+        .unwrap_or_else(|e| panic!("raw zookeeper-client connect to {server}: {e}"))
+}
+
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// An operator edits the JSON with a plain ZooKeeper client (as zkCli.sh
+/// would); the change arrives through `watch` with the znode's mzxid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_operator_edit_arrives_through_watch() {
+    let f = factory().await;
+    let client = f.client().await;
+    let b = &client.backend;
+    let key = unique_key("zk_operator_edit")
+        .child("payload")
+        .expect("key");
+    let v1 = b
+        .put(
+            &key,
+            br#"{"globs":["a*"]}"#.to_vec().into(),
+            PutMode::Create,
+        )
+        .await
+        .expect("create");
+    let mut stream = b.watch(&key).await.expect("watch");
+    match within("Initial", stream.next()).await {
+        Some(Ok(WatchEvent::Initial(Some(found)))) => assert_eq!(found.version, v1),
+        other => panic!("expected Initial(Some), got {other:?}"),
+    }
+
+    let operator = raw_client(&f.server).await;
+    let edited = br#"{"globs":["a*","b*"]}"#;
+    let stat = operator
+        .set_data(key.as_str(), edited, None)
+        .await
+        .expect("operator set_data");
+
+    match within("the operator's change", stream.next()).await {
+        Some(Ok(WatchEvent::Changed(found))) => {
+            assert_eq!(&found.value[..], &edited[..]);
+            assert_eq!(found.version.as_u64(), stat.mzxid as u64);
+            let json: serde_json::Value = serde_json::from_slice(&found.value).expect("json");
+            assert_eq!(json["globs"][1], "b*");
+        }
+        other => panic!("expected Changed, got {other:?}"),
+    }
+    // The version cache learnt the operator's write from the watch: a
+    // conditional update at that version works.
+    let v3 = b
+        .put(
+            &key,
+            br#"{"globs":[]}"#.to_vec().into(),
+            PutMode::Update(sharedstate_core::Version::new(stat.mzxid as u64)),
+        )
+        .await
+        .expect("update at the operator's version");
+    assert!(v3.as_u64() > stat.mzxid as u64);
+    b.close().await.expect("close");
+}
+
+/// Versions are mzxids: an update through an outside client that does not
+/// change the data version semantics still conflicts correctly, and a
+/// delete + re-create by the operator makes the old version stale even when
+/// the data version repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_recreate_makes_old_version_stale() {
+    let f = factory().await;
+    let client = f.client().await;
+    let b = &client.backend;
+    let key = unique_key("zk_operator_recreate").child("k").expect("key");
+    let v1 = b
+        .put(&key, "1".into(), PutMode::Create)
+        .await
+        .expect("create");
+    let operator = raw_client(&f.server).await;
+    operator.delete(key.as_str(), None).await.expect("delete");
+    let (stat, _) = operator
+        .create(
+            key.as_str(),
+            b"2",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .expect("re-create");
+    // Same data version (0) as v1, different mzxid: must conflict.
+    let err = b
+        .put(&key, "3".into(), PutMode::Update(v1))
+        .await
+        .expect_err("stale version");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert_eq!(
+        err.current_version().map(|v| v.as_u64()),
+        Some(stat.mzxid as u64)
+    );
+}
+
+/// `from_url` connects with a chroot it creates, and keys live below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_url_with_chroot() {
+    let f = factory().await;
+    let root = unique_key("zk_chroot");
+    let url = format!("zk://{}{}?session_timeout_ms=4000", f.server, root);
+    let b = ZooKeeperBackend::from_url(&url).await.expect("connect");
+    assert_eq!(b.session().borrow().state, SessionState::Connected);
+    let key = sharedstate_core::Key::new("/inside/k").expect("key");
+    b.put(&key, "v".into(), PutMode::Overwrite)
+        .await
+        .expect("put");
+    let operator = raw_client(&f.server).await;
+    let (data, _) = operator
+        .get_data(&format!("{root}/inside/k"))
+        .await
+        .expect("the key lives under the chroot");
+    assert_eq!(data, b"v");
+    b.close().await.expect("close");
+}
