@@ -9,8 +9,10 @@
 #   sharedstate-test/etcd:local       FROM base; etcd/etcdctl at /usr/local/bin
 #                                     like the official etcd image
 #
-# An image that already exists is skipped (set SHAREDSTATE_REBUILD_IMAGES=1 to
-# rebuild all three). Needs root, a Docker daemon and mmdebstrap; scripts/test.sh
+# An image that exists and was built from the same recipe (label
+# sharedstate.recipe: the package list for the base, a hash of the build
+# context and of the base for the others) is skipped; SHAREDSTATE_REBUILD_IMAGES=1
+# rebuilds all three. Needs root, a Docker daemon and mmdebstrap; scripts/test.sh
 # installs and starts them. Prints the image names and timings.
 set -euo pipefail
 
@@ -40,6 +42,15 @@ timed() { # timed LABEL CMD...: runs CMD, records its duration
 	TIMINGS+=("$(awk -v l="$label" -v s="$start" -v e="$end" 'BEGIN { printf "%-28s %7.1f s", l, e - s }')")
 }
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+# The recipe an image was built from (label sharedstate.recipe): an image
+# whose recipe changed since is rebuilt.
+image_recipe() { docker image inspect --format '{{index .Config.Labels "sharedstate.recipe"}}' "$1" 2>/dev/null; }
+context_recipe() { # hash of a build context's files and of the base image's id
+	(
+		cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum
+		docker image inspect --format '{{.Id}}' "$BASE_IMAGE"
+	) | sha256sum | cut -c1-16
+}
 
 command -v docker >/dev/null || die "docker CLI not found (run: bash scripts/test.sh, which installs it)"
 docker info >/dev/null 2>&1 || die "no Docker daemon answers (run: bash scripts/test.sh, which starts one)"
@@ -54,6 +65,7 @@ build_rootfs() {
 	command -v mmdebstrap >/dev/null || die "mmdebstrap not found (apt-get install mmdebstrap)"
 	mkdir -p "$CACHE_DIR"
 	# Man pages and docs are kept: openjdk's postinst needs them.
+	# shellcheck disable=SC2016 # $1 is expanded by mmdebstrap's hook shell
 	mmdebstrap --variant=apt --include="$PACKAGES" \
 		--customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
 		"$SUITE" "$ROOTFS" \
@@ -62,8 +74,11 @@ build_rootfs() {
 		"deb $SECURITY_MIRROR $SUITE-security main"
 }
 
+BASE_RECIPE="$(printf '%s\n' "$SUITE" "$PACKAGES" "$MIRROR" "$SECURITY_MIRROR" | sha256sum | cut -c1-16)"
+
 import_rootfs() {
 	docker import \
+		--change "LABEL sharedstate.recipe=$BASE_RECIPE" \
 		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
 		--change 'ENV LANG=C.UTF-8' \
 		--change 'CMD ["/bin/bash"]' \
@@ -71,11 +86,12 @@ import_rootfs() {
 		"$ROOTFS" "$BASE_IMAGE" >/dev/null
 }
 
-build_image() { # build_image TAG CONTEXT
-	docker build --quiet --build-arg "BASE=$BASE_IMAGE" -t "$1" "$2" >/dev/null
+build_image() { # build_image TAG CONTEXT RECIPE
+	docker build --quiet --build-arg "BASE=$BASE_IMAGE" --label "sharedstate.recipe=$3" \
+		-t "$1" "$2" >/dev/null
 }
 
-if image_exists "$BASE_IMAGE"; then
+if image_exists "$BASE_IMAGE" && [[ "$(image_recipe "$BASE_IMAGE")" == "$BASE_RECIPE" ]]; then
 	log "$BASE_IMAGE exists, skipped"
 else
 	ROOTFS="$CACHE_DIR/rootfs-$SUITE-$$.tar"
@@ -90,11 +106,12 @@ fi
 for pair in "$ZK_IMAGE=zookeeper" "$ETCD_IMAGE=etcd"; do
 	image="${pair%%=*}"
 	context="$ROOT/scripts/docker/${pair#*=}"
-	if image_exists "$image"; then
+	recipe="$(context_recipe "$context")"
+	if image_exists "$image" && [[ "$(image_recipe "$image")" == "$recipe" ]]; then
 		log "$image exists, skipped"
 	else
 		log "building $image from $context"
-		timed "docker build ${pair#*=}" build_image "$image" "$context"
+		timed "docker build ${pair#*=}" build_image "$image" "$context" "$recipe"
 	fi
 done
 

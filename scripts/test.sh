@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): provisions what the tests need on a
+# fresh Debian machine, then formats, lints, builds and tests the workspace.
+#
+#   bash scripts/test.sh
+#
+# Steps, in order (a failing step stops the run, except fmt which is reported
+# at the end):
+#   packages  apt-get install what is missing: docker.io, iptables,
+#             ca-certificates, protobuf-compiler (etcd-client needs protoc)
+#   docker    start dockerd in the background when no daemon answers
+#   images    pull the official ZooKeeper / etcd images, or, when no registry
+#             answers, build local ones (scripts/build-test-images.sh, needs
+#             mmdebstrap) and export SHAREDSTATE_ZOOKEEPER_IMAGE /
+#             SHAREDSTATE_ETCD_IMAGE for the tests
+#   cleanup   remove containers labelled sharedstate.test=1 whose test
+#             process is gone
+#   fmt       cargo fmt --all -- --check
+#   clippy    cargo clippy --workspace --all-targets --all-features -- -D warnings
+#   build     cargo test --workspace --all-features --no-run
+#   test      cargo test --workspace --all-features
+#
+# Environment:
+#   SHAREDSTATE_TEST_ONLY   comma-separated steps or groups to run
+#                           (provision = packages,docker,images,cleanup;
+#                           check = fmt,clippy; tests = build,test);
+#                           default: everything
+#   SHAREDSTATE_ZOOKEEPER_IMAGE / SHAREDSTATE_ETCD_IMAGE
+#                           use these images (pulled or built by hand)
+#   SHAREDSTATE_TEST_ZOOKEEPER / SHAREDSTATE_TEST_ETCD
+#                           host:port of running servers: the tests use them
+#                           instead of starting containers
+#   SHAREDSTATE_DOCKERD_LOG dockerd's log when this script starts it
+#                           (default /tmp/sharedstate-dockerd.log)
+#
+# The dockerd this script starts keeps running afterwards, for the next run.
+# To add a step: write step_<name>, and add <name> to STEPS (and a group).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+
+STEPS=(packages docker images cleanup fmt clippy build test)
+# Selection groups (SHAREDSTATE_TEST_ONLY) and timing phases of each step.
+declare -A GROUP=(
+	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
+	[fmt]=check [clippy]=check [build]=tests [test]=tests
+)
+declare -A PHASE=(
+	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
+	[fmt]=build [clippy]=build [build]=build [test]=tests
+)
+NONFATAL=" fmt " # a failing non-fatal step lets the others run, and fails the run at the end
+
+ZOOKEEPER_OFFICIAL_IMAGE=zookeeper:3.9
+ETCD_OFFICIAL_IMAGE=gcr.io/etcd-development/etcd:v3.5.17
+ZOOKEEPER_LOCAL_IMAGE=sharedstate-test/zookeeper:local
+ETCD_LOCAL_IMAGE=sharedstate-test/etcd:local
+DOCKERD_LOG="${SHAREDSTATE_DOCKERD_LOG:-/tmp/sharedstate-dockerd.log}"
+DOCKERD_START_TIMEOUT=60 # seconds
+PULL_TIMEOUT=45          # seconds per image
+TEST_LABEL=sharedstate.test=1
+
+export DEBIAN_FRONTEND=noninteractive
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+log() { printf '\n==> [test.sh] %s\n' "$*" >&2; }
+warn() { printf '==> [test.sh] WARNING: %s\n' "$*" >&2; }
+err() { printf '==> [test.sh] ERROR: %s\n' "$*" >&2; }
+now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
+elapsed() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.1f", e - s }'; }
+as_root() {
+	if [[ "$(id -u)" == 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null; then
+		sudo -n "$@"
+	else
+		err "need root for: $*"
+		return 1
+	fi
+}
+
+# ---------------------------------------------------------------- provision
+
+APT_UPDATED=0
+apt_install() { # apt_install PKG...: installs the packages (one apt-get update per run)
+	log "installing: $*"
+	if ((APT_UPDATED == 0)); then
+		as_root apt-get update -qq || return 1
+		APT_UPDATED=1
+	fi
+	as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null || return 1
+}
+
+step_packages() {
+	local missing=()
+	command -v dockerd >/dev/null || missing+=(docker.io)
+	command -v docker >/dev/null || missing+=(docker.io)
+	command -v iptables >/dev/null || missing+=(iptables)
+	[[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+	command -v protoc >/dev/null || missing+=(protobuf-compiler)
+	if [[ -d /sys/fs/cgroup && ! -e /sys/fs/cgroup/cgroup.controllers && ! -d /sys/fs/cgroup/devices ]]; then
+		command -v cgroupfs-mount >/dev/null || missing+=(cgroupfs-mount)
+	fi
+	if ((${#missing[@]})); then
+		# shellcheck disable=SC2207
+		missing=($(printf '%s\n' "${missing[@]}" | sort -u))
+		apt_install "${missing[@]}" || return 1
+	else
+		log "packages: all present"
+	fi
+	command -v cargo >/dev/null || {
+		err "cargo not found: the Rust toolchain must be installed (rustup)"
+		return 1
+	}
+}
+
+docker_answers() { timeout 15 docker info >/dev/null 2>&1; }
+
+step_docker() {
+	if docker_answers; then
+		log "docker: a daemon answers ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
+		return 0
+	fi
+	# Neither cgroup v2 nor the v1 hierarchies mounted (no init system did it).
+	if [[ -d /sys/fs/cgroup && ! -e /sys/fs/cgroup/cgroup.controllers && ! -d /sys/fs/cgroup/devices ]]; then
+		log "docker: mounting the cgroup hierarchies"
+		as_root cgroupfs-mount || warn "cgroupfs-mount failed"
+	fi
+	local pidfile=/var/run/docker.pid pid=""
+	if [[ -f "$pidfile" ]]; then
+		pid="$(cat "$pidfile" 2>/dev/null || true)"
+		if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == dockerd ]]; then
+			log "docker: dockerd ($pid) is running but does not answer yet; waiting for it"
+		else
+			log "docker: removing the stale $pidfile (pid ${pid:-?} is gone)"
+			as_root rm -f "$pidfile"
+			pid=""
+		fi
+	fi
+	if [[ -z "$pid" ]]; then
+		if [[ -S /var/run/docker.sock ]]; then
+			log "docker: removing the stale /var/run/docker.sock"
+			as_root rm -f /var/run/docker.sock
+		fi
+		log "docker: starting dockerd in the background (log: $DOCKERD_LOG)"
+		# setsid + nohup: it outlives this script (and its terminal), so the
+		# next run and the developer's own cargo test find it.
+		as_root setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+		pid=$!
+	fi
+	local start deadline
+	start="$(now)"
+	deadline=$((SECONDS + DOCKERD_START_TIMEOUT))
+	until docker_answers; do
+		if ((SECONDS >= deadline)); then
+			err "dockerd did not answer within ${DOCKERD_START_TIMEOUT}s; last lines of $DOCKERD_LOG:"
+			tail -n 30 "$DOCKERD_LOG" >&2 2>/dev/null
+			return 1
+		fi
+		if ! kill -0 "$pid" 2>/dev/null; then
+			err "dockerd exited; last lines of $DOCKERD_LOG:"
+			tail -n 30 "$DOCKERD_LOG" >&2 2>/dev/null
+			return 1
+		fi
+		sleep 0.5
+	done
+	log "docker: daemon up after $(elapsed "$start" "$(now)") s"
+	TIMING_NOTES+=("dockerd start: $(elapsed "$start" "$(now)") s")
+}
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+try_pull() { # try_pull IMAGE: pulls within PULL_TIMEOUT; quiet on failure
+	log "images: trying docker pull $1 (at most ${PULL_TIMEOUT}s)"
+	if timeout "$PULL_TIMEOUT" docker pull -q "$1" >/dev/null 2>/tmp/sharedstate-pull.err; then
+		return 0
+	fi
+	warn "cannot pull $1: $(tail -n 1 /tmp/sharedstate-pull.err 2>/dev/null)"
+	return 1
+}
+
+# pick_image VAR OFFICIAL LOCAL: sets VAR to an image that is present:
+# the one VAR names, else the official one (present or pulled), else LOCAL
+# (built when needed).
+pick_image() {
+	local var="$1" official="$2" local_image="$3" chosen="${!1:-}"
+	if [[ -n "$chosen" && "$chosen" == "$local_image" ]]; then
+		NEED_LOCAL_IMAGES=1 # built below when absent
+	elif [[ -n "$chosen" ]]; then
+		have_image "$chosen" || try_pull "$chosen" || {
+			err "$var=$chosen is neither present nor pullable"
+			return 1
+		}
+	elif have_image "$official" || try_pull "$official"; then
+		chosen="$official"
+	else
+		chosen="$local_image"
+		NEED_LOCAL_IMAGES=1
+	fi
+	export "$var=$chosen"
+}
+
+step_images() {
+	NEED_LOCAL_IMAGES=0
+	pick_image SHAREDSTATE_ZOOKEEPER_IMAGE "$ZOOKEEPER_OFFICIAL_IMAGE" "$ZOOKEEPER_LOCAL_IMAGE" || return 1
+	pick_image SHAREDSTATE_ETCD_IMAGE "$ETCD_OFFICIAL_IMAGE" "$ETCD_LOCAL_IMAGE" || return 1
+	if ((NEED_LOCAL_IMAGES)); then
+		if ! have_image "$ZOOKEEPER_LOCAL_IMAGE" || ! have_image "$ETCD_LOCAL_IMAGE"; then
+			command -v mmdebstrap >/dev/null || apt_install mmdebstrap || return 1
+		fi
+		bash "$ROOT/scripts/build-test-images.sh" || return 1
+	fi
+	log "images: SHAREDSTATE_ZOOKEEPER_IMAGE=$SHAREDSTATE_ZOOKEEPER_IMAGE SHAREDSTATE_ETCD_IMAGE=$SHAREDSTATE_ETCD_IMAGE"
+}
+
+step_cleanup() {
+	local id pid removed=0
+	for id in $(docker ps -aq --filter "label=$TEST_LABEL"); do
+		pid="$(docker inspect --format '{{index .Config.Labels "sharedstate.test.pid"}}' "$id" 2>/dev/null)"
+		# Still used by a live test process (another cargo test on this machine).
+		if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+			continue
+		fi
+		docker rm -f -v "$id" >/dev/null && removed=$((removed + 1))
+	done
+	log "cleanup: removed $removed leftover test container(s)"
+}
+
+# -------------------------------------------------------------------- build
+
+step_fmt() { cargo fmt --all -- --check; }
+step_clippy() { cargo clippy --workspace --all-targets --all-features -- -D warnings; }
+step_build() { cargo test --workspace --all-features --no-run; }
+
+# -------------------------------------------------------------------- tests
+
+step_test() { cargo test --workspace --all-features; }
+
+# --------------------------------------------------------------------- main
+
+selected() { # selected STEP: whether SHAREDSTATE_TEST_ONLY selects it
+	local only=",${SHAREDSTATE_TEST_ONLY:-all},"
+	[[ "$only" == *",all,"* || "$only" == *",$1,"* || "$only" == *",${GROUP[$1]},"* ]]
+}
+
+declare -A PHASE_SECONDS=([provision]=0 [build]=0 [tests]=0)
+TIMINGS=()
+TIMING_NOTES=()
+FAILED=()
+RUN_START="$(now)"
+
+summary() {
+	local total
+	total="$(elapsed "$RUN_START" "$(now)")"
+	printf '\n==> [test.sh] timing summary\n' >&2
+	local t
+	for t in "${TIMINGS[@]}"; do printf '    %s\n' "$t" >&2; done
+	for t in "${TIMING_NOTES[@]}"; do printf '    (%s)\n' "$t" >&2; done
+	printf '    provisioning %7.1f s | build %7.1f s | tests %7.1f s | total %7.1f s\n' \
+		"${PHASE_SECONDS[provision]}" "${PHASE_SECONDS[build]}" "${PHASE_SECONDS[tests]}" "$total" >&2
+	if ((${#FAILED[@]})); then
+		printf '==> [test.sh] FAILED: %s\n' "${FAILED[*]}" >&2
+	else
+		printf '==> [test.sh] OK\n' >&2
+	fi
+}
+
+if [[ -n "${SHAREDSTATE_TEST_ONLY:-}" ]]; then
+	log "SHAREDSTATE_TEST_ONLY=$SHAREDSTATE_TEST_ONLY: running only the selected steps"
+fi
+for step in "${STEPS[@]}"; do
+	selected "$step" || continue
+	log "step $step"
+	start="$(now)"
+	"step_$step"
+	rc=$?
+	secs="$(elapsed "$start" "$(now)")"
+	phase="${PHASE[$step]}"
+	PHASE_SECONDS[$phase]="$(awk -v a="${PHASE_SECONDS[$phase]}" -v b="$secs" 'BEGIN { printf "%.1f", a + b }')"
+	TIMINGS+=("$(printf '%-10s %-9s %7.1f s  %s' "$phase" "$step" "$secs" "$([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc)")")")
+	if ((rc != 0)); then
+		FAILED+=("$step")
+		if [[ "$NONFATAL" != *" $step "* ]]; then
+			err "step $step failed (exit $rc)"
+			break
+		fi
+		err "step $step failed (exit $rc); continuing, the run will fail"
+	fi
+done
+summary
+((${#FAILED[@]} == 0))
