@@ -230,7 +230,11 @@ step_cleanup() {
 
 # -------------------------------------------------------------------- build
 
-step_fmt() { cargo fmt --all -- --check; }
+step_fmt() {
+	local color=()
+	[[ -t 2 ]] || color=(--color never) # plain diffs in CI logs
+	cargo fmt --all -- --check "${color[@]}"
+}
 step_clippy() { cargo clippy --workspace --all-targets --all-features -- -D warnings; }
 step_build() { cargo test --workspace --all-features --no-run; }
 

@@ -48,10 +48,14 @@ fn etcd_is_healthy_and_etcdctl_works() {
     let server = fixtures::etcd_server();
     if server.container().is_some() {
         // Prints to stderr; a failure exits non-zero.
-        server.cli(&["endpoint", "health"]).expect("etcdctl endpoint health");
+        server
+            .cli(&["endpoint", "health"])
+            .expect("etcdctl endpoint health");
         let key = format!("/fixtures-{}", std::process::id());
         server.cli(&["put", &key, "from-etcdctl"]).expect("put");
-        let out = server.cli(&["get", &key, "--print-value-only"]).expect("get");
+        let out = server
+            .cli(&["get", &key, "--print-value-only"])
+            .expect("get");
         assert_eq!(out.trim(), "from-etcdctl");
     }
 }

@@ -49,7 +49,10 @@ async fn round_trip(conn: &mut TcpStream, msg: &[u8]) {
 /// Whether the connection is closed (EOF or error) within `within`.
 async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 16];
-    matches!(timeout(within, conn.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    matches!(
+        timeout(within, conn.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
 }
 
 #[tokio::test]
