@@ -1,0 +1,329 @@
+//! The command line: global options and one subcommand per action. Doc
+//! comments here are the `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes, shown at the end of `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  other failure (backend error, undecodable payload, patch does not apply, editor failed)
+  2  usage: bad arguments, invalid path, invalid JSON input
+  3  not found: the path has no payload
+  4  conflict: stale --version, concurrent edits, payload already exists (init)
+  5  unavailable: server unreachable, timed out, lock not acquired in time
+
+Paths are state paths such as /app/flags; the JSON lives at <PATH>/payload,
+live instances under <PATH>/listeners, the write lock at <PATH>/lock.";
+
+/// Inspect and change a sharedstate value from outside the application.
+///
+/// Backends: memory:// (this process only, for self-tests),
+/// zk://host:2181[,host2:2181][/chroot], etcd://host:2379[,host2:2379].
+#[derive(Debug, Parser)]
+#[command(name = "sharedstate", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Backend URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SHAREDSTATE_BACKEND",
+        default_value = "memory://",
+        value_name = "URL"
+    )]
+    pub backend: String,
+
+    /// Bound on connecting and on each command's round trips (not on
+    /// `watch` streaming or the time spent in an editor), e.g. 10s, 500ms, 2m.
+    #[arg(long, global = true, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// How long `set` and `patch` wait for the state's write lock.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lock_timeout: Duration,
+
+    /// Colour output (also honours NO_COLOR and CLICOLOR_FORCE).
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+
+    /// The action.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// When to colour output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    /// When stdout is a terminal.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// One action.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the payload as pretty JSON (stdout) and its version (stderr).
+    Get(GetArgs),
+    /// Replace the payload. Without --version the write takes the state's
+    /// lock, so it never races instances that use locked updates.
+    Set(SetArgs),
+    /// Apply a JSON merge patch (RFC 7396) or a JSON Patch (RFC 6902)
+    /// under the state's lock.
+    Patch(PatchArgs),
+    /// Edit the payload in $VISUAL / $EDITOR; re-opens on a concurrent change.
+    Edit(EditArgs),
+    /// Stream change sets, one line each, until Ctrl-C (or --count).
+    Watch(WatchArgs),
+    /// List the live instances of the state.
+    Listeners(ListenersArgs),
+    /// Payload version and size, listener count, lock, session.
+    Status(StatusArgs),
+    /// Create the payload; fails if it exists (unless --if-missing).
+    Init(InitArgs),
+}
+
+/// `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// State path, e.g. /app/flags.
+    pub path: String,
+    /// Print {"version": V, "value": ...} instead of the bare value.
+    #[arg(long)]
+    pub with_version: bool,
+}
+
+/// `set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// State path, e.g. /app/flags.
+    pub path: String,
+    /// The new value as JSON, or - to read it from stdin.
+    #[arg(value_name = "JSON|-")]
+    pub value: String,
+    /// Write only if the payload is still at this version (no lock taken);
+    /// exit code 4 with the current version otherwise.
+    #[arg(long, value_name = "V")]
+    pub version: Option<u64>,
+}
+
+/// `patch`.
+#[derive(Debug, Args)]
+pub struct PatchArgs {
+    /// State path, e.g. /app/flags.
+    pub path: String,
+    /// The patch as JSON, or - for stdin (the default when neither this nor
+    /// --file is given).
+    #[arg(value_name = "PATCH|-", conflicts_with = "file")]
+    pub patch: Option<String>,
+    /// Read the patch from this file.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The patch is an RFC 7396 merge patch (the default for a JSON object).
+    #[arg(long, conflicts_with = "json_patch")]
+    pub merge: bool,
+    /// The patch is an RFC 6902 JSON Patch (the default for a JSON array).
+    #[arg(long)]
+    pub json_patch: bool,
+}
+
+/// `edit`.
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// State path, e.g. /app/flags.
+    pub path: String,
+    /// Editor command (default: $VISUAL, then $EDITOR, then vi); the file
+    /// name is appended.
+    #[arg(long, value_name = "CMD")]
+    pub editor: Option<String>,
+    /// How many times the editor is opened (invalid JSON, concurrent
+    /// changes) before giving up.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+}
+
+/// `watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// State path, e.g. /app/flags.
+    pub path: String,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit after N change sets (and payload notices).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Print the current value first (not counted).
+    #[arg(long)]
+    pub initial: bool,
+    /// Wait up to this long for the payload to be created instead of
+    /// failing when there is none.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Option<Duration>,
+}
+
+/// `listeners`.
+#[derive(Debug, Args)]
+pub struct ListenersArgs {
+    /// State path, e.g. /app/flags.
+    pub path: String,
+    /// A JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// State path, e.g. /app/flags.
+    pub path: String,
+    /// A JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// State path, e.g. /app/flags.
+    pub path: String,
+    /// The initial value as JSON, or - to read it from stdin.
+    #[arg(value_name = "JSON|-")]
+    pub value: String,
+    /// Succeed without writing when the payload already exists.
+    #[arg(long)]
+    pub if_missing: bool,
+}
+
+/// Parses `1500ms`, `10s`, `2m`, `1h`, or a bare number of seconds
+/// (fractions allowed: `0.5`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (try 10s, 500ms, 2m)"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sharedstate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn set_with_version_and_global_options_after_the_subcommand() {
+        let cli = parse(&[
+            "set",
+            "/app/flags",
+            "{\"a\":1}",
+            "--version",
+            "12",
+            "--backend",
+            "zk://h:2181",
+            "--timeout",
+            "3s",
+        ])
+        .expect("parses");
+        assert_eq!(cli.backend, "zk://h:2181");
+        assert_eq!(cli.timeout, Duration::from_secs(3));
+        match cli.command {
+            Command::Set(set) => {
+                assert_eq!(set.path, "/app/flags");
+                assert_eq!(set.value, "{\"a\":1}");
+                assert_eq!(set.version, Some(12));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn top_level_version_flag_still_prints_the_program_version() {
+        let err = parse(&["--version"]).expect_err("version is an early exit");
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn patch_kinds_exclude_each_other_and_file_excludes_inline() {
+        assert!(parse(&["patch", "/a", "--merge", "--json-patch"]).is_err());
+        assert!(parse(&["patch", "/a", "{}", "--file", "p.json"]).is_err());
+        let cli = parse(&["patch", "/a", "-f", "p.json", "--json-patch"]).expect("parses");
+        match cli.command {
+            Command::Patch(p) => {
+                assert!(p.json_patch && !p.merge);
+                assert_eq!(p.file, Some(PathBuf::from("p.json")));
+                assert_eq!(p.patch, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn watch_options() {
+        let cli = parse(&["watch", "/a", "--json", "--count", "2", "--wait", "1s"]).expect("ok");
+        match cli.command {
+            Command::Watch(w) => {
+                assert!(w.json && !w.initial);
+                assert_eq!(w.count, Some(2));
+                assert_eq!(w.wait, Some(Duration::from_secs(1)));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["watch", "/a", "--count", "0"]).is_err());
+    }
+
+    #[test]
+    fn missing_arguments_are_usage_errors() {
+        let err = parse(&["set", "/a"]).expect_err("value missing");
+        assert_eq!(err.exit_code(), 2);
+        assert!(parse(&["frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        assert!(help.contains("3  not found"), "{help}");
+    }
+}

@@ -1,0 +1,384 @@
+//! Commands that write: `set`, `init`, `patch`.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::Value;
+use sharedstate::{ErrorKind, LockGuard, LockOptions, PutMode, Version, Versioned};
+
+use super::{encode, parse_json, read_json_arg, read_stdin, Env, Global, Written};
+use crate::args::{InitArgs, PatchArgs, SetArgs};
+use crate::errors::{CliError, CliResult, Exit};
+
+/// How often a locked write re-reads and retries when a writer that
+/// ignores the lock (a conditional `set --version`, `edit`, zkCli) changes
+/// the payload between our read and our fenced write.
+const LOCKED_ATTEMPTS: u32 = 5;
+
+/// `set PATH JSON|-`.
+pub async fn set(global: &Global, args: SetArgs, out: &mut (dyn Write + Send)) -> CliResult {
+    let value = read_json_arg(&args.value, "value")?;
+    let env = global.open(&args.path).await?;
+    let written = match args.version {
+        Some(expected) => conditional_set(&env, &value, Version::new(expected)).await,
+        None => {
+            locked_write(&env, |current| {
+                // A payload that is not JSON is simply replaced.
+                let same = serde_json::from_slice::<Value>(&current.value)
+                    .is_ok_and(|current| current == value);
+                Ok((!same).then(|| value.clone()))
+            })
+            .await
+        }
+    };
+    env.close().await;
+    env.report(out, written?)
+}
+
+/// One `put(Update(expected))`: no lock, fails with exit 4 naming the
+/// current version when the payload moved on.
+async fn conditional_set(env: &Env, value: &Value, expected: Version) -> CliResult<Written> {
+    let put = env.backend.put(
+        &env.paths.payload,
+        encode(value).into(),
+        PutMode::Update(expected),
+    );
+    match tokio::time::timeout(env.timeout, put).await {
+        Err(_) => Err(env.cx.timed_out("writing the payload", env.timeout)),
+        Ok(Ok(version)) => Ok(Written::Changed(version)),
+        Ok(Err(error)) if error.kind() == ErrorKind::Conflict => {
+            Err(env.cx.conflict(Some(expected), error.current_version()))
+        }
+        Ok(Err(error)) => Err(env.cx.backend(error)),
+    }
+}
+
+/// Takes `<PATH>/lock`, reads the payload, lets `change` compute the new
+/// value from it (`None`: nothing to write), and writes it with a fenced
+/// conditional update that also releases the lock, exactly like the
+/// engine's locked `update`: the two never interleave.
+pub(super) async fn locked_write(
+    env: &Env,
+    mut change: impl FnMut(&Versioned) -> CliResult<Option<Value>>,
+) -> CliResult<Written> {
+    for attempt in 1..=LOCKED_ATTEMPTS {
+        let guard = take_lock(env).await?;
+        let current = match env.payload().await {
+            Ok(current) => current,
+            Err(error) => return Err(release_after(guard, error).await),
+        };
+        let new = match change(&current) {
+            Ok(Some(new)) => new,
+            Ok(None) => {
+                release(guard).await;
+                return Ok(Written::Unchanged(current.version));
+            }
+            Err(error) => return Err(release_after(guard, error).await),
+        };
+        let write = env.backend.fenced_put_and_release(
+            &env.paths.payload,
+            encode(&new).into(),
+            PutMode::Update(current.version),
+            guard,
+        );
+        match tokio::time::timeout(env.timeout, write).await {
+            Err(_) => return Err(env.cx.timed_out("writing the payload", env.timeout)),
+            Ok(Ok(version)) => return Ok(Written::Changed(version)),
+            Ok(Err(error)) if error.kind() == ErrorKind::Conflict => {
+                tracing::debug!(attempt, "a writer that ignores the lock raced us; retrying");
+            }
+            Ok(Err(error)) if error.kind() == ErrorKind::LockLost => {
+                return Err(CliError::new(
+                    Exit::Unavailable,
+                    format!(
+                        "lost the lock {}/lock before writing (session expired?); nothing was written: {error}",
+                        env.cx.path
+                    ),
+                ));
+            }
+            Ok(Err(error)) => return Err(env.cx.backend(error)),
+        }
+    }
+    Err(CliError::new(
+        Exit::Conflict,
+        format!(
+            "version conflict on {}: other writers changed it {LOCKED_ATTEMPTS} times while we held the lock; nothing was written",
+            env.cx.path
+        ),
+    ))
+}
+
+async fn take_lock(env: &Env) -> CliResult<LockGuard> {
+    let options = LockOptions::with_timeout(env.lock_timeout);
+    // The backend bounds the wait itself; this also bounds a server that
+    // stops answering.
+    let bound = env.lock_timeout + env.timeout;
+    match tokio::time::timeout(bound, env.backend.lock(&env.paths.lock, options)).await {
+        Err(_) => Err(env.cx.timed_out("taking the lock", bound)),
+        Ok(result) => result.map_err(|e| env.cx.backend(e)),
+    }
+}
+
+async fn release(guard: LockGuard) {
+    if let Err(error) = guard.release().await {
+        tracing::debug!(%error, "releasing the lock failed; it goes with the session");
+    }
+}
+
+async fn release_after(guard: LockGuard, error: CliError) -> CliError {
+    release(guard).await;
+    error
+}
+
+/// `init PATH JSON|-`.
+pub async fn init(global: &Global, args: InitArgs, out: &mut (dyn Write + Send)) -> CliResult {
+    let value = read_json_arg(&args.value, "value")?;
+    let env = global.open(&args.path).await?;
+    let created = env
+        .backend
+        .put(&env.paths.payload, encode(&value).into(), PutMode::Create);
+    let result =
+        match tokio::time::timeout(env.timeout, created).await {
+            Err(_) => Err(env.cx.timed_out("creating the payload", env.timeout)),
+            Ok(Ok(version)) => Ok(Written::Created(version)),
+            Ok(Err(error)) if error.kind() == ErrorKind::AlreadyExists => {
+                match env.payload().await {
+                Ok(existing) if args.if_missing => Ok(Written::Unchanged(existing.version)),
+                Ok(existing) => Err(CliError::new(
+                    Exit::Conflict,
+                    format!(
+                        "{} already has a payload (version {}); change it with `sharedstate set`, or pass --if-missing",
+                        env.cx.path, existing.version
+                    ),
+                )),
+                Err(error) => Err(error),
+            }
+            }
+            Ok(Err(error)) => Err(env.cx.backend(error)),
+        };
+    env.close().await;
+    env.report(out, result?)
+}
+
+/// Which RFC a patch follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PatchKind {
+    /// RFC 7396.
+    Merge,
+    /// RFC 6902.
+    JsonPatch,
+}
+
+/// A parsed patch, ready to apply.
+#[derive(Debug, Clone)]
+enum Patch {
+    Merge(Value),
+    JsonPatch(json_patch::Patch),
+}
+
+impl Patch {
+    fn parse(value: Value, kind: PatchKind) -> CliResult<Self> {
+        match kind {
+            PatchKind::Merge => Ok(Patch::Merge(value)),
+            PatchKind::JsonPatch => serde_json::from_value(value)
+                .map(Patch::JsonPatch)
+                .map_err(|e| CliError::usage(format!("not a JSON Patch (RFC 6902): {e}"))),
+        }
+    }
+
+    /// The patched document; exit 1 when a JSON Patch does not apply
+    /// (missing path, failed `test`): nothing is changed then.
+    fn apply(&self, mut doc: Value) -> Result<Value, String> {
+        match self {
+            Patch::Merge(patch) => {
+                json_patch::merge(&mut doc, patch);
+                Ok(doc)
+            }
+            Patch::JsonPatch(patch) => json_patch::patch(&mut doc, patch)
+                .map(|()| doc)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn patch_kind(args: &PatchArgs, value: &Value) -> PatchKind {
+    if args.json_patch || (!args.merge && value.is_array()) {
+        PatchKind::JsonPatch
+    } else {
+        PatchKind::Merge
+    }
+}
+
+fn read_patch(args: &PatchArgs) -> CliResult<Value> {
+    match (&args.patch, &args.file) {
+        (_, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                CliError::usage(format!(
+                    "cannot read the patch file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            parse_json(&text, &Path::new(file).display().to_string())
+        }
+        (Some(inline), None) if inline != "-" => read_json_arg(inline, "patch"),
+        _ => parse_json(&read_stdin("patch")?, "stdin"),
+    }
+}
+
+/// `patch PATH [PATCH|-] [--file FILE] [--merge|--json-patch]`.
+pub async fn patch(global: &Global, args: PatchArgs, out: &mut (dyn Write + Send)) -> CliResult {
+    let value = read_patch(&args)?;
+    let patch = Patch::parse(value.clone(), patch_kind(&args, &value))?;
+    let env = global.open(&args.path).await?;
+    let written = locked_write(&env, |current| {
+        let doc = env.decode(current)?;
+        let patched = patch.apply(doc.clone()).map_err(|e| {
+            CliError::failure(format!(
+                "the patch does not apply to {} at version {}: {e}; nothing was written",
+                env.cx.path, current.version
+            ))
+        })?;
+        Ok((patched != doc).then_some(patched))
+    })
+    .await;
+    env.close().await;
+    env.report(out, written?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{fails, ok};
+    use crate::errors::Exit;
+
+    fn version_of(line: &str) -> u64 {
+        line.trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no version in {line:?}"))
+    }
+
+    #[tokio::test]
+    async fn init_set_and_stale_versions() {
+        let b = ["--backend", "memory://write-set"];
+        let created = ok(&[b[0], b[1], "init", "/w", r#"{"n":1}"#]).await;
+        assert!(created.starts_with("/w: created at version "), "{created}");
+        let v1 = version_of(&created);
+        let err = fails(&[b[0], b[1], "init", "/w", "{}"]).await;
+        assert_eq!(err.exit, Exit::Conflict);
+        assert!(err.message.contains("already has a payload"), "{err}");
+        let same = ok(&[b[0], b[1], "init", "/w", "{}", "--if-missing"]).await;
+        assert_eq!(same, format!("/w: unchanged at version {v1}\n"));
+
+        let set = ok(&[b[0], b[1], "set", "/w", r#"{"n":2}"#]).await;
+        let v2 = version_of(&set);
+        assert!(v2 > v1);
+        let unchanged = ok(&[b[0], b[1], "set", "/w", r#"{"n":2}"#]).await;
+        assert_eq!(unchanged, format!("/w: unchanged at version {v2}\n"));
+
+        let stale = v1.to_string();
+        let err = fails(&[b[0], b[1], "set", "/w", "{}", "--version", &stale]).await;
+        assert_eq!(err.exit, Exit::Conflict);
+        assert_eq!(
+            err.message,
+            format!(
+                "version conflict on /w: expected version {v1}, but the current version is {v2}"
+            )
+        );
+        let current = v2.to_string();
+        let set = ok(&[b[0], b[1], "set", "/w", r#"{"n":3}"#, "--version", &current]).await;
+        assert!(version_of(&set) > v2);
+        let out = ok(&[b[0], b[1], "get", "/w"]).await;
+        assert_eq!(out, "{\n  \"n\": 3\n}\n");
+    }
+
+    #[tokio::test]
+    async fn writes_to_a_missing_payload_say_no_payload() {
+        let b = ["--backend", "memory://write-missing"];
+        let err = fails(&[b[0], b[1], "set", "/none", "1"]).await;
+        assert_eq!(err.exit, Exit::NotFound);
+        let err = fails(&[b[0], b[1], "set", "/none", "1", "--version", "3"]).await;
+        assert_eq!(err.exit, Exit::NotFound);
+        let err = fails(&[b[0], b[1], "patch", "/none", "{}"]).await;
+        assert_eq!(err.exit, Exit::NotFound);
+    }
+
+    #[tokio::test]
+    async fn bad_json_is_a_usage_error_with_position() {
+        let b = ["--backend", "memory://write-bad"];
+        let err = fails(&[b[0], b[1], "set", "/w", "{\"a\": tru}"]).await;
+        assert_eq!(err.exit, Exit::Usage);
+        assert_eq!(
+            err.message,
+            "invalid JSON in the value argument at line 1, column 10: expected ident"
+        );
+    }
+
+    #[tokio::test]
+    async fn merge_and_json_patches() {
+        let b = ["--backend", "memory://write-patch"];
+        ok(&[
+            b[0],
+            b[1],
+            "init",
+            "/p",
+            r#"{"globs":["a"],"n":1,"x":true}"#,
+        ])
+        .await;
+        ok(&[b[0], b[1], "patch", "/p", r#"{"n":2,"x":null}"#]).await;
+        let out = ok(&[b[0], b[1], "get", "/p"]).await;
+        let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(doc, serde_json::json!({"globs": ["a"], "n": 2}));
+
+        let ops =
+            r#"[{"op":"add","path":"/globs/-","value":"b"},{"op":"test","path":"/n","value":2}]"#;
+        ok(&[b[0], b[1], "patch", "/p", ops]).await;
+        let out = ok(&[b[0], b[1], "get", "/p"]).await;
+        let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(doc, serde_json::json!({"globs": ["a", "b"], "n": 2}));
+
+        let failing =
+            r#"[{"op":"add","path":"/globs/-","value":"c"},{"op":"test","path":"/n","value":9}]"#;
+        let err = fails(&[b[0], b[1], "patch", "/p", failing]).await;
+        assert_eq!(err.exit, Exit::Failure);
+        assert!(err.message.contains("the patch does not apply"), "{err}");
+        let out = ok(&[b[0], b[1], "get", "/p"]).await;
+        assert!(
+            !out.contains("\"c\""),
+            "a failed patch changed nothing: {out}"
+        );
+
+        let err = fails(&[b[0], b[1], "patch", "/p", "--json-patch", r#"{"op":"x"}"#]).await;
+        assert_eq!(err.exit, Exit::Usage);
+        assert!(err.message.starts_with("not a JSON Patch"), "{err}");
+
+        // --merge with an array replaces the document (RFC 7396).
+        ok(&[b[0], b[1], "patch", "/p", "--merge", "[1]"]).await;
+        assert_eq!(ok(&[b[0], b[1], "get", "/p"]).await, "[\n  1\n]\n");
+        let noop = ok(&[b[0], b[1], "patch", "/p", "--merge", "[1]"]).await;
+        assert!(noop.contains("unchanged"), "{noop}");
+    }
+
+    #[tokio::test]
+    async fn patch_from_a_file() {
+        let b = ["--backend", "memory://write-patch-file"];
+        ok(&[b[0], b[1], "init", "/f", r#"{"a":1}"#]).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("p.json");
+        std::fs::write(&file, "{\"b\": 2}").expect("write");
+        let file = file.to_string_lossy().into_owned();
+        ok(&[b[0], b[1], "patch", "/f", "--file", &file]).await;
+        assert_eq!(
+            ok(&[b[0], b[1], "get", "/f"]).await,
+            "{\n  \"a\": 1,\n  \"b\": 2\n}\n"
+        );
+        std::fs::write(dir.path().join("p.json"), "{\"b\": }").expect("write");
+        let err = fails(&[b[0], b[1], "patch", "/f", "--file", &file]).await;
+        assert_eq!(err.exit, Exit::Usage);
+        assert!(
+            err.message.contains("p.json at line 1, column 7"),
+            "{}",
+            err.message
+        );
+    }
+}
