@@ -20,12 +20,60 @@ const CREATE_ATTEMPTS: usize = 8;
 /// Per-key `mzxid -> data version`, fed by every stat this client sees, so
 /// that `Update(version)` is a single `setData` when the caller's version
 /// was observed here.
+///
+/// ZooKeeper can only condition a write on the data version, which starts
+/// again at 0 when a znode is deleted and re-created: a cached entry for a
+/// key that another client deleted and re-created would let a stale
+/// `Update` through (ABA). So an entry is trusted only while this client
+/// watches the key (the watch re-reads it on every change, replacing or
+/// dropping the entry within one notification); for other keys the stat is
+/// read first, which leaves only a one-round-trip window.
 #[derive(Default)]
 pub(crate) struct VersionCache {
     map: Mutex<HashMap<String, (i64, i32)>>,
+    watched: Mutex<HashMap<String, usize>>,
+}
+
+/// Marks a key as watched while alive.
+pub(crate) struct WatchedKey {
+    inner: std::sync::Weak<crate::Inner>,
+    path: String,
+}
+
+impl Drop for WatchedKey {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut watched = inner
+                .versions
+                .watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = watched.get_mut(&self.path) {
+                *count -= 1;
+                if *count == 0 {
+                    watched.remove(&self.path);
+                }
+            }
+        }
+    }
 }
 
 impl VersionCache {
+    /// Trusts cached entries of `path` until the returned guard drops.
+    pub(crate) fn watching(inner: &std::sync::Arc<crate::Inner>, path: &str) -> WatchedKey {
+        *inner
+            .versions
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.to_owned())
+            .or_insert(0) += 1;
+        WatchedKey {
+            inner: std::sync::Arc::downgrade(inner),
+            path: path.to_owned(),
+        }
+    }
+
     /// Remembers the stat of `path` unless a newer one is known.
     pub(crate) fn observe(&self, path: &str, stat: &zk::Stat) {
         if stat.mzxid <= 0 {
@@ -44,8 +92,16 @@ impl VersionCache {
         map.insert(path.to_owned(), (stat.mzxid, stat.version));
     }
 
-    /// The data version of `path` at `mzxid`, when known.
+    /// The data version of `path` at `mzxid`, when known and trusted.
     pub(crate) fn lookup(&self, path: &str, mzxid: i64) -> Option<i32> {
+        if !self
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(path)
+        {
+            return None;
+        }
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(path) {
             Some(&(m, version)) if m == mzxid => Some(version),
@@ -312,6 +368,8 @@ mod tests {
     fn cache_keeps_the_newest_observation() {
         let cache = VersionCache::default();
         cache.observe("/a", &stat(10, 3));
+        assert_eq!(cache.lookup("/a", 10), None, "not watched: not trusted");
+        cache.watched.lock().unwrap().insert("/a".into(), 1);
         assert_eq!(cache.lookup("/a", 10), Some(3));
         cache.observe("/a", &stat(5, 1));
         assert_eq!(cache.lookup("/a", 10), Some(3));

@@ -31,6 +31,7 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         .map_err(|e| error::map(e, op, key))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Task {
+        _watched: crate::kv::VersionCache::watching(inner, key.as_str()),
         inner: inner.clone(),
         key: key.clone(),
         last: current.as_ref().map(|v| v.version),
@@ -65,7 +66,10 @@ async fn read(
                 version: version_of(stat.mzxid),
             }))
         }
-        Err(zk::Error::NoNode) => Ok(None),
+        Err(zk::Error::NoNode) => {
+            inner.versions.forget(key.as_str());
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -96,6 +100,8 @@ fn need_of(event: &zk::WatchedEvent) -> Need {
 }
 
 struct Task {
+    /// Lets conditional writes trust the version cache for this key.
+    _watched: crate::kv::WatchedKey,
     inner: Arc<Inner>,
     key: Key,
     /// The version last emitted (`None`: absent).

@@ -20,12 +20,16 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct ZkFactory {
     server: String,
+    /// Proxies live as long as the factory: a behaviour may drop its
+    /// `TestClient` and keep using the backend.
+    proxies: std::sync::Mutex<Vec<Arc<TcpProxy>>>,
 }
 
 async fn factory() -> ZkFactory {
     init_tracing();
     ZkFactory {
         server: fixtures::zookeeper(),
+        proxies: std::sync::Mutex::new(Vec::new()),
     }
 }
 
@@ -50,6 +54,11 @@ impl BackendFactory for ZkFactory {
             .unwrap_or_else(|e| {
                 panic!("cannot start a TCP proxy in front of {}: {e}", self.server)
             });
+        let proxy = Arc::new(proxy);
+        self.proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(proxy.clone());
         let backend = ZooKeeperBackend::builder(proxy.endpoint())
             .session_timeout(SESSION_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
@@ -75,7 +84,7 @@ impl BackendFactory for ZkFactory {
 
 struct ZkFaults {
     backend: Arc<ZooKeeperBackend>,
-    proxy: TcpProxy,
+    proxy: Arc<TcpProxy>,
     server: String,
 }
 
