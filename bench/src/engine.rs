@@ -1,0 +1,589 @@
+//! The engine (`SharedState<T>`) scenarios, run on any backend URL.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sharedstate::{
+    Bytes, CoordinationBackend, Key, LockOptions, PutMode, SharedState, StateEvent, WriteMode,
+};
+use tokio::sync::mpsc;
+
+use crate::harness::{histogram, record_ns, sample, sample_batched, Plan, Record};
+
+/// The ~200-byte struct of the uncontended and contended scenarios.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Small {
+    pub counter: u64,
+    pub name: String,
+    pub enabled: bool,
+    pub tags: Vec<String>,
+    pub limits: BTreeMap<String, u64>,
+}
+
+pub fn small() -> Small {
+    Small {
+        counter: 0,
+        name: "process-monitor/eu-west-1/agents".into(),
+        enabled: true,
+        tags: vec!["systemd*".into(), "rsync*".into(), "sshd".into(), "nginx*".into()],
+        limits: [("cpu_millis", 1500u64), ("rss_mib", 512), ("open_files", 4096), ("threads", 64)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    }
+}
+
+/// A payload of about `bytes` bytes of JSON: 64-byte strings plus a counter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Blob {
+    pub counter: u64,
+    pub items: Vec<String>,
+}
+
+pub fn blob(bytes: usize) -> Blob {
+    let n = (bytes / 65).max(1);
+    Blob {
+        counter: 0,
+        items: (0..n).map(|i| format!("{i:08}-{}", "x".repeat(52))).collect(),
+    }
+}
+
+pub const PAYLOAD_SIZES: &[(usize, &str)] =
+    &[(1024, "1KiB"), (64 * 1024, "64KiB"), (512 * 1024, "512KiB")];
+
+/// Where one run's keys go; unique per run so runs never see each other.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub label: String,
+    pub url: String,
+    pub root: String,
+    pub plan: Plan,
+}
+
+impl Ctx {
+    fn path(&self, scenario: &str) -> String {
+        format!("{}/{}/{scenario}", self.root, self.label)
+    }
+
+    async fn connect(&self) -> anyhow::Result<Arc<dyn CoordinationBackend>> {
+        sharedstate::connect(&self.url)
+            .await
+            .with_context(|| format!("connecting to {}", self.url))
+    }
+
+    fn record(&self, scenario: &str, variant: &str) -> Record {
+        Record::new(&self.label, "sharedstate", scenario, variant)
+    }
+}
+
+async fn open<T>(
+    ctx: &Ctx,
+    path: &str,
+    initial: T,
+    mode: WriteMode,
+) -> anyhow::Result<(Arc<dyn CoordinationBackend>, SharedState<T>)>
+where
+    T: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let backend = ctx.connect().await?;
+    let state = SharedState::builder(backend.clone(), path)
+        .initial(initial)
+        .write_mode(mode)
+        .lock_timeout(Duration::from_secs(20))
+        .max_attempts(1000)
+        .open()
+        .await
+        .with_context(|| format!("opening {path}"))?;
+    Ok((backend, state))
+}
+
+async fn close<T>(parts: Vec<(Arc<dyn CoordinationBackend>, SharedState<T>)>)
+where
+    T: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    for (backend, state) in parts {
+        state.close().await;
+        if let Err(error) = backend.close().await {
+            tracing::debug!(%error, "closing a bench client");
+        }
+    }
+}
+
+fn mode_name(mode: WriteMode) -> &'static str {
+    match mode {
+        WriteMode::Locked => "locked",
+        WriteMode::Optimistic => "optimistic",
+    }
+}
+
+/// Runs every engine scenario; a failing scenario becomes an error record.
+pub async fn run(ctx: &Ctx) -> Vec<Record> {
+    let mut out = Vec::new();
+    macro_rules! step {
+        ($name:expr, $call:expr) => {
+            match $call.await {
+                Ok(records) => out.extend(records),
+                Err(error) => {
+                    let record = ctx.record($name, "failed").note(format!("failed: {error:#}"));
+                    crate::harness::announce(&record);
+                    out.push(record);
+                }
+            }
+        };
+    }
+    step!("read", read(ctx));
+    step!("update-uncontended", update_uncontended(ctx));
+    step!("locked-split", locked_split(ctx));
+    step!("propagation", propagation(ctx));
+    step!("contended", contended(ctx));
+    step!("payload-size", payload_size(ctx));
+    step!("fanout", fanout(ctx));
+    out
+}
+
+fn done(record: Record) -> Record {
+    crate::harness::announce(&record);
+    record
+}
+
+async fn read(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
+    let plan = ctx.plan;
+    let parts = vec![open(ctx, &ctx.path("read"), small(), WriteMode::Locked).await?];
+    let state = parts[0].1.clone();
+    let batches = if plan.smoke { 20 } else { 2000 };
+    let (hist, wall, errors) = sample_batched(batches, 1000, plan.budget, || state.read().is_ok());
+    let mut records = vec![done(
+        ctx.record("read", "read()")
+            .with_histogram(&hist, wall)
+            .extra("batch", 1000)
+            .note("per-call mean of batches of 1000 calls"),
+    )];
+    records[0].errors = errors;
+    records[0].ops_per_sec = (hist.len() * 1000) as f64 / wall.as_secs_f64().max(1e-9);
+    let (hist, wall, errors, notes) = sample(&plan, plan.samples, || {
+        let state = state.clone();
+        async move {
+            state.read_consistent().await?;
+            Ok(None)
+        }
+    })
+    .await;
+    let mut record = ctx.record("read", "read_consistent()").with_histogram(&hist, wall);
+    record.errors = errors;
+    record.notes = notes;
+    records.push(done(record));
+    close(parts).await;
+    Ok(records)
+}
+
+async fn update_uncontended(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
+    let plan = ctx.plan;
+    let mut records = Vec::new();
+    for mode in [WriteMode::Locked, WriteMode::Optimistic] {
+        let path = ctx.path(&format!("update-{}", mode_name(mode)));
+        let parts = vec![open(ctx, &path, small(), mode).await?];
+        let state = parts[0].1.clone();
+        let bytes = serde_json::to_vec(&*state.read()?)?.len();
+        let (hist, wall, errors, notes) = sample(&plan, plan.samples, || {
+            let state = state.clone();
+            async move {
+                state.update(|v| v.counter += 1).await?;
+                Ok(None)
+            }
+        })
+        .await;
+        let mut record = ctx
+            .record("update-uncontended", mode_name(mode))
+            .with_histogram(&hist, wall)
+            .extra("payload_bytes", bytes);
+        record.errors = errors;
+        record.notes = notes;
+        records.push(done(record));
+        close(parts).await;
+    }
+    Ok(records)
+}
+
+/// The locked update's round trips, one by one, through the backend
+/// contract: lock, get, fenced_put_and_release (what `update` does today).
+async fn locked_split(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
+    let plan = ctx.plan;
+    let backend = ctx.connect().await?;
+    let root = ctx.path("split");
+    let payload = Key::new(format!("{root}/payload"))?;
+    let lock = Key::new(format!("{root}/lock"))?;
+    let value = Bytes::from(serde_json::to_vec(&small())?);
+    backend.put(&payload, value.clone(), PutMode::Overwrite).await?;
+    let mut phases = [histogram(), histogram(), histogram(), histogram()];
+    let mut errors = 0u64;
+    let mut notes = Vec::new();
+    let started = Instant::now();
+    for i in 0..plan.warmup + plan.samples {
+        if started.elapsed() > plan.budget {
+            notes.push(format!("stopped by the {:?} budget", plan.budget));
+            break;
+        }
+        let result: anyhow::Result<[Duration; 4]> = async {
+            let t0 = Instant::now();
+            let guard = backend
+                .lock(&lock, LockOptions::with_timeout(Duration::from_secs(10)))
+                .await?;
+            let t1 = Instant::now();
+            let current = backend.get(&payload).await?.ok_or_else(|| anyhow!("payload gone"))?;
+            let t2 = Instant::now();
+            backend
+                .fenced_put_and_release(&payload, value.clone(), PutMode::Update(current.version), guard)
+                .await?;
+            let t3 = Instant::now();
+            Ok([t1 - t0, t2 - t1, t3 - t2, t3 - t0])
+        }
+        .await;
+        match result {
+            Ok(times) if i >= plan.warmup => {
+                for (hist, t) in phases.iter_mut().zip(times) {
+                    record_ns(hist, t);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                errors += 1;
+                if notes.len() < 3 {
+                    notes.push(format!("error: {error:#}"));
+                }
+            }
+        }
+    }
+    let wall = started.elapsed();
+    let names = ["lock()", "get()", "fenced_put_and_release()", "total"];
+    let mut records = Vec::new();
+    for (hist, name) in phases.iter().zip(names) {
+        let mut record = ctx.record("locked-split", name).with_histogram(hist, wall);
+        record.errors = errors;
+        record.notes = notes.clone();
+        records.push(done(record));
+    }
+    let _ = backend.close().await;
+    Ok(records)
+}
+
+/// Timestamps every change set a subscription delivers.
+fn arrivals<T>(state: &SharedState<T>) -> mpsc::UnboundedReceiver<(u64, Instant)>
+where
+    T: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut subscription = state.subscribe();
+    tokio::spawn(async move {
+        while let Some(event) = subscription.next().await {
+            if let StateEvent::Changed(set) = event {
+                if tx.send((set.version.as_u64(), Instant::now())).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn arrival_of(
+    rx: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    version: u64,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let wait = async {
+        while let Some((seen, at)) = rx.recv().await {
+            if seen >= version {
+                return Ok(at);
+            }
+        }
+        Err(anyhow!("the subscription ended"))
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| anyhow!("no change set for version {version} within {timeout:?}"))?
+}
+
+async fn propagation(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
+    let plan = ctx.plan;
+    let mut records = Vec::new();
+    for mode in [WriteMode::Optimistic, WriteMode::Locked] {
+        let path = ctx.path(&format!("propagation-{}", mode_name(mode)));
+        let a = open(ctx, &path, small(), mode).await?;
+        let b = open(ctx, &path, small(), mode).await?;
+        let writer = a.1.clone();
+        let rx = Arc::new(tokio::sync::Mutex::new(arrivals(&b.1)));
+        let (hist, wall, errors, notes) = sample(&plan, plan.samples, || {
+            let writer = writer.clone();
+            let rx = rx.clone();
+            async move {
+                let mut rx = rx.lock().await;
+                while rx.try_recv().is_ok() {}
+                let t0 = Instant::now();
+                writer.update(|v| v.counter += 1).await?;
+                let at = arrival_of(&mut rx, writer.version().as_u64(), Duration::from_secs(10)).await?;
+                Ok(Some(at.saturating_duration_since(t0)))
+            }
+        })
+        .await;
+        let mut record = ctx
+            .record("propagation", mode_name(mode))
+            .with_histogram(&hist, wall)
+            .note("from the start of A's update() to B's change set");
+        record.errors = errors;
+        record.notes.extend(notes);
+        records.push(done(record));
+        close(vec![a, b]).await;
+    }
+    Ok(records)
+}
+
+async fn contended(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for writers in [4usize, 8] {
+        for mode in [WriteMode::Locked, WriteMode::Optimistic] {
+            records.push(done(contended_one(ctx, writers, mode).await?));
+        }
+    }
+    Ok(records)
+}
+
+async fn contended_one(ctx: &Ctx, writers: usize, mode: WriteMode) -> anyhow::Result<Record> {
+    let plan = ctx.plan;
+    let path = ctx.path(&format!("contended-{writers}-{}", mode_name(mode)));
+    let mut parts = Vec::new();
+    for _ in 0..writers {
+        parts.push(open(ctx, &path, small(), mode).await?);
+    }
+    let before = parts[0].1.read_consistent().await?.counter;
+    let successes = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(writers));
+    let mut tasks = Vec::new();
+    for (_, state) in &parts {
+        let state = state.clone();
+        let successes = successes.clone();
+        let start = start.clone();
+        let run_for = plan.contended_for;
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let t0 = Instant::now();
+            let mut hist = histogram();
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut unknown = 0u64;
+            let mut ops = 0u64;
+            while t0.elapsed() < run_for && ops < 1_000_000 {
+                ops += 1;
+                let op_start = Instant::now();
+                match tokio::time::timeout(Duration::from_secs(30), state.update(|v| v.counter += 1)).await {
+                    Ok(Ok(())) => {
+                        successes.fetch_add(1, Ordering::SeqCst);
+                        record_ns(&mut hist, op_start.elapsed());
+                    }
+                    Ok(Err(error)) => *errors.entry(format!("{:?}", error.kind())).or_default() += 1,
+                    Err(_) => {
+                        unknown += 1;
+                        break;
+                    }
+                }
+            }
+            (hist, errors, unknown)
+        }));
+    }
+    let t0 = Instant::now();
+    let mut hist = histogram();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unknown = 0;
+    for task in tasks {
+        let (h, e, u) = task.await?;
+        hist.add(&h).map_err(|e| anyhow!("merging histograms: {e}"))?;
+        for (k, v) in e {
+            *errors.entry(k).or_default() += v;
+        }
+        unknown += u;
+    }
+    let wall = t0.elapsed();
+    let after = parts[0].1.read_consistent().await?.counter;
+    let ok = successes.load(Ordering::SeqCst);
+    let lost = (before + ok) as i64 - after as i64;
+    let mut record = ctx
+        .record("contended", &format!("{writers} writers {}", mode_name(mode)))
+        .with_histogram(&hist, wall)
+        .extra("writers", writers)
+        .extra("successes", ok)
+        .extra("final_delta", after - before)
+        .extra("lost_updates", lost)
+        .extra("unknown_outcome", unknown);
+    record.errors = errors.values().sum::<u64>() + unknown;
+    record.notes.push(format!(
+        "final count delta {} vs {ok} successful updates: {}",
+        after - before,
+        if lost == 0 { "exact".to_string() } else { format!("MISMATCH ({lost} lost)") }
+    ));
+    if !errors.is_empty() {
+        record.notes.push(format!("errors by kind: {errors:?}"));
+    }
+    close(parts).await;
+    Ok(record)
+}
+
+async fn payload_size(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
+    let plan = ctx.plan;
+    let mut records = Vec::new();
+    for &(bytes, name) in PAYLOAD_SIZES {
+        let path = ctx.path(&format!("payload-{name}"));
+        let a = open(ctx, &path, blob(bytes), WriteMode::Optimistic).await?;
+        let b = open(ctx, &path, blob(bytes), WriteMode::Optimistic).await?;
+        let actual = serde_json::to_vec(&*a.1.read()?)?.len();
+        let mut rx = arrivals(&b.1);
+        let mut update = histogram();
+        let mut prop = histogram();
+        let mut errors = 0u64;
+        let mut notes = Vec::new();
+        let started = Instant::now();
+        for i in 0..plan.warmup.min(5) + plan.payload_samples {
+            if started.elapsed() > plan.budget {
+                notes.push(format!("stopped by the {:?} budget", plan.budget));
+                break;
+            }
+            while rx.try_recv().is_ok() {}
+            let t0 = Instant::now();
+            let result = async {
+                a.1.update(|v| {
+                    v.counter += 1;
+                    let n = v.items.len();
+                    let at = (v.counter as usize) % n;
+                    v.items[at] = format!("{:08}-{}", v.counter, "y".repeat(52));
+                })
+                .await?;
+                let t_update = t0.elapsed();
+                let at = arrival_of(&mut rx, a.1.version().as_u64(), Duration::from_secs(20)).await?;
+                anyhow::Ok((t_update, at.saturating_duration_since(t0)))
+            }
+            .await;
+            match result {
+                Ok((u, p)) if i >= plan.warmup.min(5) => {
+                    record_ns(&mut update, u);
+                    record_ns(&mut prop, p);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    errors += 1;
+                    if notes.len() < 3 {
+                        notes.push(format!("error: {error:#}"));
+                    }
+                }
+            }
+        }
+        let wall = started.elapsed();
+        for (scenario, hist) in [("payload-update", &update), ("payload-propagation", &prop)] {
+            let mut record = ctx
+                .record(scenario, name)
+                .with_histogram(hist, wall)
+                .extra("payload_bytes", actual)
+                .note("optimistic mode; one item of 64 B and the counter change per update");
+            record.errors = errors;
+            record.notes.extend(notes.clone());
+            records.push(done(record));
+        }
+        close(vec![a, b]).await;
+    }
+    Ok(records)
+}
+
+async fn fanout(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
+    let plan = ctx.plan;
+    let path = ctx.path("fanout");
+    let writer = open(ctx, &path, small(), WriteMode::Optimistic).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
+    let mut readers = Vec::new();
+    let open_started = Instant::now();
+    // Open in chunks: all at once would mostly measure connection storms.
+    for chunk in (0..plan.fanout).collect::<Vec<_>>().chunks(10) {
+        let opened = futures::future::join_all(
+            chunk.iter().map(|_| open(ctx, &path, small(), WriteMode::Optimistic)),
+        )
+        .await;
+        for (offset, part) in opened.into_iter().enumerate() {
+            let part = part?;
+            let index = chunk[0] + offset;
+            let tx = tx.clone();
+            let mut subscription = part.1.subscribe();
+            tokio::spawn(async move {
+                while let Some(event) = subscription.next().await {
+                    if let StateEvent::Changed(set) = event {
+                        if tx.send((index, set.version.as_u64(), Instant::now())).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            readers.push(part);
+        }
+    }
+    let open_time = open_started.elapsed();
+    let mut all = histogram();
+    let mut each = histogram();
+    let mut errors = 0u64;
+    let mut notes = Vec::new();
+    let started = Instant::now();
+    for round in 0..plan.fanout_rounds + 1 {
+        while rx.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        if let Err(error) = writer.1.update(|v| v.counter += 1).await {
+            errors += 1;
+            notes.push(format!("update failed: {error}"));
+            continue;
+        }
+        let target = writer.1.version().as_u64();
+        let mut seen = vec![false; readers.len()];
+        let mut missing = readers.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut last = t0;
+        while missing > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((index, version, at))) if version >= target => {
+                    if !seen[index] {
+                        seen[index] = true;
+                        missing -= 1;
+                        last = last.max(at);
+                        if round > 0 {
+                            record_ns(&mut each, at.saturating_duration_since(t0));
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if missing > 0 {
+            errors += 1;
+            notes.push(format!("round {round}: {missing} sessions got nothing within 30 s"));
+        } else if round > 0 {
+            record_ns(&mut all, last.saturating_duration_since(t0));
+        }
+    }
+    let wall = started.elapsed();
+    let sessions = readers.len();
+    let mut r_all = ctx
+        .record("fanout", &format!("{sessions} sessions: all"))
+        .with_histogram(&all, wall)
+        .extra("sessions", sessions)
+        .extra("open_all_ms", open_time.as_millis() as u64)
+        .note(format!("opening {sessions} sessions took {open_time:.1?}"));
+    r_all.errors = errors;
+    r_all.notes.extend(notes);
+    let r_each = ctx
+        .record("fanout", &format!("{sessions} sessions: each"))
+        .with_histogram(&each, wall)
+        .extra("sessions", sessions);
+    let records = vec![done(r_all), done(r_each)];
+    drop(tx);
+    let mut everything = vec![writer];
+    everything.extend(readers);
+    close(everything).await;
+    Ok(records)
+}
