@@ -40,10 +40,9 @@ impl State {
             resync: 0,
             suspended: false,
         });
-        self.watchers
-            .entry(key.to_owned())
-            .or_default()
-            .push(Watcher { client, tx });
+        let watchers = self.watchers.entry(key.to_owned()).or_default();
+        watchers.retain(|w| !w.tx.is_closed());
+        watchers.push(Watcher { client, tx });
         stream(initial, rx)
     }
 

@@ -149,6 +149,7 @@ macro_rules! for_each_behaviour {
             lock::lock_fenced_put_while_held,
             lock::lock_fenced_put_rejected_after_loss,
             lock::lock_fenced_put_and_release,
+            lock::lock_and_get_sees_previous_holder_write,
             registration::registration_visible_in_list,
             registration::registration_creates_missing_parents,
             registration::registration_removed_on_close,

@@ -361,3 +361,31 @@ pub async fn lock_fenced_put_and_release(f: &dyn BackendFactory) {
     let after = call("lock", b.backend.lock(&key, quick)).await;
     ok("lock after a failed fenced_put_and_release", after);
 }
+
+/// `lock_and_get` returns the lock together with a read that sees every
+/// write made before the lock was granted, even one made by the previous
+/// holder just before it released.
+pub async fn lock_and_get_sees_previous_holder_write(f: &dyn BackendFactory) {
+    let (a, b) = (f.client().await, f.client().await);
+    let base = unique_key("lock_and_get_sees_previous_holder_write");
+    let (key, data) = (child(&base, "lock"), child(&base, "data"));
+    if locks_unsupported(&a, &key).await {
+        return;
+    }
+    let held = acquire(&a, &key, "a").await;
+    let backend: Arc<dyn CoordinationBackend> = Arc::clone(&b.backend);
+    let (lock_key, data_key) = (key.clone(), data.clone());
+    let waiting =
+        tokio::spawn(async move { backend.lock_and_get(&lock_key, patient(), &data_key).await });
+    tokio::time::sleep(QUIET_PERIOD).await;
+    assert!(!waiting.is_finished(), "b got the lock while a held it");
+    let put = a.backend.put(&data, bytes("from a"), PutMode::Create);
+    let version = ok("put", call("put", put).await);
+    ok("release", call("release", held.release()).await);
+    let what = "b's lock_and_get";
+    let joined = within(EVENT_TIMEOUT + Duration::from_secs(5), what, waiting).await;
+    let (guard, found) = ok(what, ok("b's task", joined));
+    let found = found.expect("lock_and_get must see the write made before the grant");
+    assert_eq!((found.value, found.version), (bytes("from a"), version));
+    ok("release", call("release", guard.release()).await);
+}
