@@ -80,7 +80,7 @@ pub(crate) fn first_kv_at(response: &TxnResponse, i: usize) -> Option<KeyValue> 
     range_at(response, i).and_then(|get| get.kvs().first().cloned())
 }
 
-fn into_versioned(kv: KeyValue) -> Versioned {
+pub(crate) fn into_versioned(kv: KeyValue) -> Versioned {
     let version = version_of(kv.mod_revision());
     let (_, value) = kv.into_key_value();
     Versioned {

@@ -248,7 +248,18 @@ impl CoordinationBackend for EtcdBackend {
     }
 
     async fn lock(&self, key: &Key, options: LockOptions) -> Result<LockGuard> {
-        lock::lock(&self.inner, key, options).await
+        Ok(lock::lock(&self.inner, key, options, None).await?.0)
+    }
+
+    /// One transaction takes the lock and reads `key` when the lock is
+    /// free; a waiter reads it in the transaction that finds its turn.
+    async fn lock_and_get(
+        &self,
+        lock_key: &Key,
+        options: LockOptions,
+        key: &Key,
+    ) -> Result<(LockGuard, Option<Versioned>)> {
+        lock::lock(&self.inner, lock_key, options, Some(key)).await
     }
 
     async fn fenced_put(

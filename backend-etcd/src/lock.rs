@@ -20,20 +20,27 @@ use etcd_client::{
 };
 use sharedstate_core::{
     Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, PutMode,
-    Result, Version,
+    Result, Version, Versioned,
 };
 use tokio::time::Instant;
 
 use crate::error::{call, call_raw};
 use crate::kv::{
-    check_open, check_size, first_kv_at, header_revision, mode_compare, mode_failure, range_at,
-    version_of,
+    check_open, check_size, first_kv_at, header_revision, into_versioned, mode_compare,
+    mode_failure, range_at, version_of,
 };
 use crate::session::LeaseHandle;
 use crate::Inner;
 
-/// Acquires the lock on `key`.
-pub(crate) async fn lock(inner: &Arc<Inner>, key: &Key, options: LockOptions) -> Result<LockGuard> {
+/// Acquires the lock on `key`; with `read`, also reads that key in the
+/// transaction that grants the lock (so the read sees every write made
+/// before the lock was granted, at no extra round trip).
+pub(crate) async fn lock(
+    inner: &Arc<Inner>,
+    key: &Key,
+    options: LockOptions,
+    read: Option<&Key>,
+) -> Result<(LockGuard, Option<Versioned>)> {
     let op = Operation::Lock;
     check_open(inner, op, key)?;
     let deadline = Instant::now() + options.timeout;
@@ -51,20 +58,22 @@ pub(crate) async fn lock(inner: &Arc<Inner>, key: &Key, options: LockOptions) ->
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1)
         .with_keys_only();
+    let mut then = vec![
+        TxnOp::put(
+            waiter.as_str(),
+            Vec::new(),
+            Some(PutOptions::new().with_lease(lease.id)),
+        ),
+        TxnOp::get(prefix.as_str(), Some(oldest)),
+    ];
+    then.extend(read.map(|read| TxnOp::get(read.as_str(), None)));
     let txn = Txn::new()
         .when([Compare::create_revision(
             waiter.as_str(),
             CompareOp::Equal,
             0,
         )])
-        .and_then([
-            TxnOp::put(
-                waiter.as_str(),
-                Vec::new(),
-                Some(PutOptions::new().with_lease(lease.id)),
-            ),
-            TxnOp::get(prefix.as_str(), Some(oldest)),
-        ]);
+        .and_then(then);
     let mut kv = inner.client.kv_client();
     let response = call(inner.config.request_timeout, op, Some(key), kv.txn(txn))
         .await
@@ -76,14 +85,19 @@ pub(crate) async fn lock(inner: &Arc<Inner>, key: &Key, options: LockOptions) ->
     }
     let token = header_revision(response.header(), op, key)?;
     let owner = first_kv_at(&response, 1).map(|kv| kv.create_revision());
+    let mut value = first_kv_at(&response, 2).map(into_versioned);
     if owner != Some(token) {
+        let waiting = wait_for_turn(inner, key, &prefix, &waiter, token, read);
         let waited = tokio::select! {
-            waited = tokio::time::timeout_at(deadline, wait_for_turn(inner, key, &prefix, &waiter, token)) => waited,
+            waited = tokio::time::timeout_at(deadline, waiting) => waited,
             _ = lease.lost.cancelled() => Ok(Err(session_lost(op, key))),
             _ = inner.closed.cancelled() => Ok(Err(crate::error::closed(op, Some(key)))),
         };
         let failure = match waited {
-            Ok(Ok(())) => None,
+            Ok(Ok(read_value)) => {
+                value = read_value;
+                None
+            }
             Ok(Err(error)) => Some(error),
             Err(_) => Some(
                 Error::new(ErrorKind::LockTimeout, op)
@@ -96,7 +110,7 @@ pub(crate) async fn lock(inner: &Arc<Inner>, key: &Key, options: LockOptions) ->
             return Err(error);
         }
     }
-    Ok(guard(inner, key, waiter, token, &lease))
+    Ok((guard(inner, key, waiter, token, &lease), value))
 }
 
 fn guard(
@@ -131,14 +145,16 @@ fn poke_if_lost(inner: &Inner, error: &Error) {
     }
 }
 
-/// Waits until no waiter older than ours is left.
+/// Waits until no waiter older than ours is left; returns `read`'s value
+/// as of that moment.
 async fn wait_for_turn(
     inner: &Arc<Inner>,
     key: &Key,
     prefix: &str,
     waiter: &str,
     token: i64,
-) -> Result<()> {
+    read: Option<&Key>,
+) -> Result<Option<Versioned>> {
     let op = Operation::Lock;
     let timeout = inner.config.request_timeout;
     loop {
@@ -149,9 +165,11 @@ async fn wait_for_turn(
             .with_sort(SortTarget::Create, SortOrder::Descend)
             .with_limit(1)
             .with_keys_only();
+        let mut then = vec![TxnOp::get(prefix, Some(older))];
+        then.extend(read.map(|read| TxnOp::get(read.as_str(), None)));
         let txn = Txn::new()
             .when([Compare::create_revision(waiter, CompareOp::Equal, token)])
-            .and_then([TxnOp::get(prefix, Some(older))]);
+            .and_then(then);
         let mut kv = inner.client.kv_client();
         let response = call(timeout, op, Some(key), kv.txn(txn)).await?;
         if !response.succeeded() {
@@ -161,7 +179,7 @@ async fn wait_for_turn(
         let revision = header_revision(response.header(), op, key)?;
         let Some(predecessor) = range_at(&response, 0).and_then(|get| get.kvs().first().cloned())
         else {
-            return Ok(());
+            return Ok(first_kv_at(&response, 1).map(into_versioned));
         };
         // Watch the predecessor from just after our read: its deletion
         // cannot slip between the read and the watch.

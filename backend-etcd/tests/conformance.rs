@@ -1,0 +1,346 @@
+//! The conformance suite against a real etcd (a container, or the server
+//! `SHAREDSTATE_TEST_ETCD` points at), plus etcd-specific checks: watches
+//! across a compaction, and an outside operator's raw etcd put. Every
+//! client gets its own session through its own fault-injecting proxy.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use sharedstate_conformance::fixtures::{self, TcpProxy};
+use sharedstate_conformance::{unique_key, BackendFactory, FaultInjector, TestClient};
+use sharedstate_core::{
+    CoordinationBackend, ErrorKind, Key, PutMode, Result, SessionState, Version, WatchEvent,
+    WatchStream,
+};
+use sharedstate_etcd::EtcdBackend;
+
+/// Short enough that a lost session is noticed quickly, long enough that a
+/// brief suspension survives.
+const SESSION_TTL: Duration = Duration::from_secs(6);
+/// Calls through a cut proxy fail with `Unavailable` after this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct EtcdFactory {
+    server: String,
+    /// Every proxy lives as long as the factory (the whole test): behaviours
+    /// may drop a `TestClient` and keep only its backend (inside a
+    /// `SharedState`), and the backend must stay connected.
+    proxies: Mutex<Vec<Arc<TcpProxy>>>,
+}
+
+async fn factory() -> EtcdFactory {
+    init_tracing();
+    EtcdFactory {
+        server: fixtures::etcd(),
+        proxies: Mutex::new(Vec::new()),
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl EtcdFactory {
+    /// A backend behind its own proxy.
+    async fn connect(&self) -> (EtcdBackend, Arc<TcpProxy>) {
+        let proxy = TcpProxy::start(self.server.clone())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("cannot start a TCP proxy in front of {}: {e}", self.server)
+            });
+        let proxy = Arc::new(proxy);
+        self.proxies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Arc::clone(&proxy));
+        let backend = EtcdBackend::builder([proxy.endpoint()])
+            .session_ttl(SESSION_TTL)
+            .request_timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot connect to etcd at {} (through {}): {e}; is the server up? \
+                     Set SHAREDSTATE_TEST_ETCD=host:port or run scripts/test.sh",
+                    self.server,
+                    proxy.endpoint()
+                )
+            });
+        (backend, proxy)
+    }
+
+    /// A plain etcd-client connection straight to the server (an outside
+    /// operator, or an administrator).
+    async fn raw(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.server.as_str()], None)
+            .await
+            .unwrap_or_else(|e| panic!("raw etcd-client connect to {}: {e}", self.server))
+    }
+}
+
+#[async_trait]
+impl BackendFactory for EtcdFactory {
+    fn name(&self) -> &str {
+        "etcd"
+    }
+
+    async fn client(&self) -> TestClient {
+        let (backend, proxy) = self.connect().await;
+        let backend = Arc::new(backend);
+        let faults = Arc::new(EtcdFaults {
+            backend: backend.clone(),
+            proxy,
+            server: self.server.clone(),
+        });
+        TestClient { backend, faults }
+    }
+}
+
+struct EtcdFaults {
+    backend: Arc<EtcdBackend>,
+    proxy: Arc<TcpProxy>,
+    server: String,
+}
+
+#[async_trait]
+impl FaultInjector for EtcdFaults {
+    async fn expire_session(&self) -> Result<()> {
+        // Straight to the server: works while the proxy is suspended too.
+        self.backend
+            .force_session_expiry_via(std::slice::from_ref(&self.server))
+            .await
+    }
+
+    async fn suspend(&self) -> Result<()> {
+        self.proxy.suspend();
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<()> {
+        self.proxy.resume();
+        Ok(())
+    }
+}
+
+sharedstate_conformance::conformance_tests!(factory);
+
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn next(stream: &mut WatchStream, what: &str) -> WatchEvent {
+    match within(what, stream.next()).await {
+        Some(Ok(event)) => event,
+        other => panic!("{what}: expected an event, got {other:?}"),
+    }
+}
+
+/// An operator edits the JSON payload with a plain etcd-client put (as
+/// `etcdctl put` would); the change arrives through `watch` with the put's
+/// revision as version, and a conditional update at that version works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_operator_edit_arrives_through_watch() {
+    let f = factory().await;
+    let client = f.client().await;
+    let b = &client.backend;
+    let key = unique_key("etcd_operator_edit")
+        .child("payload")
+        .expect("key");
+    let v1 = b
+        .put(
+            &key,
+            Bytes::from_static(br#"{"globs":["a*"]}"#),
+            PutMode::Create,
+        )
+        .await
+        .expect("create");
+    let mut stream = b.watch(&key).await.expect("watch");
+    match next(&mut stream, "Initial").await {
+        WatchEvent::Initial(Some(found)) => assert_eq!(found.version, v1),
+        other => panic!("expected Initial(Some), got {other:?}"),
+    }
+
+    let mut operator = f.raw().await;
+    let edited = br#"{"globs":["a*","b*"]}"#;
+    let put = operator
+        .put(key.as_str(), edited.to_vec(), None)
+        .await
+        .expect("operator put");
+    let revision = put.header().expect("header").revision();
+
+    match next(&mut stream, "the operator's change").await {
+        WatchEvent::Changed(found) => {
+            assert_eq!(&found.value[..], &edited[..]);
+            assert_eq!(found.version.as_u64(), revision as u64);
+            let json: serde_json::Value = serde_json::from_slice(&found.value).expect("json");
+            assert_eq!(json["globs"][1], "b*");
+        }
+        other => panic!("expected Changed, got {other:?}"),
+    }
+    let v3 = b
+        .put(
+            &key,
+            Bytes::from_static(br#"{"globs":[]}"#),
+            PutMode::Update(Version::new(revision as u64)),
+        )
+        .await
+        .expect("update at the operator's version");
+    assert!(v3.as_u64() > revision as u64);
+    b.close().await.expect("close");
+}
+
+/// The watcher's connection is stalled (no byte moves) while another client
+/// writes many large revisions and the keyspace is compacted past all of
+/// them. After resume the watch must not skip silently: it yields `Resync`
+/// with the latest value, and any `Changed` events before it follow the
+/// writes one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_during_watch_resyncs_without_gap() {
+    let f = factory().await;
+    let (watcher, proxy) = f.connect().await;
+    let writer = f.client().await;
+    let key = unique_key("etcd_compaction").child("k").expect("key");
+    let first = writer
+        .backend
+        .put(&key, Bytes::from_static(b"0"), PutMode::Create)
+        .await
+        .expect("create");
+    let mut stream = watcher.watch(&key).await.expect("watch");
+    match next(&mut stream, "Initial").await {
+        WatchEvent::Initial(Some(found)) => assert_eq!(found.version, first),
+        other => panic!("expected Initial(Some), got {other:?}"),
+    }
+
+    proxy.stall();
+    // Enough bytes to fill the socket buffers and the HTTP/2 window, so
+    // etcd cannot hand these events to the stalled watcher before the
+    // compaction.
+    let mut written = vec![first];
+    for i in 0..300u32 {
+        let mut value = vec![b'x'; 16 * 1024];
+        value.extend_from_slice(i.to_string().as_bytes());
+        let version = writer
+            .backend
+            .put(&key, Bytes::from(value), PutMode::Overwrite)
+            .await
+            .expect("put");
+        written.push(version);
+    }
+    let last = *written.last().expect("writes");
+    let mut admin = f.raw().await;
+    admin
+        .compact(last.as_u64() as i64, None)
+        .await
+        .expect("compact");
+    // Hold the stall until the watcher notices (Suspended): from then on
+    // continuity cannot be proven, so a Resync is due after the resume.
+    let mut status = watcher.session();
+    within("Suspended while stalled", async {
+        while status.borrow_and_update().state != SessionState::Suspended {
+            status.changed().await.expect("session channel");
+        }
+    })
+    .await;
+    proxy.resume();
+
+    let mut seen_resync = false;
+    let mut previous = first;
+    loop {
+        match next(&mut stream, "the latest version after the compaction").await {
+            WatchEvent::Resync(Some(found)) => {
+                seen_resync = true;
+                previous = found.version;
+                if found.version == last {
+                    assert_eq!(found.value.len(), 16 * 1024 + 3);
+                    break;
+                }
+            }
+            WatchEvent::Changed(found) => {
+                // Without a Resync in between, a Changed is the very next write.
+                let at = written
+                    .iter()
+                    .position(|v| *v == previous)
+                    .expect("previous version is a write");
+                assert_eq!(
+                    written.get(at + 1),
+                    Some(&found.version),
+                    "a silent gap after {previous}"
+                );
+                previous = found.version;
+                if found.version == last {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(seen_resync, "a suspension must end in a Resync");
+    watcher.close().await.expect("close");
+}
+
+/// `from_url` parses hosts and options and connects; `lease_id` names a
+/// live lease; `force_session_expiry` revokes it through a second
+/// connection and the client moves to a new lease and epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_url_and_forced_expiry() {
+    let f = factory().await;
+    let url = format!(
+        "etcd://{}?session_ttl_s=5&request_timeout_ms=3000",
+        f.server
+    );
+    let backend = EtcdBackend::from_url(&url).await.expect("from_url");
+    let first = backend.lease_id();
+    assert_ne!(first, 0);
+    let mut admin = f.raw().await;
+    let ttl = admin.lease_time_to_live(first, None).await.expect("ttl");
+    assert!(ttl.ttl() > 0, "the session lease is alive");
+
+    let mut status = backend.session();
+    backend.force_session_expiry().await.expect("expire");
+    within("a new session", async {
+        loop {
+            let now = *status.borrow_and_update();
+            if now.state == SessionState::Connected && now.epoch == 1 {
+                break;
+            }
+            status.changed().await.expect("session channel");
+        }
+    })
+    .await;
+    assert_ne!(backend.lease_id(), first);
+    backend.close().await.expect("close");
+    assert_eq!(
+        backend
+            .get(&Key::new("/x").expect("key"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Closed
+    );
+}
+
+/// A bad URL is `InvalidArgument`, an unreachable endpoint `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors() {
+    let bad = EtcdBackend::from_url("etcd://h:1?nope=1")
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidArgument);
+    let down = EtcdBackend::builder(["127.0.0.1:1"])
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(down.kind(), ErrorKind::Unavailable, "{down}");
+}
