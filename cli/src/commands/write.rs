@@ -62,10 +62,9 @@ pub(super) async fn locked_write(
     mut change: impl FnMut(&Versioned) -> CliResult<Option<Value>>,
 ) -> CliResult<Written> {
     for attempt in 1..=LOCKED_ATTEMPTS {
-        let guard = take_lock(env).await?;
-        let current = match env.payload().await {
-            Ok(current) => current,
-            Err(error) => return Err(release_after(guard, error).await),
+        let (guard, current) = lock_and_read(env).await?;
+        let Some(current) = current else {
+            return Err(release_after(guard, env.cx.no_payload()).await);
         };
         let new = match change(&current) {
             Ok(Some(new)) => new,
@@ -108,12 +107,17 @@ pub(super) async fn locked_write(
     ))
 }
 
-async fn take_lock(env: &Env) -> CliResult<LockGuard> {
+/// Takes the lock and reads the payload (one round trip where the backend
+/// can pipeline them).
+async fn lock_and_read(env: &Env) -> CliResult<(LockGuard, Option<Versioned>)> {
     let options = LockOptions::with_timeout(env.lock_timeout);
-    // The backend bounds the wait itself; this also bounds a server that
-    // stops answering.
+    // The backend bounds the wait for the lock itself; this also bounds a
+    // server that stops answering.
     let bound = env.lock_timeout + env.timeout;
-    match tokio::time::timeout(bound, env.backend.lock(&env.paths.lock, options)).await {
+    let call = env
+        .backend
+        .lock_and_get(&env.paths.lock, options, &env.paths.payload);
+    match tokio::time::timeout(bound, call).await {
         Err(_) => Err(env.cx.timed_out("taking the lock", bound)),
         Ok(result) => result.map_err(|e| env.cx.backend(e)),
     }

@@ -1,0 +1,246 @@
+//! Drives the real `sharedstate` binary: every child process is bounded in
+//! time and killed when the bound passes (or when the test panics).
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+pub mod scenarios;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sharedstate");
+
+/// Bound on one short command (connect + a few round trips).
+pub const COMMAND_BOUND: Duration = Duration::from_secs(60);
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panics with everything printed unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "expected exit code {code}; stdout {:?}, stderr {:?}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless it exited 0.
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        self.expect_code(0)
+    }
+
+    /// The version at the end of `PATH: version N` / `created at version N`.
+    #[track_caller]
+    pub fn version(&self) -> u64 {
+        self.stdout
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no version in {:?}", self.stdout))
+    }
+}
+
+/// A fresh state path for one test.
+pub fn unique(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("/cli-test/{name}-{}-{nanos:x}-{n}", std::process::id())
+}
+
+/// `sharedstate --backend URL ARGS...` (with `stdin` piped in when given),
+/// within `COMMAND_BOUND`.
+#[track_caller]
+pub fn run(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    run_bounded(url, args, stdin, COMMAND_BOUND)
+}
+
+/// As [`run`], with an explicit bound.
+#[track_caller]
+pub fn run_bounded(url: &str, args: &[&str], stdin: Option<&str>, bound: Duration) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .arg("--backend")
+        .arg(url)
+        .args(args)
+        .env_remove("SHAREDSTATE_BACKEND")
+        .env("NO_COLOR", "1")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Guard(command.spawn().expect("the sharedstate binary starts"));
+    if let Some(text) = stdin {
+        let mut pipe = child.0.stdin.take().expect("piped stdin");
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    let stdout = drain(child.0.stdout.take());
+    let stderr = drain(child.0.stderr.take());
+    let status = wait(&mut child.0, bound).unwrap_or_else(|| {
+        panic!(
+            "`sharedstate {}` did not finish within {bound:?}",
+            args.join(" ")
+        )
+    });
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+/// Waits up to `bound`; `None` when it is still running.
+fn wait(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills the child when dropped (a panicking test leaves no process).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A `watch` running in the background.
+pub struct Watch {
+    child: Guard,
+    stdout: thread::JoinHandle<String>,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Watch {
+    /// Starts `sharedstate --backend URL watch ARGS...` and waits (bounded)
+    /// until it says it is watching.
+    #[track_caller]
+    pub fn start(url: &str, args: &[&str]) -> Watch {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--backend")
+            .arg(url)
+            .arg("watch")
+            .args(args)
+            .env_remove("SHAREDSTATE_BACKEND")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = Guard(command.spawn().expect("the sharedstate binary starts"));
+        let stdout = drain(child.0.stdout.take());
+        let (tx, stderr_lines) = mpsc::channel();
+        let stderr = child.0.stderr.take().expect("piped stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut watch = Watch {
+            child,
+            stdout,
+            stderr_lines,
+            stderr_seen: Vec::new(),
+        };
+        watch.wait_for_stderr("watching ", COMMAND_BOUND);
+        watch
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`.
+    #[track_caller]
+    pub fn wait_for_stderr(&mut self, needle: &str, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "watch printed no {needle:?} on stderr within {bound:?}; stderr so far: {:?}",
+                    self.stderr_seen
+                ),
+            }
+        }
+    }
+
+    /// Waits (bounded) for the watch to exit by itself (`--count`); its
+    /// exit status and stdout.
+    #[track_caller]
+    pub fn finish(mut self, bound: Duration) -> (ExitStatus, String) {
+        let status = wait(&mut self.child.0, bound);
+        let Some(status) = status else {
+            let _ = self.child.0.kill();
+            let _ = self.child.0.wait();
+            let stdout = self.stdout.join().unwrap_or_default();
+            panic!(
+                "watch did not exit within {bound:?}; stdout {stdout:?}, stderr {:?}",
+                self.stderr_seen
+            );
+        };
+        (status, self.stdout.join().unwrap_or_default())
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
