@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # the step_* functions are called indirectly
 # The one test command (README, .ci/run): provisions what the tests need on a
 # fresh Debian machine, then formats, lints, builds and tests the workspace.
 #
@@ -18,7 +19,7 @@
 #   fmt       cargo fmt --all -- --check
 #   clippy    cargo clippy --workspace --all-targets --all-features -- -D warnings
 #   build     cargo test --workspace --all-features --no-run
-#   test      cargo test --workspace --all-features
+#   test      cargo test --workspace --all-features --no-fail-fast
 #
 # Environment:
 #   SHAREDSTATE_TEST_ONLY   comma-separated steps or groups to run
@@ -240,7 +241,8 @@ step_build() { cargo test --workspace --all-features --no-run; }
 
 # -------------------------------------------------------------------- tests
 
-step_test() { cargo test --workspace --all-features; }
+# --no-fail-fast: every test binary runs, so one run shows every failure.
+step_test() { cargo test --workspace --all-features --no-fail-fast; }
 
 # --------------------------------------------------------------------- main
 
@@ -271,27 +273,35 @@ summary() {
 	fi
 }
 
-if [[ -n "${SHAREDSTATE_TEST_ONLY:-}" ]]; then
-	log "SHAREDSTATE_TEST_ONLY=$SHAREDSTATE_TEST_ONLY: running only the selected steps"
-fi
-for step in "${STEPS[@]}"; do
-	selected "$step" || continue
-	log "step $step"
-	start="$(now)"
-	"step_$step"
-	rc=$?
-	secs="$(elapsed "$start" "$(now)")"
-	phase="${PHASE[$step]}"
-	PHASE_SECONDS[$phase]="$(awk -v a="${PHASE_SECONDS[$phase]}" -v b="$secs" 'BEGIN { printf "%.1f", a + b }')"
-	TIMINGS+=("$(printf '%-10s %-9s %7.1f s  %s' "$phase" "$step" "$secs" "$([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc)")")")
-	if ((rc != 0)); then
-		FAILED+=("$step")
-		if [[ "$NONFATAL" != *" $step "* ]]; then
-			err "step $step failed (exit $rc)"
-			break
-		fi
-		err "step $step failed (exit $rc); continuing, the run will fail"
+# The whole run is one function, parsed before it starts: editing this file
+# (git pull, checkout) while it runs cannot derail it.
+main() {
+	if [[ -n "${SHAREDSTATE_TEST_ONLY:-}" ]]; then
+		log "SHAREDSTATE_TEST_ONLY=$SHAREDSTATE_TEST_ONLY: running only the selected steps"
 	fi
-done
-summary
-((${#FAILED[@]} == 0))
+	local step start rc secs phase
+	for step in "${STEPS[@]}"; do
+		selected "$step" || continue
+		log "step $step"
+		start="$(now)"
+		"step_$step"
+		rc=$?
+		secs="$(elapsed "$start" "$(now)")"
+		phase="${PHASE[$step]}"
+		PHASE_SECONDS[$phase]="$(awk -v a="${PHASE_SECONDS[$phase]}" -v b="$secs" 'BEGIN { printf "%.1f", a + b }')"
+		TIMINGS+=("$(printf '%-10s %-9s %7.1f s  %s' "$phase" "$step" "$secs" "$([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc)")")")
+		if ((rc != 0)); then
+			FAILED+=("$step")
+			if [[ "$NONFATAL" != *" $step "* ]]; then
+				err "step $step failed (exit $rc)"
+				break
+			fi
+			err "step $step failed (exit $rc); continuing, the run will fail"
+		fi
+	done
+	summary
+	((${#FAILED[@]} == 0))
+}
+
+main "$@"
+exit $?
