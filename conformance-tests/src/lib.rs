@@ -163,6 +163,22 @@ macro_rules! for_each_behaviour {
             session::session_suspend_resume_same_epoch,
             session::session_calls_fail_while_suspended,
             session::session_close_fails_calls_with_closed,
+            engine::engine_open_creates_payload_from_initial,
+            engine::engine_open_missing_payload,
+            engine::engine_concurrent_open,
+            engine::engine_two_instances_see_each_other,
+            engine::engine_change_sets_are_exact,
+            engine::engine_no_lost_updates_locked,
+            engine::engine_no_lost_updates_optimistic,
+            engine::engine_try_update_never_runs_on_stale_copy,
+            engine::engine_external_put_is_remote_change,
+            engine::engine_malformed_payload_then_recovery,
+            engine::engine_read_stale_when_suspended,
+            engine::engine_listeners_appear_and_disappear,
+            engine::engine_session_loss_recovery,
+            engine::engine_failed_update_changes_nothing,
+            engine::engine_subscribers_ordered_and_lagged,
+            engine::engine_close_and_read_consistent,
         );
     };
 }
