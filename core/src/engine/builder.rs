@@ -127,6 +127,7 @@ where
         let root = Key::new(self.path.as_str())?;
         let keys = StateKeys::new(root)?;
         let backend = self.backend;
+        let opened_epoch = backend.session().borrow().epoch;
         let mut stream = backend.watch(&keys.payload).await?;
         let first = first_state(&keys, &mut stream).await?;
         let versioned = match first {
@@ -163,7 +164,12 @@ where
             json,
             versioned.version,
         ));
-        let task = tokio::spawn(watcher::run(shared.clone(), stream, registration));
+        let task = tokio::spawn(watcher::run(
+            shared.clone(),
+            stream,
+            registration,
+            opened_epoch,
+        ));
         shared.set_task(task);
         let guard = shared.closed.clone().drop_guard();
         Ok(SharedState {

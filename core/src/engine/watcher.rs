@@ -20,16 +20,28 @@ pub(crate) async fn run<T>(
     shared: Arc<Shared<T>>,
     mut stream: WatchStream,
     registration: Option<Registration>,
+    opened_epoch: u64,
 ) where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let mut session = shared.session.clone();
-    let mut epoch = session.borrow_and_update().epoch;
+    let first = *session.borrow_and_update();
+    let mut epoch = first.epoch;
     // True once the watch delivered a full state (Initial/Resync) since the
     // last disconnect: together with a connected session, the copy is live.
-    let mut watch_in_sync = true;
+    // A session replaced since open() makes the watch resync; until then the
+    // copy is not verified.
+    let mut watch_in_sync = first.state == SessionState::Connected && first.epoch == opened_epoch;
     let closed = shared.closed.clone();
     loop {
+        // Evaluated before waiting too: the session may have changed between
+        // open() and this task's first poll.
+        let connected = session.borrow().state == SessionState::Connected;
+        if watch_in_sync && connected {
+            shared.freshness.mark_live();
+        } else {
+            shared.freshness.mark_unverified();
+        }
         tokio::select! {
             biased;
             _ = closed.cancelled() => break,
@@ -76,12 +88,6 @@ pub(crate) async fn run<T>(
                     }
                 }
             },
-        }
-        let connected = session.borrow().state == SessionState::Connected;
-        if watch_in_sync && connected {
-            shared.freshness.mark_live();
-        } else {
-            shared.freshness.mark_unverified();
         }
     }
     shared.freshness.mark_unverified();
