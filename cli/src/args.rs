@@ -68,23 +68,48 @@ pub enum ColorWhen {
 /// One action.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the payload as pretty JSON (stdout) and its version (stderr).
+    /// Print the payload as pretty JSON
+    ///
+    /// The JSON goes to stdout and `version N` to stderr (or both in one
+    /// object with --with-version).
     Get(GetArgs),
-    /// Replace the payload. Without --version the write takes the state's
-    /// lock, so it never races instances that use locked updates.
+    /// Replace the payload
+    ///
+    /// By default the write takes the state's lock (<PATH>/lock) and is a
+    /// fenced conditional update, exactly like the engine's locked
+    /// `update`, so it never races instances. With --version V it is one
+    /// conditional write instead, failing (exit 4) when the payload is no
+    /// longer at V.
     Set(SetArgs),
     /// Apply a JSON merge patch (RFC 7396) or a JSON Patch (RFC 6902)
-    /// under the state's lock.
+    ///
+    /// The patch is applied under the state's lock to the latest value and
+    /// written with a fenced conditional update. A JSON object is taken as a
+    /// merge patch and an array as a JSON Patch unless --merge or
+    /// --json-patch says otherwise. A JSON Patch that does not apply (failed
+    /// `test`, missing path) changes nothing (exit 1).
     Patch(PatchArgs),
-    /// Edit the payload in $VISUAL / $EDITOR; re-opens on a concurrent change.
+    /// Edit the payload in $VISUAL or $EDITOR
+    ///
+    /// The edit is written back with a conditional update on the version
+    /// that was opened. If someone else changed the payload meanwhile, you
+    /// are told, your edit is kept in a file, and the editor re-opens on
+    /// the new value; invalid JSON re-opens the editor on your text.
     Edit(EditArgs),
-    /// Stream change sets, one line each, until Ctrl-C (or --count).
+    /// Stream change sets, one line each
+    ///
+    /// Lines look like `v123 remote Added /globs/2 "firefox*"` (several
+    /// changes of one version are joined with `; `), coloured on a
+    /// terminal; --json prints one JSON object per line instead. Runs until
+    /// Ctrl-C or --count. The watch does not register as a listener.
     Watch(WatchArgs),
-    /// List the live instances of the state.
+    /// List the live instances of the state
     Listeners(ListenersArgs),
-    /// Payload version and size, listener count, lock, session.
+    /// Show payload version and size, listeners, lock and session
     Status(StatusArgs),
-    /// Create the payload; fails if it exists (unless --if-missing).
+    /// Create the payload
+    ///
+    /// Fails (exit 4) when it exists already, unless --if-missing.
     Init(InitArgs),
 }
 

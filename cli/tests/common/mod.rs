@@ -154,12 +154,62 @@ impl Drop for Guard {
     }
 }
 
+/// Lines of a child's pipe, as they come.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn follow<R: Read + Send + 'static>(pipe: Option<R>) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        if let Some(pipe) = pipe {
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `bound` for a line containing `needle`.
+    fn wait_for(&mut self, needle: &str, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Everything printed (the pipe must be closed: the child exited).
+    fn all(mut self) -> String {
+        while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        self.seen.iter().map(|line| format!("{line}\n")).collect()
+    }
+}
+
 /// A `watch` running in the background.
 pub struct Watch {
     child: Guard,
-    stdout: thread::JoinHandle<String>,
-    stderr_lines: mpsc::Receiver<String>,
-    stderr_seen: Vec<String>,
+    stdout: Lines,
+    stderr: Lines,
 }
 
 impl Watch {
@@ -179,45 +229,30 @@ impl Watch {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = Guard(command.spawn().expect("the sharedstate binary starts"));
-        let stdout = drain(child.0.stdout.take());
-        let (tx, stderr_lines) = mpsc::channel();
-        let stderr = child.0.stderr.take().expect("piped stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stdout = Lines::follow(child.0.stdout.take());
+        let stderr = Lines::follow(child.0.stderr.take());
         let mut watch = Watch {
             child,
             stdout,
-            stderr_lines,
-            stderr_seen: Vec::new(),
+            stderr,
         };
-        watch.wait_for_stderr("watching ", COMMAND_BOUND);
+        if !watch.stderr.wait_for("watching ", COMMAND_BOUND) {
+            panic!(
+                "watch printed no \"watching\" line within {COMMAND_BOUND:?}; stderr: {:?}",
+                watch.stderr.seen
+            );
+        }
         watch
     }
 
-    /// Waits (bounded) for a stderr line containing `needle`.
+    /// Waits (bounded) for a stdout line containing `needle`.
     #[track_caller]
-    pub fn wait_for_stderr(&mut self, needle: &str, bound: Duration) {
-        let deadline = Instant::now() + bound;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr_lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    self.stderr_seen.push(line);
-                    if found {
-                        return;
-                    }
-                }
-                Err(_) => panic!(
-                    "watch printed no {needle:?} on stderr within {bound:?}; stderr so far: {:?}",
-                    self.stderr_seen
-                ),
-            }
+    pub fn wait_for_stdout(&mut self, needle: &str, bound: Duration) {
+        if !self.stdout.wait_for(needle, bound) {
+            panic!(
+                "watch printed no {needle:?} within {bound:?}; stdout {:?}, stderr {:?}",
+                self.stdout.seen, self.stderr.seen
+            );
         }
     }
 
@@ -227,15 +262,23 @@ impl Watch {
     pub fn finish(mut self, bound: Duration) -> (ExitStatus, String) {
         let status = wait(&mut self.child.0, bound);
         let Some(status) = status else {
-            let _ = self.child.0.kill();
-            let _ = self.child.0.wait();
-            let stdout = self.stdout.join().unwrap_or_default();
             panic!(
-                "watch did not exit within {bound:?}; stdout {stdout:?}, stderr {:?}",
-                self.stderr_seen
+                "watch did not exit within {bound:?}; stdout {:?}, stderr {:?}",
+                self.stdout.seen, self.stderr.seen
             );
         };
-        (status, self.stdout.join().unwrap_or_default())
+        (status, self.stdout.all())
+    }
+
+    /// Sends SIGINT (what Ctrl-C does) and waits (bounded) for the exit.
+    #[track_caller]
+    pub fn interrupt(self, bound: Duration) -> (ExitStatus, String) {
+        let sent = Command::new("kill")
+            .args(["-INT", &self.child.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT failed");
+        self.finish(bound)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sharedstate::{Key, LockOptions, SharedState};
+use sharedstate::{Bytes, Key, LockOptions, PutMode, SharedState};
 
 use super::{closed_port, run, run_bounded, unique, Watch, BIN, COMMAND_BOUND};
 
@@ -21,6 +21,7 @@ macro_rules! cli_scenarios {
             edit_reopens_on_conflict,
             listeners_status_and_the_lock,
             cli_and_engine_writers_lose_nothing,
+            undecodable_payloads_are_reported_and_ctrl_c_stops_watch,
         );
 
         #[test]
@@ -409,4 +410,53 @@ pub fn cli_and_engine_writers_lose_nothing(url: &str) {
         "{value}"
     );
     rt.block_on(state.close());
+}
+
+pub fn undecodable_payloads_are_reported_and_ctrl_c_stops_watch(url: &str) {
+    let path = unique("undecodable");
+    run(url, &["init", &path, r#"{"n":1}"#], None).ok();
+    let mut watch = Watch::start(url, &[&path]);
+    // An outside writer (zkCli, etcdctl) stores something that is not JSON.
+    let rt = runtime();
+    let payload = Key::new(format!("{path}/payload")).expect("key");
+    let bad = rt.block_on(async {
+        let backend = sharedstate::connect(url).await.expect("connect");
+        let version = backend
+            .put(&payload, Bytes::from_static(b"{n: 2"), PutMode::Overwrite)
+            .await
+            .expect("outside write");
+        let _ = backend.close().await;
+        version
+    });
+    watch.wait_for_stdout(&format!("v{bad} rejected: "), COMMAND_BOUND);
+
+    let got = run(url, &["get", &path], None);
+    got.expect_code(1);
+    assert_eq!(got.stdout, "{n: 2\n", "the broken payload is shown");
+    assert_eq!(
+        got.stderr,
+        format!(
+            "sharedstate: invalid JSON in the payload of {path} (version {bad}) at line 1, column 2: key must be a string; fix it with `sharedstate set {path} JSON`\n"
+        )
+    );
+    let status = run(url, &["status", &path], None);
+    assert!(
+        status
+            .ok()
+            .stdout
+            .contains("5 bytes, invalid JSON in the payload at line 1, column 2"),
+        "{status:?}"
+    );
+    let patch = run(url, &["patch", &path, r#"{"n": 3}"#], None);
+    patch.expect_code(1);
+    // A locked `set` replaces it.
+    let fixed = run(url, &["set", &path, r#"{"n":3}"#], None).ok().version();
+    watch.wait_for_stdout(
+        &format!("v{fixed} remote Modified /n 1 -> 3"),
+        COMMAND_BOUND,
+    );
+
+    let (status, stdout) = watch.interrupt(COMMAND_BOUND);
+    assert!(status.success(), "Ctrl-C is a clean exit: {status:?}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout:?}");
 }
