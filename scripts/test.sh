@@ -111,10 +111,6 @@ step_packages() {
 	else
 		log "packages: all present"
 	fi
-	command -v cargo >/dev/null || {
-		err "cargo not found: the Rust toolchain must be installed (rustup)"
-		return 1
-	}
 }
 
 docker_answers() { timeout 15 docker info >/dev/null 2>&1; }
