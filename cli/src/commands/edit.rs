@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sharedstate::{ErrorKind, PutMode, Version};
+use sharedstate::{ErrorKind, PutMode, Version, Versioned};
 
 use super::info::pretty;
 use super::{encode, Env, Global, Written};
@@ -110,8 +110,7 @@ pub async fn edit(global: &Global, args: EditArgs, out: &mut (dyn Write + Send))
 
 async fn edit_loop(env: &Env, editor: &str, max_attempts: u32) -> CliResult<Written> {
     let mut base = env.payload().await?;
-    let mut base_value = env.decode(&base)?;
-    let mut text = format!("{}\n", pretty(&base_value));
+    let (mut base_value, mut text) = starting_point(env, &base);
     let mut last_was_invalid = false;
     for _ in 0..max_attempts {
         let draft = Draft::new(&env.cx.path, &text)?;
@@ -126,7 +125,7 @@ async fn edit_loop(env: &Env, editor: &str, max_attempts: u32) -> CliResult<Writ
             }
         };
         last_was_invalid = false;
-        if value == base_value {
+        if base_value.as_ref() == Some(&value) {
             return Ok(Written::Unchanged(base.version));
         }
         match conditional_put(env, &value, base.version).await? {
@@ -141,8 +140,7 @@ async fn edit_loop(env: &Env, editor: &str, max_attempts: u32) -> CliResult<Writ
                     env.cx.path, base.version
                 );
                 base = env.payload().await?;
-                base_value = env.decode(&base)?;
-                text = format!("{}\n", pretty(&base_value));
+                (base_value, text) = starting_point(env, &base);
             }
             Err(None) => return Err(env.cx.no_payload()),
         }
@@ -159,6 +157,22 @@ async fn edit_loop(env: &Env, editor: &str, max_attempts: u32) -> CliResult<Writ
             env.cx.path
         ),
     ))
+}
+
+/// The value and the text to edit. A payload that is not JSON (an outside
+/// writer's mistake) is opened as it is, so `edit` can repair it.
+fn starting_point(env: &Env, found: &Versioned) -> (Option<Value>, String) {
+    match serde_json::from_slice::<Value>(&found.value) {
+        Ok(value) => {
+            let text = format!("{}\n", pretty(&value));
+            (Some(value), text)
+        }
+        Err(error) => {
+            let what = format!("the payload of {} (version {})", env.cx.path, found.version);
+            eprintln!("{}; opening it as it is", json_error(&error, &what));
+            (None, String::from_utf8_lossy(&found.value).into_owned())
+        }
+    }
 }
 
 /// `Ok(Ok(new))`, `Ok(Err(Some(current)))` on a conflict, `Ok(Err(None))`
@@ -218,6 +232,20 @@ mod tests {
         // text again) fixes it.
         let editor = "sh -c 'if grep -q BROKEN \"$0\"; then echo 7 > \"$0\"; else echo BROKEN >> \"$0\"; fi'";
         ok(&[b[0], b[1], "edit", "/e", "--editor", editor]).await;
+        assert_eq!(ok(&[b[0], b[1], "get", "/e"]).await, "7\n");
+        // A payload that is not JSON opens as it is, so it can be repaired.
+        let backend = sharedstate::connect(b[1]).await.expect("memory");
+        let key = sharedstate::Key::new("/e/payload").expect("key");
+        backend
+            .put(
+                &key,
+                sharedstate::Bytes::from_static(b"{n: 1"),
+                sharedstate::PutMode::Overwrite,
+            )
+            .await
+            .expect("outside write");
+        let fix = "sh -c 'grep -q \"{n: 1\" \"$0\" && echo 7 > \"$0\"'";
+        ok(&[b[0], b[1], "edit", "/e", "--editor", fix]).await;
         assert_eq!(ok(&[b[0], b[1], "get", "/e"]).await, "7\n");
         let err = fails(&[
             b[0],
