@@ -70,6 +70,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn CoordinationBackend>> {
     }
 }
 
+#[cfg(not(all(feature = "memory", feature = "zookeeper", feature = "etcd")))]
 fn not_built(feature: &str) -> Error {
     Error::new(ErrorKind::Unsupported, Operation::Connect).with_message(format!(
         "this build of sharedstate has no {feature} backend; enable the Cargo feature {feature:?}"
