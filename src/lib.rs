@@ -63,7 +63,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn CoordinationBackend>> {
     match scheme {
         "memory" => connect_memory(rest),
         "zk" | "zookeeper" => connect_zookeeper(url).await,
-        "etcd" => connect_etcd(url).await,
+        "etcd" | "etcds" => connect_etcd(url).await,
         other => Err(invalid(format!(
             "unknown backend scheme {other:?} in {url:?}; expected memory, zk or etcd"
         ))),

@@ -245,6 +245,33 @@ impl Watch {
         watch
     }
 
+    /// Starts any long-running program (the process-monitor example) and
+    /// waits (bounded) until its stdout has a line containing `ready`.
+    #[track_caller]
+    pub fn start_program(program: &std::path::Path, args: &[&str], ready: &str) -> Watch {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_remove("SHAREDSTATE_BACKEND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = Guard(
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("{} does not start: {e}", program.display())),
+        );
+        let stdout = Lines::follow(child.0.stdout.take());
+        let stderr = Lines::follow(child.0.stderr.take());
+        let mut started = Watch {
+            child,
+            stdout,
+            stderr,
+        };
+        started.wait_for_stdout(ready, COMMAND_BOUND);
+        started
+    }
+
     /// Waits (bounded) for a stdout line containing `needle`.
     #[track_caller]
     pub fn wait_for_stdout(&mut self, needle: &str, bound: Duration) {

@@ -1,0 +1,105 @@
+//! The motivating scenario end to end on a real ZooKeeper: the
+//! process-monitor example runs as an agent (a child process), an operator
+//! adds a glob with the `sharedstate` command, and the agent reports exactly
+//! that change; Ctrl-C closes it and its listener disappears.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{run, unique, Watch};
+
+/// Builds the example (a no-op when `cargo test` already built it) and
+/// returns its path next to this test's own target directory.
+fn process_monitor_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let built = Command::new(&cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "sharedstate-examples",
+            "--example",
+            "process_monitor",
+            "--all-features",
+        ])
+        .status()
+        .unwrap_or_else(|e| panic!("running {cargo} build for the example failed: {e}"));
+    assert!(
+        built.success(),
+        "building the process_monitor example failed"
+    );
+    // This test runs from <target>/<profile>/deps/.
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(PathBuf::from))
+        .expect("test binary lives in <target>/<profile>/deps");
+    let binary = profile_dir.join("examples").join("process_monitor");
+    assert!(binary.exists(), "no example binary at {}", binary.display());
+    binary
+}
+
+#[test]
+fn agent_reports_a_glob_added_by_the_cli() {
+    let url = format!("zk://{}", sharedstate_conformance::fixtures::zookeeper());
+    let path = unique("process-monitor");
+    let binary = process_monitor_binary();
+    let mut agent = Watch::start_program(
+        &binary,
+        &["--backend", &url, "--path", &path],
+        "listening as",
+    );
+    agent.wait_for_stdout(
+        r#"globs ["systemd*", "rsync*"] match"#,
+        Duration::from_secs(30),
+    );
+
+    let listeners = run(&url, &["listeners", &path, "--json"], None);
+    listeners.ok();
+    assert!(
+        listeners.stdout.matches("\"id\"").count() == 1,
+        "one live agent: {}",
+        listeners.stdout
+    );
+
+    run(
+        &url,
+        &[
+            "patch",
+            &path,
+            "--json-patch",
+            r#"[{"op": "add", "path": "/globs/-", "value": "firefox*"}]"#,
+        ],
+        None,
+    )
+    .ok();
+    agent.wait_for_stdout(
+        r#"remote: Added /globs/2 "firefox*""#,
+        Duration::from_secs(30),
+    );
+    agent.wait_for_stdout(
+        r#"globs ["systemd*", "rsync*", "firefox*"] match"#,
+        Duration::from_secs(30),
+    );
+
+    let (status, stdout) = agent.interrupt(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "the agent exits 0 on Ctrl-C: {status:?}\n{stdout}"
+    );
+    assert!(stdout.contains("closing (listener removed)"), "{stdout}");
+    assert_eq!(
+        stdout.matches("Added /globs/2").count(),
+        1,
+        "exactly one change reported: {stdout}"
+    );
+    let after = run(&url, &["listeners", &path, "--json"], None);
+    after.ok();
+    assert!(
+        !after.stdout.contains("\"id\""),
+        "listener removed: {}",
+        after.stdout
+    );
+}
