@@ -84,15 +84,22 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// The current session, or `Closed`.
-    pub(crate) fn session(&self, operation: Operation) -> Result<Arc<Session>> {
+    /// The current session whatever its connection state; `None` once
+    /// closed. For background work that may wait for a reconnect.
+    pub(crate) fn current_session(&self) -> Option<Arc<Session>> {
         if self.closed.is_cancelled() {
-            return Err(error::closed(operation));
+            return None;
         }
-        let session = {
-            let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
-            guard.clone().ok_or_else(|| error::closed(operation))?
-        };
+        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone()
+    }
+
+    /// The current session for a caller's operation: `Closed` once closed,
+    /// `Unavailable` while the connection is lost.
+    pub(crate) fn session(&self, operation: Operation) -> Result<Arc<Session>> {
+        let session = self
+            .current_session()
+            .ok_or_else(|| error::closed(operation))?;
         // Requests made while disconnected would wait for the reconnect (or
         // the expiry): fail fast instead, the caller retries.
         if session.client.state() == zk::SessionState::Disconnected {

@@ -264,7 +264,7 @@ impl LockRelease for Releaser {
         let Some(inner) = self.inner.upgrade() else {
             return Ok(());
         };
-        let Ok(session) = inner.session(op) else {
+        let Some(session) = inner.current_session() else {
             return Ok(());
         };
         if session.epoch != self.epoch {

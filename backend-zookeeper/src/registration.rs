@@ -122,7 +122,7 @@ impl RegistrationClose for Closer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
-        let Ok(session) = inner.session(op) else {
+        let Some(session) = inner.current_session() else {
             return Ok(());
         };
         let client = &session.client;

@@ -19,24 +19,28 @@ const CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// Runs until the backend is closed: one iteration per session.
 pub(crate) async fn supervise(inner: Arc<Inner>) {
     loop {
-        let Ok(session) = inner.session(Operation::Connect) else {
+        let Some(session) = inner.current_session() else {
             return;
         };
         let epoch = session.epoch;
         let mut states = session.client.state_watcher();
         let mut state = states.peek_state();
+        let mut reported = None;
         loop {
-            match state {
-                zk::SessionState::Disconnected => {
-                    tracing::info!(epoch, "ZooKeeper connection lost; session suspended");
-                    inner.set_status(SessionState::Suspended, epoch);
+            if reported != Some(state) {
+                match state {
+                    zk::SessionState::Disconnected => {
+                        tracing::info!(epoch, "ZooKeeper connection lost; session suspended");
+                        inner.set_status(SessionState::Suspended, epoch);
+                    }
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        inner.set_status(SessionState::Connected, epoch);
+                    }
+                    zk::SessionState::Expired
+                    | zk::SessionState::AuthFailed
+                    | zk::SessionState::Closed => break,
                 }
-                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                    inner.set_status(SessionState::Connected, epoch);
-                }
-                zk::SessionState::Expired
-                | zk::SessionState::AuthFailed
-                | zk::SessionState::Closed => break,
+                reported = Some(state);
             }
             state = tokio::select! {
                 _ = inner.closed.cancelled() => return,

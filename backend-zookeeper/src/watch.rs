@@ -163,7 +163,7 @@ impl Task {
 
     /// Reads the znode and emits what changed (or `Resync`).
     async fn refresh(&mut self, resync: bool) -> Outcome {
-        let Ok(session) = self.inner.session(Operation::Watch) else {
+        let Some(session) = self.inner.current_session() else {
             return Outcome::Stop;
         };
         if session.epoch != self.epoch {
@@ -225,7 +225,7 @@ impl Task {
             if !ready {
                 return None;
             }
-            let session = self.inner.session(Operation::Watch).ok()?;
+            let session = self.inner.current_session()?;
             let armed = session
                 .client
                 .watch(self.key.as_str(), zk::AddWatchMode::Persistent)
