@@ -55,6 +55,15 @@ context_recipe() { # hash of a build context's files and of the base image's id
 command -v docker >/dev/null || die "docker CLI not found (run: bash scripts/test.sh, which installs it)"
 docker info >/dev/null 2>&1 || die "no Docker daemon answers (run: bash scripts/test.sh, which starts one)"
 
+# One build at a time on this machine (two test runs starting together wait
+# for each other instead of running mmdebstrap twice).
+LOCK_FILE=/tmp/sharedstate-build-test-images.lock
+exec 9>"$LOCK_FILE"
+if command -v flock >/dev/null && ! flock -n 9; then
+	log "another build holds $LOCK_FILE; waiting for it (at most 20 min)"
+	flock -w 1200 9 || die "timed out waiting for $LOCK_FILE"
+fi
+
 if [[ "${SHAREDSTATE_REBUILD_IMAGES:-0}" == 1 ]]; then
 	for image in "$ZK_IMAGE" "$ETCD_IMAGE" "$BASE_IMAGE"; do
 		docker image rm -f "$image" >/dev/null 2>&1 || true
