@@ -6,6 +6,8 @@
 //! whose failure branch reads the key back, so a `Conflict` carries the
 //! current version without a second round trip.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use etcd_client::{
     Compare, CompareOp, GetOptions, GetResponse, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
@@ -13,6 +15,7 @@ use etcd_client::{
 use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Version, Versioned};
 
 use crate::error::{call, closed, to_error, EtcdError};
+use crate::session::{Backoff, LeaseHandle};
 use crate::Inner;
 
 /// The largest value accepted: below etcd's default request limit
@@ -126,6 +129,83 @@ pub(crate) fn mode_compare(key: &Key, mode: PutMode) -> Option<Compare> {
         )),
         PutMode::Overwrite => None,
     }
+}
+
+/// Deletes `etcd_key` if it is still bound to `lease` (a lock waiter key or
+/// a registration). When etcd cannot be reached the deletion is retried in
+/// the background until it is done, the lease is lost (the key goes with
+/// it) or the client is closed: a key left behind must not block other
+/// clients for as long as this session lives.
+///
+/// # Errors
+///
+/// The first attempt's failure (the retries go on regardless).
+pub(crate) async fn delete_owned(
+    inner: &Arc<Inner>,
+    operation: Operation,
+    key: &Key,
+    etcd_key: String,
+    lease: LeaseHandle,
+) -> Result<()> {
+    let first = delete_owned_once(inner, operation, key, &etcd_key, lease.id).await;
+    if let Err(error) = &first {
+        tracing::warn!(%error, etcd_key, "deleting a session key failed; retrying in the background");
+        delete_owned_later(inner, operation, key, etcd_key, lease);
+    }
+    first
+}
+
+/// [`delete_owned`] in the background only (the outcome of a request that
+/// may have created `etcd_key` is unknown).
+pub(crate) fn delete_owned_later(
+    inner: &Arc<Inner>,
+    operation: Operation,
+    key: &Key,
+    etcd_key: String,
+    lease: LeaseHandle,
+) {
+    let inner = Arc::clone(inner);
+    let key = key.clone();
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new();
+        loop {
+            tokio::select! {
+                _ = inner.closed.cancelled() => return,
+                _ = lease.lost.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next()) => {}
+            }
+            match delete_owned_once(&inner, operation, &key, &etcd_key, lease.id).await {
+                Ok(()) => {
+                    tracing::debug!(etcd_key, "left-behind session key deleted");
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, etcd_key, "deleting a session key failed; retrying")
+                }
+            }
+        }
+    });
+}
+
+async fn delete_owned_once(
+    inner: &Inner,
+    operation: Operation,
+    key: &Key,
+    etcd_key: &str,
+    lease: i64,
+) -> Result<()> {
+    let txn = Txn::new()
+        .when([Compare::lease(etcd_key, CompareOp::Equal, lease)])
+        .and_then([TxnOp::delete(etcd_key, None)]);
+    let mut kv = inner.client.kv_client();
+    call(
+        inner.config.request_timeout,
+        operation,
+        Some(key),
+        kv.txn(txn),
+    )
+    .await?;
+    Ok(())
 }
 
 impl Inner {

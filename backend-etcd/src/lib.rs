@@ -99,7 +99,8 @@ impl fmt::Debug for Inner {
 /// The etcd backend: one client connection and one session lease.
 ///
 /// Build it with [`EtcdBackend::builder`] or [`EtcdBackend::from_url`].
-/// Dropping it stops its tasks (the lease then expires after its TTL);
+/// Dropping it stops its tasks and revokes the lease in the background
+/// (within a Tokio runtime; otherwise the lease expires after its TTL);
 /// [`close`](CoordinationBackend::close) revokes the lease right away.
 pub struct EtcdBackend {
     inner: Arc<Inner>,
@@ -146,6 +147,21 @@ impl EtcdBackend {
     /// [`EtcdBuilder::connect`].
     pub async fn from_url(url: &str) -> Result<EtcdBackend> {
         builder::parse_url(url)?.connect().await
+    }
+
+    /// Watches `key` for the changes made after version `after` (one the
+    /// caller already has, for example kept across a restart), replayed
+    /// from etcd's history: no `Initial` item, then `Changed` / `Deleted`
+    /// in version order. When that history was compacted away the first
+    /// item is `Resync` with the current state (never a silent gap); after
+    /// that it behaves as [`watch`](CoordinationBackend::watch).
+    ///
+    /// # Errors
+    ///
+    /// `Closed` after close; failures while following the key arrive as
+    /// `Resync` after recovery, or as a final `Err` item.
+    pub async fn watch_from(&self, key: &Key, after: Version) -> Result<WatchStream> {
+        watch::watch_from(&self.inner, key, kv::revision(after))
     }
 
     /// The id of the current session lease (it changes after a `Lost`).
@@ -198,9 +214,22 @@ impl EtcdBackend {
 
 impl Drop for EtcdBackend {
     fn drop(&mut self) {
-        if !self.inner.closed.is_cancelled() {
-            self.inner.closed.cancel();
-            self.inner.session.close();
+        if self.inner.closed.is_cancelled() {
+            return;
+        }
+        self.inner.closed.cancel();
+        let lease = self.inner.session.current().id;
+        self.inner.session.close();
+        // Revoke the lease in the background when a runtime is there;
+        // otherwise it expires after its TTL.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mut leases = self.inner.client.lease_client();
+            let timeout = self.inner.config.request_timeout;
+            runtime.spawn(async move {
+                if let Err(error) = error::call_raw(timeout, leases.revoke(lease)).await {
+                    tracing::debug!(%error, lease, "revoking the lease of a dropped backend failed");
+                }
+            });
         }
     }
 }

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 
 use crate::error::{call, call_raw};
 use crate::kv::{
-    check_open, check_size, first_kv_at, header_revision, into_versioned, mode_compare,
-    mode_failure, range_at, version_of,
+    check_open, check_size, delete_owned, delete_owned_later, first_kv_at, header_revision,
+    into_versioned, mode_compare, mode_failure, range_at, version_of,
 };
 use crate::session::LeaseHandle;
 use crate::Inner;
@@ -75,9 +75,18 @@ pub(crate) async fn lock(
         )])
         .and_then(then);
     let mut kv = inner.client.kv_client();
-    let response = call(inner.config.request_timeout, op, Some(key), kv.txn(txn))
-        .await
-        .inspect_err(|e| poke_if_lost(inner, e))?;
+    let response = match call(inner.config.request_timeout, op, Some(key), kv.txn(txn)).await {
+        Ok(response) => response,
+        Err(error) => {
+            poke_if_lost(inner, &error);
+            if error.kind() == ErrorKind::Unavailable {
+                // The waiter key may have been created: remove it once etcd
+                // answers again, or it would hold the lock for good.
+                delete_owned_later(inner, Operation::Unlock, key, waiter, lease);
+            }
+            return Err(error);
+        }
+    };
     if !response.succeeded() {
         return Err(Error::new(ErrorKind::Other, op)
             .with_key(key)
@@ -106,7 +115,8 @@ pub(crate) async fn lock(
             ),
         };
         if let Some(error) = failure {
-            delete_waiter(inner, key, &waiter).await;
+            // Best effort: it goes with the lease at the latest.
+            let _ = delete_owned(inner, Operation::Unlock, key, waiter, lease).await;
             return Err(error);
         }
     }
@@ -129,6 +139,7 @@ fn guard(
             inner: Arc::clone(inner),
             key: key.clone(),
             waiter,
+            lease: lease.clone(),
         }),
     )
 }
@@ -217,22 +228,6 @@ async fn wait_for_turn(
     }
 }
 
-/// Removes a waiter key after a failed acquisition (best effort: it goes
-/// with the lease at the latest).
-async fn delete_waiter(inner: &Inner, key: &Key, waiter: &str) {
-    let mut kv = inner.client.kv_client();
-    if let Err(error) = call(
-        inner.config.request_timeout,
-        Operation::Unlock,
-        Some(key),
-        kv.delete(waiter, None),
-    )
-    .await
-    {
-        tracing::warn!(%error, waiter, "removing a lock waiter key failed; it goes with the lease");
-    }
-}
-
 /// The transaction of a fenced write: lock compare + mode compare, put
 /// (+ release), and reads of both keys in the failure branch.
 fn fenced_txn(key: &Key, value: Bytes, mode: PutMode, guard: &LockGuard, release: bool) -> Txn {
@@ -304,6 +299,7 @@ struct EtcdLockRelease {
     inner: Arc<Inner>,
     key: Key,
     waiter: String,
+    lease: LeaseHandle,
 }
 
 #[async_trait]
@@ -313,14 +309,13 @@ impl LockRelease for EtcdLockRelease {
             // The lease was revoked on close: the key is gone already.
             return Ok(());
         }
-        let mut kv = self.inner.client.kv_client();
-        call(
-            self.inner.config.request_timeout,
+        delete_owned(
+            &self.inner,
             Operation::Unlock,
-            Some(&self.key),
-            kv.delete(self.waiter.as_str(), None),
+            &self.key,
+            self.waiter,
+            self.lease,
         )
-        .await?;
-        Ok(())
+        .await
     }
 }

@@ -10,6 +10,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpR
 use sharedstate_core::{Error, ErrorKind, Key, Operation, Registration, RegistrationClose, Result};
 
 use crate::error::{call, closed};
+use crate::kv::delete_owned;
 use crate::Inner;
 
 /// The live registrations of one client.
@@ -190,22 +191,19 @@ impl RegistrationClose for EtcdRegistration {
             // The lease was revoked on close: the key is gone already.
             return Ok(());
         }
+        let lease = self.inner.session.current();
+        if lease.id != entry.lease {
+            // Bound to a lease that is gone: so is the key.
+            return Ok(());
+        }
         // Delete the key only while it is still ours (same lease).
-        let txn = Txn::new()
-            .when([Compare::lease(
-                self.key.as_str(),
-                CompareOp::Equal,
-                entry.lease,
-            )])
-            .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        let mut kv = self.inner.client.kv_client();
-        call(
-            self.inner.config.request_timeout,
+        delete_owned(
+            &self.inner,
             Operation::Deregister,
-            Some(&self.key),
-            kv.txn(txn),
+            &self.key,
+            self.key.as_str().to_owned(),
+            lease,
         )
-        .await?;
-        Ok(())
+        .await
     }
 }

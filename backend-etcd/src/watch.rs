@@ -45,6 +45,25 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
 }
 
+/// Follows `key` from just after `after`, without a first read: the changes
+/// after that revision in order, or `Resync` when they cannot be replayed
+/// (compacted).
+pub(crate) fn watch_from(inner: &Arc<Inner>, key: &Key, after: i64) -> Result<WatchStream> {
+    crate::kv::check_open(inner, Operation::Watch, key)?;
+    let mut status = inner.session.subscribe();
+    let last = *status.borrow_and_update();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watcher = Watcher {
+        inner: Arc::clone(inner),
+        key: key.clone(),
+        tx,
+        status,
+        last,
+    };
+    tokio::spawn(watcher.run(after.saturating_add(1)));
+    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+}
+
 /// Why following the etcd watch stopped.
 enum End {
     /// The client was closed or the consumer went away.
