@@ -29,6 +29,19 @@ use crate::session::MemoryRegistration;
 /// [`suspend`](Self::suspend) and [`resume`](Self::resume).
 ///
 /// Dropping the client closes it (its session ends at once).
+///
+/// Details where the contract leaves room, chosen to match ZooKeeper:
+///
+/// - `list` of a missing key is an empty list.
+/// - An ephemeral key (a registration) cannot have children: `put` below
+///   one fails with `Unsupported`. Overwriting an ephemeral key keeps it
+///   ephemeral.
+/// - Locks are not keys: they do not show in `list` or `get`.
+/// - A lock is not re-entrant: the same client asking again waits.
+/// - Releasing a lock or closing a registration while suspended fails with
+///   `Unavailable` and leaves it to the session (as a real server would).
+/// - `close` (and drop) fire `lost()` on the client's lock guards, and make
+///   its pending `lock` calls fail with `Closed`.
 pub struct MemoryBackend {
     shared: Arc<Shared>,
     client: ClientId,
