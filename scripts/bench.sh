@@ -15,6 +15,8 @@
 #   SHAREDSTATE_BENCH_ZK / SHAREDSTATE_BENCH_ETCD  host:port of running
 #       servers to use instead of starting containers
 #   SHAREDSTATE_BENCH_NO_KAZOO=1  skip the kazoo peer (no PyPI access)
+#   SHAREDSTATE_BENCH_RELEASE=1   smoke run on a release build (default:
+#       debug, which scripts/test.sh has already built)
 #
 # Only the containers this script starts (label sharedstate.bench=1 and
 # this script's pid) are stopped, on exit.
@@ -28,7 +30,7 @@ for arg in "$@"; do
 	case "$arg" in
 	--smoke) SMOKE=1 ;;
 	-h | --help)
-		sed -n '2,20p' "$0"
+		sed -n '2,22p' "$0"
 		exit 0
 		;;
 	*)
@@ -142,9 +144,18 @@ if [[ -z "$ETCD" ]]; then
 fi
 
 # -------------------------------------------------------------------- build
-log "building sharedstate-bench (release)"
-cargo build -p sharedstate-bench --release
-BENCH="$ROOT/target/release/sharedstate-bench"
+# The full run measures a release build. The smoke run only proves the bench
+# still works, so it reuses the debug build scripts/test.sh already made
+# (a release build of tonic/etcd-client would take minutes in CI).
+if ((SMOKE)) && [[ "${SHAREDSTATE_BENCH_RELEASE:-0}" != 1 ]]; then
+	log "building sharedstate-bench (debug: smoke mode)"
+	cargo build -p sharedstate-bench
+	BENCH="$ROOT/target/debug/sharedstate-bench"
+else
+	log "building sharedstate-bench (release)"
+	cargo build -p sharedstate-bench --release
+	BENCH="$ROOT/target/release/sharedstate-bench"
+fi
 
 # ---------------------------------------------------------------------- run
 rm -rf "$RESULTS"

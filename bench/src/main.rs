@@ -82,6 +82,9 @@ pub struct Machine {
     pub smoke: bool,
     pub zookeeper_server: String,
     pub etcd_server: String,
+    /// /proc/loadavg when the run started (other builds share the cores).
+    #[serde(default)]
+    pub loadavg: String,
 }
 
 fn command_line(program: &str, args: &[&str]) -> String {
@@ -117,6 +120,9 @@ fn machine(smoke: bool) -> Machine {
         smoke,
         zookeeper_server: std::env::var("SHAREDSTATE_BENCH_ZK_VERSION").unwrap_or_default(),
         etcd_server: std::env::var("SHAREDSTATE_BENCH_ETCD_VERSION").unwrap_or_default(),
+        loadavg: std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
     }
 }
 

@@ -49,6 +49,7 @@ pub fn latency_cdf(path: &Path, title: &str, records: &[(&str, &Record)]) -> any
         .configure_mesh()
         .x_desc("latency (ms, log scale)")
         .y_desc("quantile")
+        .max_light_lines(2)
         .draw()
         .map_err(err)?;
     draw(&mut chart, series)?;
@@ -77,6 +78,7 @@ pub fn cost_vs_size(path: &Path, title: &str, series: Vec<Series>) -> anyhow::Re
         .configure_mesh()
         .x_desc("payload (KiB, log scale)")
         .y_desc("p50 latency (ms, log scale)")
+        .max_light_lines(2)
         .draw()
         .map_err(err)?;
     draw(&mut chart, series)?;

@@ -89,6 +89,10 @@ fn rows(backend: &str) -> Vec<Row> {
         ("read() (local copy)", Some(("sharedstate", "read", "read()")), None, peer(Some(("zkstate", "read", "read()"))), None, false),
         ("read_consistent()", Some(("sharedstate", "read", "read_consistent()")), Some(("raw", "raw-read", get)), None, None, false),
         ("update, locked", Some(("sharedstate", "update-uncontended", "locked")), Some(("raw", "raw-cas", cas)), peer(Some(("zkstate", "update-uncontended", "locked (LeaderLatch)"))), peer(Some(("kazoo", "update-uncontended", "Lock+get+set"))), false),
+        ("  locked split: lock()", Some(("sharedstate", "locked-split", "lock()")), Some(("raw", "raw-cas", cas)), None, None, false),
+        ("  locked split: get()", Some(("sharedstate", "locked-split", "get()")), Some(("raw", "raw-read", get)), None, None, false),
+        ("  locked split: fenced_put_and_release()", Some(("sharedstate", "locked-split", "fenced_put_and_release()")), Some(("raw", "raw-cas", cas)), None, None, false),
+        ("  backend put(Update) alone (no engine)", Some(("sharedstate", "optimistic-split", "put(Update)")), Some(("raw", "raw-cas", cas)), None, None, false),
         ("update, optimistic", Some(("sharedstate", "update-uncontended", "optimistic")), Some(("raw", "raw-cas", cas)), None, peer(Some(("kazoo", "update-uncontended", "Counter"))), false),
         ("propagation (optimistic writer)", Some(("sharedstate", "propagation", "optimistic")), Some(("raw", "propagation", "raw watch")), peer(Some(("zkstate", "propagation", "locked (LeaderLatch)"))), peer(Some(("kazoo", "propagation", "DataWatch"))), false),
         ("propagation (locked writer)", Some(("sharedstate", "propagation", "locked")), Some(("raw", "propagation", "raw watch")), None, None, false),
@@ -296,6 +300,7 @@ pub fn write(results: &Path, markdown: &Path, plot_dir: &Path) -> anyhow::Result
     if !machine.etcd_server.is_empty() {
         let _ = writeln!(md, "| etcd server | {} |", machine.etcd_server);
     }
+    let _ = writeln!(md, "| load average at start (1, 5, 15 min) | {} |", machine.loadavg);
     let _ = writeln!(md, "| run at | unix {} |", machine.date_unix);
     let _ = writeln!(md, "\nServers run in Docker containers on the same machine (loopback through docker-proxy); clients, servers and the other engineers' builds share the same cores.\n");
     let _ = writeln!(md, "## How to reproduce\n\n```sh\nbash scripts/bench.sh          # full run, ~15 min: servers in containers, release build, BENCHMARKS.md + plots\nbash scripts/bench.sh --smoke  # seconds: few samples, fan-out 5 (what CI runs; writes under target/ only)\n```\n");
