@@ -347,12 +347,10 @@ impl CoordinationBackend for ZooKeeperBackend {
                 Ok(version)
             }
             Err(e) => {
-                if e.kind() != ErrorKind::LockLost {
-                    if let Err(error) = guard.release().await {
-                        tracing::warn!(%error, %key, "releasing the lock after a failed write failed");
-                    }
-                } else {
-                    drop(guard.disarm());
+                // Nothing was written; release as usual (a lost lock's node
+                // is gone already, which release treats as done).
+                if let Err(error) = guard.release().await {
+                    tracing::warn!(%error, %key, "releasing the lock after a failed write failed");
                 }
                 Err(e)
             }

@@ -242,3 +242,57 @@ async fn from_url_with_chroot() {
     assert_eq!(data, b"v");
     b.close().await.expect("close");
 }
+
+/// Digest credentials with the creator-only ACL: another identity can
+/// neither read nor write (`Unauthorized`); with the read-only-world ACL it
+/// can read but not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_auth_and_acl_policies() {
+    use sharedstate_zookeeper::AclPolicy;
+    let f = factory().await;
+    let base = unique_key("zk_acl");
+    let connect = |user: &'static str, acl: AclPolicy| {
+        ZooKeeperBackend::builder(f.server.clone())
+            .with_auth(user, "secret")
+            .acl(acl)
+            .connect()
+    };
+    let owner = connect("owner", AclPolicy::CreatorAll)
+        .await
+        .expect("owner");
+    let stranger = connect("stranger", AclPolicy::CreatorAll)
+        .await
+        .expect("stranger");
+    let private = base.child("private").expect("key");
+    owner
+        .put(&private, "p".into(), PutMode::Create)
+        .await
+        .expect("owner put");
+    assert!(owner.get(&private).await.expect("owner get").is_some());
+    let denied = stranger.get(&private).await.expect_err("stranger get");
+    assert_eq!(denied.kind(), ErrorKind::Unauthorized);
+    let denied = stranger
+        .put(&private, "x".into(), PutMode::Overwrite)
+        .await
+        .expect_err("stranger put");
+    assert_eq!(denied.kind(), ErrorKind::Unauthorized);
+
+    let reader = connect("owner", AclPolicy::ReadOnlyWorld)
+        .await
+        .expect("owner");
+    let public = base.child("public").expect("key");
+    reader
+        .put(&public, "r".into(), PutMode::Create)
+        .await
+        .expect("put");
+    let found = stranger.get(&public).await.expect("world may read");
+    assert_eq!(found.expect("present").value, bytes::Bytes::from("r"));
+    let denied = stranger
+        .put(&public, "x".into(), PutMode::Overwrite)
+        .await
+        .expect_err("world may not write");
+    assert_eq!(denied.kind(), ErrorKind::Unauthorized);
+    for b in [owner, stranger, reader] {
+        b.close().await.expect("close");
+    }
+}
