@@ -251,14 +251,6 @@ async fn digest_auth_and_acl_policies() {
     use sharedstate_zookeeper::AclPolicy;
     let f = factory().await;
     let base = unique_key("zk_acl");
-    // The shared parents (`/conformance`) must stay open for the other
-    // tests: create them with the default open ACL first (parents created
-    // implicitly get the creating client's ACL policy).
-    let open = f.client().await;
-    open.backend
-        .put(&base, bytes::Bytes::new(), PutMode::Overwrite)
-        .await
-        .expect("open parent");
     let connect = |user: &'static str, acl: AclPolicy| {
         ZooKeeperBackend::builder(f.server.clone())
             .with_auth(user, "secret")

@@ -449,3 +449,112 @@ pub async fn kv_key_rules(f: &dyn BackendFactory) {
     expected.sort();
     assert_eq!(names, expected);
 }
+
+/// Clients racing to `Create` one key: exactly one wins, every other one
+/// gets `AlreadyExists`, and the stored value is the winner's.
+pub async fn kv_concurrent_creates_one_wins(f: &dyn BackendFactory) {
+    let key = child(&unique_key("kv_concurrent_creates_one_wins"), "k");
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let backend = f.client().await.backend;
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let value = Bytes::from(format!("client-{i}"));
+            (
+                value.clone(),
+                backend.put(&key, value, PutMode::Create).await,
+            )
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (value, result) = ok("create task", call("concurrent create", task).await);
+        match result {
+            Ok(version) => winners.push((version, value)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("a racing create failed with {:?}: {e}", e.kind()),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create wins: {winners:?}");
+    let checker = f.client().await;
+    let found = ok("get", call("get", checker.backend.get(&key)).await).expect("created");
+    assert_eq!((found.version, found.value), winners.remove(0));
+}
+
+/// Clients racing to `Update` from the same version: exactly one wins, the
+/// others get `Conflict` carrying the winner's version.
+pub async fn kv_concurrent_updates_one_wins(f: &dyn BackendFactory) {
+    let key = child(&unique_key("kv_concurrent_updates_one_wins"), "k");
+    let creator = f.client().await;
+    let put = creator.backend.put(&key, bytes("0"), PutMode::Create);
+    let base = ok("create", call("put", put).await);
+    // Every client reads first, as a real optimistic writer does (and as a
+    // backend that caches versions per key would see it), then all race.
+    let mut writers = Vec::new();
+    for _ in 0..5 {
+        let backend = f.client().await.backend;
+        let seen = ok("get", call("get", backend.get(&key)).await).expect("created");
+        assert_eq!(seen.version, base);
+        writers.push(backend);
+    }
+    let mut tasks = Vec::new();
+    for (i, backend) in writers.into_iter().enumerate() {
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let value = Bytes::from(format!("client-{i}"));
+            backend.put(&key, value, PutMode::Update(base)).await
+        }));
+    }
+    let mut wins = Vec::new();
+    let mut conflicts = Vec::new();
+    for task in tasks {
+        match ok("update task", call("concurrent update", task).await) {
+            Ok(version) => wins.push(version),
+            Err(e) if e.kind() == ErrorKind::Conflict => conflicts.push(e.current_version()),
+            Err(e) => panic!("a racing update failed with {:?}: {e}", e.kind()),
+        }
+    }
+    assert_eq!(wins.len(), 1, "exactly one update wins: {wins:?}");
+    for current in conflicts {
+        assert!(
+            current.is_some_and(|v| v >= wins[0]),
+            "Conflict carried {current:?}"
+        );
+    }
+}
+
+/// A version read before another client deleted and re-created the key
+/// does not match the new key (no ABA): `Update` and `delete` at it fail
+/// with `Conflict`.
+pub async fn kv_stale_version_after_recreate_elsewhere(f: &dyn BackendFactory) {
+    let (a, b) = (f.client().await, f.client().await);
+    let key = child(
+        &unique_key("kv_stale_version_after_recreate_elsewhere"),
+        "k",
+    );
+    let v1 = ok(
+        "create",
+        call("put", a.backend.put(&key, bytes("a"), PutMode::Create)).await,
+    );
+    let seen = ok("get", call("get", a.backend.get(&key)).await).expect("created");
+    assert_eq!(seen.version, v1);
+    ok("delete", call("delete", b.backend.delete(&key, None)).await);
+    let put = b.backend.put(&key, bytes("b"), PutMode::Create);
+    let v2 = ok("re-create", call("put", put).await);
+    assert!(v2 > v1);
+    let put = a.backend.put(&key, bytes("stale"), PutMode::Update(v1));
+    let err = expect_kind(
+        "update at a pre-recreate version",
+        call("put", put).await,
+        ErrorKind::Conflict,
+    );
+    assert_eq!(err.current_version(), Some(v2));
+    let deleted = call("delete", a.backend.delete(&key, Some(v1))).await;
+    expect_kind(
+        "delete at a pre-recreate version",
+        deleted,
+        ErrorKind::Conflict,
+    );
+    let found = ok("get", call("get", b.backend.get(&key)).await).expect("kept");
+    assert_eq!((found.value, found.version), (bytes("b"), v2));
+}

@@ -389,3 +389,30 @@ pub async fn lock_and_get_sees_previous_holder_write(f: &dyn BackendFactory) {
     assert_eq!((found.value, found.version), (bytes("from a"), version));
     ok("release", call("release", guard.release()).await);
 }
+
+/// A client waiting for a lock whose session expires stops waiting with
+/// `SessionLost` (its place in the queue went with the session), and the
+/// lock is not handed to it later.
+pub async fn lock_wait_fails_when_session_expires(f: &dyn BackendFactory) {
+    let (a, b) = (f.client().await, f.client().await);
+    let key = child(&unique_key("lock_wait_fails_when_session_expires"), "lock");
+    if locks_unsupported(&a, &key).await {
+        return;
+    }
+    let held = acquire(&a, &key, "a").await;
+    let waiting = acquire_in_background(&b, &key);
+    tokio::time::sleep(QUIET_PERIOD).await;
+    let epoch = b.backend.session().borrow().epoch;
+    ok(
+        "expire_session",
+        call("expire_session", b.faults.expire_session()).await,
+    );
+    let what = "b's lock call to fail after its session expired";
+    let joined = within(SESSION_TIMEOUT, what, waiting).await;
+    expect_kind(what, ok("b's lock task", joined), ErrorKind::SessionLost);
+    wait_for_new_session(&*b.backend, epoch).await;
+    ok("release", call("release", held.release()).await);
+    let quick = LockOptions::with_timeout(Duration::from_secs(5));
+    let again = call("lock", b.backend.lock(&key, quick)).await;
+    ok("lock on the new session", again);
+}
