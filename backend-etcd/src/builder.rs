@@ -141,7 +141,11 @@ impl EtcdBuilder {
             .with_connect_timeout(self.connect_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         if let Some((name, password)) = &self.user {
-            options = options.with_user(name.clone(), password.clone());
+            // etcd's auth tokens expire (5 min for simple tokens): refresh
+            // them, as sessions and watches live much longer.
+            options = options
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
