@@ -516,3 +516,64 @@ async fn user_password_auth() {
     assert_eq!(refused.kind(), ErrorKind::Unauthorized, "{refused}");
     anonymous.close().await.expect("close");
 }
+
+/// A partition longer than the lease TTL: the client cannot hear from etcd,
+/// so once the TTL has passed since the last answered keep-alive it reports
+/// `Lost` on its own (lock guards fire) without waiting for the network.
+/// After the partition heals it opens a new session (epoch + 1) and
+/// re-creates its registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_longer_than_ttl_loses_the_session() {
+    let f = factory().await;
+    let (backend, proxy) = f.connect().await;
+    let observer = f.client().await;
+    let base = unique_key("etcd_partition");
+    let lock_key = base.child("lock").expect("key");
+    let reg_key = base.child("member").expect("key");
+    let guard = backend
+        .lock(&lock_key, sharedstate_core::LockOptions::default())
+        .await
+        .expect("lock");
+    let _registration = backend
+        .register(&reg_key, Bytes::from_static(b"me"))
+        .await
+        .expect("register");
+    let mut status = backend.session();
+    let first = *status.borrow_and_update();
+
+    proxy.suspend();
+    within("Lost after the TTL", async {
+        while status.borrow_and_update().state != SessionState::Lost {
+            status.changed().await.expect("session channel");
+        }
+    })
+    .await;
+    assert!(guard.is_lost(), "the lock guard fires with the session");
+    // The server expired the lease too: another client can take the lock.
+    let other = observer
+        .backend
+        .lock(&lock_key, sharedstate_core::LockOptions::default())
+        .await
+        .expect("another client takes the lock");
+    assert!(other.fencing_token() > guard.fencing_token());
+    other.release().await.expect("release");
+
+    proxy.resume();
+    within("a new session", async {
+        loop {
+            let now = *status.borrow_and_update();
+            if now.state == SessionState::Connected && now.epoch > first.epoch {
+                break;
+            }
+            status.changed().await.expect("session channel");
+        }
+    })
+    .await;
+    let found = observer.backend.get(&reg_key).await.expect("get");
+    assert_eq!(
+        found.map(|v| v.value),
+        Some(Bytes::from_static(b"me")),
+        "the registration is back on the new lease"
+    );
+    backend.close().await.expect("close");
+}
