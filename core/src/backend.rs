@@ -32,8 +32,8 @@ pub enum PutMode {
 /// silent no-op.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Largest value accepted by `put`; larger ones fail with
-    /// `ValueTooLarge` before anything is sent.
+    /// Largest value accepted by `put` and `register`, inclusive; larger
+    /// ones fail with `ValueTooLarge` before anything is sent.
     pub max_value_bytes: usize,
     /// `get` is linearizable (sees every write acknowledged before it).
     pub linearizable_reads: bool,
@@ -169,11 +169,12 @@ pub trait CoordinationBackend: Send + Sync + Debug + 'static {
     /// where `capabilities().delete_requires_no_children`.
     async fn delete(&self, key: &Key, expected: Option<Version>) -> Result<()>;
 
-    /// Names (last segments) of the key's direct children, sorted.
+    /// Names (last segments) of the key's direct children, sorted. A key
+    /// that does not exist has no children: an empty list, not `NotFound`.
     ///
     /// # Errors
     ///
-    /// `Unavailable` and backend failures; no children is an empty list.
+    /// `Unavailable` and backend failures.
     async fn list(&self, key: &Key) -> Result<Vec<String>>;
 
     /// Watches one key: first item [`WatchEvent::Initial`], then changes in
@@ -260,7 +261,9 @@ pub trait CoordinationBackend: Send + Sync + Debug + 'static {
 
     /// Creates an ephemeral key that lives while this client's session
     /// lives, and is re-created by the backend after a new session replaces
-    /// a lost one, until the [`Registration`] is closed or dropped.
+    /// a lost one, until the [`Registration`] is closed or dropped. Missing
+    /// parents are created as by [`put`](Self::put). An ephemeral key cannot
+    /// have children everywhere (ZooKeeper refuses them): do not rely on it.
     ///
     /// # Errors
     ///
