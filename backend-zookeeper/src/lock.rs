@@ -8,11 +8,13 @@
 //! acquisition. A fenced write is one `multi`: check that the child still
 //! exists, then write.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use sharedstate_core::{
     Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, PutMode,
     Result, Version,
@@ -209,12 +211,12 @@ async fn acquire(
             Ok((Some(_), watcher)) => {
                 tokio::select! {
                     _ = lost.cancelled() => return Err(plain(ErrorKind::SessionLost, op, key)),
-                    event = watcher.changed() => {
-                        if event.event_type == zk::EventType::Session
-                            && event.session_state.is_terminated()
-                        {
-                            return Err(plain(ErrorKind::SessionLost, op, key));
-                        }
+                    // A panic here means the client's session task is gone.
+                    event = AssertUnwindSafe(watcher.changed()).catch_unwind() => match event {
+                        Ok(event)
+                            if !(event.event_type == zk::EventType::Session
+                                && event.session_state.is_terminated()) => {}
+                        _ => return Err(plain(ErrorKind::SessionLost, op, key)),
                     }
                 }
             }

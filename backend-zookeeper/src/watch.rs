@@ -2,6 +2,7 @@
 //! each notification (level-triggered), with `Resync` after a reconnect or a
 //! new session.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,15 +143,25 @@ impl Task {
 
     /// Waits for notifications, folds those already queued, and acts once.
     async fn step(&mut self, watcher: &mut zk::PersistentWatcher) -> Outcome {
+        // zookeeper-client panics when a persistent watcher is polled after
+        // its session task is gone without a terminal event (runtime
+        // shutdown, a panic there): treat that as the end of the session.
         let first = tokio::select! {
             _ = self.tx.closed() => return Outcome::Stop,
             _ = self.inner.closed.cancelled() => return Outcome::Stop,
-            event = watcher.changed() => event,
+            event = AssertUnwindSafe(watcher.changed()).catch_unwind() => match event {
+                Ok(event) => event,
+                Err(_) => return Outcome::NewSession,
+            },
         };
         let mut need = need_of(&first);
         while need != Need::NewSession {
-            match watcher.changed().now_or_never() {
-                Some(event) => need = need.max(need_of(&event)),
+            match AssertUnwindSafe(watcher.changed())
+                .catch_unwind()
+                .now_or_never()
+            {
+                Some(Ok(event)) => need = need.max(need_of(&event)),
+                Some(Err(_)) => return Outcome::NewSession,
                 None => break,
             }
         }

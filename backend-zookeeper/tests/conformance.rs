@@ -251,6 +251,14 @@ async fn digest_auth_and_acl_policies() {
     use sharedstate_zookeeper::AclPolicy;
     let f = factory().await;
     let base = unique_key("zk_acl");
+    // The shared parents (`/conformance`) must stay open for the other
+    // tests: create them with the default open ACL first (parents created
+    // implicitly get the creating client's ACL policy).
+    let open = f.client().await;
+    open.backend
+        .put(&base, bytes::Bytes::new(), PutMode::Overwrite)
+        .await
+        .expect("open parent");
     let connect = |user: &'static str, acl: AclPolicy| {
         ZooKeeperBackend::builder(f.server.clone())
             .with_auth(user, "secret")
@@ -295,4 +303,48 @@ async fn digest_auth_and_acl_policies() {
     for b in [owner, stranger, reader] {
         b.close().await.expect("close");
     }
+}
+
+/// The public `force_session_expiry` (no proxy: the twin uses the client's
+/// own connect string): locks report lost, a new session follows with the
+/// next epoch, and registrations come back on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_session_expiry_without_proxy() {
+    let f = factory().await;
+    let b = ZooKeeperBackend::builder(f.server.clone())
+        .session_timeout(SESSION_TIMEOUT)
+        .connect()
+        .await
+        .expect("connect");
+    let base = unique_key("zk_force_expiry");
+    let member = base
+        .child("members")
+        .and_then(|k| k.child("me"))
+        .expect("key");
+    let _registration = b.register(&member, "me".into()).await.expect("register");
+    let guard = b
+        .lock(&base.child("lock").expect("key"), Default::default())
+        .await
+        .expect("lock");
+    let old_session = b.session_id().expect("session id");
+    let started = std::time::Instant::now();
+    b.force_session_expiry().await.expect("force expiry");
+    within("lost()", guard.lost()).await;
+    let mut status = b.session();
+    within(
+        "a new session",
+        status.wait_for(|s| s.state == SessionState::Connected && s.epoch == 1),
+    )
+    .await
+    .expect("status channel");
+    tracing::info!(elapsed = ?started.elapsed(), "expiry to new session");
+    assert_ne!(b.session_id().expect("session id"), old_session);
+    let observer = raw_client(&f.server).await;
+    let (_, stat) = observer
+        .get_data(member.as_str())
+        .await
+        .expect("registration re-created");
+    assert_eq!(stat.ephemeral_owner, b.session_id().expect("session id"));
+    drop(guard);
+    b.close().await.expect("close");
 }
