@@ -30,6 +30,21 @@
 //!   `multi` (check the lock znode + write);
 //! - an expired session is replaced by a new one (epoch + 1), registrations
 //!   are re-created, and held locks report `lost()`.
+//!
+//! Round trips: `get` and `list` are one (sync and read pipelined); `put`
+//! `Create`/`Overwrite` one (plus one per missing parent level); `Update` one
+//! when the key is watched by this client (its mzxid -> data version is
+//! known), else two (stat, then conditional set); a fenced write one `multi`;
+//! an uncontended `lock` one (create and children listing pipelined).
+//!
+//! Caveats: ZooKeeper conditions writes on the data version only, which
+//! restarts at 0 when a znode is deleted and re-created; an `Update` on an
+//! unwatched key therefore reads the stat first and keeps a window of one
+//! round trip in which a concurrent delete + re-create with the same number
+//! of writes would go unnoticed. Calls made while the connection is lost
+//! fail fast with `Unavailable` instead of queueing until the reconnect.
+//! Nodes created implicitly (parents) get the client's [`AclPolicy`] too.
+//! Watches need ZooKeeper 3.6 or later (persistent watches).
 #![deny(missing_docs)]
 
 mod builder;
