@@ -110,6 +110,36 @@ async fn latency_against_raw_client() {
     drop(stream);
 
     let lock_key = base.child("lock").expect("key");
+    backend
+        .put(&lock_key, bytes::Bytes::new(), PutMode::Overwrite)
+        .await
+        .expect("lock dir");
+    let prefix = format!("{lock_key}/raw-");
+    let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    let start = Instant::now();
+    for _ in 0..ROUNDS {
+        let create = raw.create(&prefix, &[], &ephemeral);
+        let list = raw.list_children(lock_key.as_str());
+        let (_, sequence) = create.await.expect("raw create");
+        list.await.expect("raw list");
+        raw.delete(&format!("{prefix}{sequence}"), None)
+            .await
+            .expect("raw delete");
+    }
+    report("raw create eph-seq + list + delete", start.elapsed());
+    let start = Instant::now();
+    for _ in 0..ROUNDS {
+        let mut writer = raw.new_multi_writer();
+        writer
+            .add_check_version(lock_key.as_str(), -1)
+            .expect("check");
+        writer
+            .add_set_data(key.as_str(), &value, None)
+            .expect("set");
+        writer.commit().await.expect("raw multi");
+    }
+    report("raw multi (check + set_data)", start.elapsed());
+
     let data_key: Key = base.child("data").expect("key");
     let start = Instant::now();
     for _ in 0..ROUNDS {
