@@ -348,3 +348,20 @@ async fn force_session_expiry_without_proxy() {
     drop(guard);
     b.close().await.expect("close");
 }
+
+/// No server: `connect` fails with `Unavailable` within the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_nothing_is_unavailable() {
+    let started = std::time::Instant::now();
+    let err = ZooKeeperBackend::builder("127.0.0.1:1,127.0.0.1:2/app")
+        .connect_timeout(Duration::from_millis(800))
+        .connect()
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
