@@ -21,24 +21,28 @@ pub(crate) struct Entry {
     value: Bytes,
 }
 
-/// Creates the ephemeral node; a node already there that belongs to this
-/// session (a create whose response was lost) counts as created.
+/// Creates the ephemeral node; after a lost response, a node already there
+/// that belongs to this session is the one we created.
 async fn create(inner: &Inner, session: &Session, key: &Key, value: &Bytes) -> Result<()> {
     let op = Operation::Register;
     let client = &session.client;
+    let mut retried = false;
     for _ in 0..ATTEMPTS {
         match kv::create_with_parents(inner, client, key, value, zk::CreateMode::Ephemeral).await {
             Ok(_) => return Ok(()),
             Err(zk::Error::NodeExists) => {
                 return match client.check_stat(key.as_str()).await {
-                    Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => Ok(()),
+                    Ok(Some(stat)) if retried && stat.ephemeral_owner == client.session_id().0 => {
+                        Ok(())
+                    }
                     Ok(None) => continue,
                     Ok(Some(_)) => Err(plain(ErrorKind::AlreadyExists, op, key)
-                        .with_message("the key is held by another session or is persistent")),
+                        .with_message("the key exists (another registration or a plain key)")),
                     Err(e) => Err(error::map(e, op, key)),
                 }
             }
             Err(zk::Error::ConnectionLoss) => {
+                retried = true;
                 tokio::time::sleep(RETRY_DELAY).await;
             }
             Err(e) => return Err(error::map(e, op, key)),

@@ -365,3 +365,84 @@ async fn connect_to_nothing_is_unavailable() {
         started.elapsed()
     );
 }
+
+/// A network partition (bytes stop, nothing closes): the client notices
+/// through its own timeouts (`Suspended`), and after the partition heals the
+/// watch resyncs to the write made meanwhile, whether the session survived
+/// or was replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connection_suspends_then_resyncs() {
+    let f = factory().await;
+    let proxy = Arc::new(TcpProxy::start(f.server.clone()).await.expect("proxy"));
+    let watcher = ZooKeeperBackend::builder(proxy.endpoint())
+        .session_timeout(SESSION_TIMEOUT)
+        .connect()
+        .await
+        .expect("connect");
+    let writer = f.client().await;
+    let key = unique_key("zk_stall").child("k").expect("key");
+    writer
+        .backend
+        .put(&key, "1".into(), PutMode::Create)
+        .await
+        .expect("create");
+    let mut stream = watcher.watch(&key).await.expect("watch");
+    assert!(matches!(
+        within("Initial", stream.next()).await,
+        Some(Ok(WatchEvent::Initial(Some(_))))
+    ));
+    let mut status = watcher.session();
+    proxy.stall();
+    within(
+        "Suspended after a stall",
+        status.wait_for(|s| s.state == SessionState::Suspended),
+    )
+    .await
+    .expect("status");
+    let v2 = writer
+        .backend
+        .put(&key, "2".into(), PutMode::Overwrite)
+        .await
+        .expect("write during the partition");
+    proxy.resume();
+    within(
+        "Connected again",
+        status.wait_for(|s| s.state == SessionState::Connected),
+    )
+    .await
+    .expect("status");
+    loop {
+        match within("the write made during the partition", stream.next()).await {
+            Some(Ok(WatchEvent::Resync(Some(found)) | WatchEvent::Changed(found)))
+                if found.version == v2 =>
+            {
+                break
+            }
+            Some(Ok(_)) => {}
+            other => panic!("watch failed: {other:?}"),
+        }
+    }
+    watcher.close().await.expect("close");
+}
+
+/// Registering the same key twice from one client is `AlreadyExists` too
+/// (the node belongs to this very session, but to another registration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_registration_on_one_client_already_exists() {
+    let f = factory().await;
+    let client = f.client().await;
+    let key = unique_key("zk_double_register").child("me").expect("key");
+    let first = client
+        .backend
+        .register(&key, "a".into())
+        .await
+        .expect("register");
+    let err = client
+        .backend
+        .register(&key, "b".into())
+        .await
+        .expect_err("second registration");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    first.close().await.expect("close");
+    assert_eq!(client.backend.get(&key).await.expect("get"), None);
+}
