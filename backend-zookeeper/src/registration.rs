@@ -85,23 +85,65 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
     ))
 }
 
-/// Re-creates every registration on a new session.
-pub(crate) async fn recreate_all(inner: &Inner, session: &Session) {
-    let entries: Vec<Entry> = inner
+/// Re-creates every registration on a new session. Those that fail (the
+/// connection broke again, or the expired session's node is still there
+/// because the client gave up on the session before the server did) are
+/// retried in the background while the session lasts.
+pub(crate) async fn recreate_all(inner: &Arc<Inner>, session: &Session) {
+    let entries: Vec<(u64, Entry)> = inner
         .registrations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .cloned()
+        .iter()
+        .map(|(id, entry)| (*id, entry.clone()))
         .collect();
-    for entry in entries {
+    for (id, entry) in entries {
         match create(inner, session, &entry.key, &entry.value).await {
             Ok(()) => {
                 tracing::info!(key = %entry.key, "registration re-created on the new session")
             }
             Err(error) => {
-                tracing::warn!(%error, key = %entry.key, "re-creating a registration failed")
+                tracing::warn!(%error, key = %entry.key, "re-creating a registration failed; retrying");
+                tokio::spawn(retry(Arc::downgrade(inner), session.epoch, id, entry));
             }
+        }
+    }
+}
+
+async fn retry(inner: Weak<Inner>, epoch: u64, id: u64, entry: Entry) {
+    let started = std::time::Instant::now();
+    let mut delay = RETRY_DELAY * 4;
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let live = inner
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id);
+        let Some(session) = inner.current_session() else {
+            return;
+        };
+        // Closed, or a newer session re-creates it itself.
+        if !live || session.epoch != epoch {
+            return;
+        }
+        match create(&inner, &session, &entry.key, &entry.value).await {
+            Ok(()) => {
+                tracing::info!(key = %entry.key, "registration re-created on the new session");
+                return;
+            }
+            Err(error)
+                if error.kind() == ErrorKind::AlreadyExists
+                    && started.elapsed() > inner.config.session_timeout * 3 =>
+            {
+                tracing::warn!(%error, key = %entry.key, "giving up re-creating a registration");
+                return;
+            }
+            Err(error) => tracing::debug!(%error, key = %entry.key, "registration retry failed"),
         }
     }
 }
