@@ -446,3 +446,18 @@ async fn double_registration_on_one_client_already_exists() {
     first.close().await.expect("close");
     assert_eq!(client.backend.get(&key).await.expect("get"), None);
 }
+
+/// A connect string with a dead host first still connects through the
+/// live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_hosts_one_down() {
+    let f = factory().await;
+    let b = ZooKeeperBackend::builder(format!("127.0.0.1:1,{}", f.server))
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect through the live host");
+    let key = unique_key("zk_hosts").child("k").expect("key");
+    b.put(&key, "v".into(), PutMode::Create).await.expect("put");
+    b.close().await.expect("close");
+}
