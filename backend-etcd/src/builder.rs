@@ -1,7 +1,6 @@
 //! [`EtcdBuilder`] and `etcd://` URLs.
 
 use std::fmt;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,7 +183,7 @@ impl EtcdBuilder {
             session: Session::new(granted.id(), granted.ttl()),
             registry: tokio::sync::Mutex::new(Registry::default()),
             closed: CancellationToken::new(),
-            lock_seq: AtomicU64::new(0),
+            lock_queues: crate::lock::LocalQueues::default(),
         });
         tokio::spawn(crate::session::run(Arc::clone(&inner)));
         tracing::debug!(lease = granted.id(), ttl = granted.ttl(), endpoints = ?self.endpoints, "etcd session started");

@@ -140,33 +140,37 @@ pub(crate) fn mode_compare(key: &Key, mode: PutMode) -> Option<Compare> {
 /// # Errors
 ///
 /// The first attempt's failure (the retries go on regardless).
-pub(crate) async fn delete_owned(
+pub(crate) async fn delete_owned<H: Send + 'static>(
     inner: &Arc<Inner>,
     operation: Operation,
     key: &Key,
     etcd_key: String,
     lease: LeaseHandle,
+    hold: H,
 ) -> Result<()> {
     let first = delete_owned_once(inner, operation, key, &etcd_key, lease.id).await;
     if let Err(error) = &first {
         tracing::warn!(%error, etcd_key, "deleting a session key failed; retrying in the background");
-        delete_owned_later(inner, operation, key, etcd_key, lease);
+        delete_owned_later(inner, operation, key, etcd_key, lease, hold);
     }
     first
 }
 
 /// [`delete_owned`] in the background only (the outcome of a request that
-/// may have created `etcd_key` is unknown).
-pub(crate) fn delete_owned_later(
+/// may have created `etcd_key` is unknown). `hold` is dropped when the key
+/// is known to be gone.
+pub(crate) fn delete_owned_later<H: Send + 'static>(
     inner: &Arc<Inner>,
     operation: Operation,
     key: &Key,
     etcd_key: String,
     lease: LeaseHandle,
+    hold: H,
 ) {
     let inner = Arc::clone(inner);
     let key = key.clone();
     tokio::spawn(async move {
+        let _hold = hold;
         let mut backoff = Backoff::new();
         loop {
             tokio::select! {
@@ -187,7 +191,7 @@ pub(crate) fn delete_owned_later(
     });
 }
 
-async fn delete_owned_once(
+pub(crate) async fn delete_owned_once(
     inner: &Inner,
     operation: Operation,
     key: &Key,

@@ -36,7 +36,8 @@
 //!   `prev_kv`; a broken stream, a compacted start revision, a suspension
 //!   or a new session leads to a re-read and `Resync`.
 //! - **Locks** use the create-revision recipe of etcd's `concurrency.Mutex`
-//!   (waiter keys `<lock key>/<lease hex>-<seq hex>` bound to the lease);
+//!   (waiter keys `<lock key>/<lease hex>` bound to the lease; callers of
+//!   one client queue locally for it);
 //!   the fencing token is the waiter key's `create_revision`; fenced writes
 //!   are one transaction comparing it.
 //! - **Registrations** are keys bound to the lease.
@@ -53,7 +54,6 @@ mod session;
 mod watch;
 
 use std::fmt;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -83,7 +83,7 @@ pub(crate) struct Inner {
     pub(crate) session: Session,
     pub(crate) registry: tokio::sync::Mutex<Registry>,
     pub(crate) closed: CancellationToken,
-    pub(crate) lock_seq: AtomicU64,
+    pub(crate) lock_queues: lock::LocalQueues,
 }
 
 impl fmt::Debug for Inner {

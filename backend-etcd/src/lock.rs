@@ -1,17 +1,25 @@
 //! Locks with the create-revision recipe (as etcd's Go `concurrency.Mutex`)
 //! and fenced writes.
 //!
-//! Each acquisition puts a waiter key `<lock key>/<lease hex>-<seq hex>`
-//! bound to the session lease, in one transaction that also reads the
-//! oldest waiter. The waiter with the smallest `create_revision` holds the
-//! lock; the others each watch the deletion of the waiter just before them.
-//! The fencing token is the waiter key's `create_revision`: later
-//! acquisitions always have larger ones. A fenced write is one transaction
-//! comparing that `create_revision` together with the write's own
-//! condition.
+//! Each acquisition puts a waiter key `<lock key>/<lease hex>` bound to the
+//! session lease, in one transaction that also reads the oldest waiter. The
+//! waiter with the smallest `create_revision` holds the lock; the others
+//! each watch the deletion of the waiter just before them. The fencing
+//! token is the waiter key's `create_revision`: later acquisitions always
+//! have larger ones. A fenced write is one transaction comparing that
+//! `create_revision` together with the write's own condition.
+//!
+//! The waiter key name is one per session and lock key (fresh names per
+//! acquisition would pile up in etcd's index until the next compaction and
+//! slow every prefix read), so concurrent callers of the same client queue
+//! locally first: the lock stays exclusive between them too. A caller's
+//! turn ends only once its waiter key is known to be deleted (released,
+//! cleaned up in the background after an unreachable etcd, or gone with
+//! the lease).
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,8 +34,8 @@ use tokio::time::Instant;
 
 use crate::error::{call, call_raw};
 use crate::kv::{
-    check_open, check_size, delete_owned, delete_owned_later, first_kv_at, header_revision,
-    into_versioned, mode_compare, mode_failure, range_at, version_of,
+    check_open, check_size, delete_owned, delete_owned_later, delete_owned_once, first_kv_at,
+    header_revision, into_versioned, mode_compare, mode_failure, range_at, version_of,
 };
 use crate::session::LeaseHandle;
 use crate::Inner;
@@ -44,13 +52,34 @@ pub(crate) async fn lock(
     let op = Operation::Lock;
     check_open(inner, op, key)?;
     let deadline = Instant::now() + options.timeout;
+    let timed_out = || {
+        Error::new(ErrorKind::LockTimeout, op)
+            .with_key(key)
+            .with_message(format!("not acquired within {:?}", options.timeout))
+    };
     let lease = inner.session.current();
     if lease.lost.is_cancelled() {
         return Err(session_lost(op, key));
     }
     let prefix = format!("{}/", key.as_str());
-    let seq = inner.lock_seq.fetch_add(1, Ordering::Relaxed);
-    let waiter = format!("{prefix}{:x}-{seq:x}", lease.id);
+    let waiter = format!("{prefix}{:x}", lease.id);
+
+    // Callers of this client queue locally for the waiter key name, so
+    // the name stays one per session (no index growth on etcd's side).
+    let queue = inner.lock_queues.queue(&waiter);
+    let permit = tokio::select! {
+        permit = tokio::time::timeout_at(deadline, queue.lock_owned()) => match permit {
+            Ok(permit) => permit,
+            Err(_) => return Err(timed_out()),
+        },
+        _ = lease.lost.cancelled() => return Err(session_lost(op, key)),
+        _ = inner.closed.cancelled() => return Err(crate::error::closed(op, Some(key))),
+    };
+    let turn = Turn {
+        inner: Arc::clone(inner),
+        name: waiter.clone(),
+        permit: Some(permit),
+    };
 
     // One round trip: create the waiter key and read the oldest waiter.
     let oldest = GetOptions::new()
@@ -74,24 +103,35 @@ pub(crate) async fn lock(
             0,
         )])
         .and_then(then);
-    let mut kv = inner.client.kv_client();
-    let response = match call(inner.config.request_timeout, op, Some(key), kv.txn(txn)).await {
-        Ok(response) => response,
-        Err(error) => {
-            poke_if_lost(inner, &error);
-            if error.kind() == ErrorKind::Unavailable {
-                // The waiter key may have been created: remove it once etcd
-                // answers again, or it would hold the lock for good.
-                delete_owned_later(inner, Operation::Unlock, key, waiter, lease);
+    let timeout = inner.config.request_timeout;
+    let mut attempt = 0;
+    let response = loop {
+        attempt += 1;
+        let mut kv = inner.client.kv_client();
+        let response = match call(timeout, op, Some(key), kv.txn(txn.clone())).await {
+            Ok(response) => response,
+            Err(error) => {
+                poke_if_lost(inner, &error);
+                if error.kind() == ErrorKind::Unavailable {
+                    // The waiter key may have been created: remove it once
+                    // etcd answers again, or it would hold the lock for good.
+                    delete_owned_later(inner, Operation::Unlock, key, waiter, lease, turn);
+                }
+                return Err(error);
             }
-            return Err(error);
+        };
+        if response.succeeded() {
+            break response;
         }
+        // A waiter key of this session is left over (only ever deleted by
+        // the holder of `turn`, so this is rare): remove it and try again.
+        if attempt > 1 {
+            return Err(Error::new(ErrorKind::Other, op)
+                .with_key(key)
+                .with_message(format!("the waiter key {waiter} exists already")));
+        }
+        delete_owned_once(inner, Operation::Unlock, key, &waiter, lease.id).await?;
     };
-    if !response.succeeded() {
-        return Err(Error::new(ErrorKind::Other, op)
-            .with_key(key)
-            .with_message(format!("the waiter key {waiter} exists already")));
-    }
     let token = header_revision(response.header(), op, key)?;
     let owner = first_kv_at(&response, 1).map(|kv| kv.create_revision());
     let mut value = first_kv_at(&response, 2).map(into_versioned);
@@ -108,19 +148,63 @@ pub(crate) async fn lock(
                 None
             }
             Ok(Err(error)) => Some(error),
-            Err(_) => Some(
-                Error::new(ErrorKind::LockTimeout, op)
-                    .with_key(key)
-                    .with_message(format!("not acquired within {:?}", options.timeout)),
-            ),
+            Err(_) => Some(timed_out()),
         };
         if let Some(error) = failure {
             // Best effort: it goes with the lease at the latest.
-            let _ = delete_owned(inner, Operation::Unlock, key, waiter, lease).await;
+            let _ = delete_owned(inner, Operation::Unlock, key, waiter, lease, turn).await;
             return Err(error);
         }
     }
-    Ok((guard(inner, key, waiter, token, &lease), value))
+    Ok((guard(inner, key, waiter, token, &lease, turn), value))
+}
+
+/// Per waiter key name, the local queue of this client's callers.
+#[derive(Debug, Default)]
+pub(crate) struct LocalQueues(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl LocalQueues {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn queue(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.map().entry(name.to_owned()).or_default())
+    }
+
+    fn forget(&self, name: &str) {
+        let mut map = self.map();
+        if map
+            .get(name)
+            .is_some_and(|queue| Arc::strong_count(queue) == 1)
+        {
+            map.remove(name);
+        }
+    }
+}
+
+/// This caller's turn at a waiter key name: held from before the key is
+/// created until it is known to be deleted; dropping it lets the next
+/// local caller in.
+struct Turn {
+    inner: Arc<Inner>,
+    name: String,
+    permit: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl fmt::Debug for Turn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Turn").field("name", &self.name).finish()
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.inner.lock_queues.forget(&self.name);
+    }
 }
 
 fn guard(
@@ -129,6 +213,7 @@ fn guard(
     waiter: String,
     token: i64,
     lease: &LeaseHandle,
+    turn: Turn,
 ) -> LockGuard {
     LockGuard::new(
         key.clone(),
@@ -140,6 +225,7 @@ fn guard(
             key: key.clone(),
             waiter,
             lease: lease.clone(),
+            turn,
         }),
     )
 }
@@ -300,6 +386,7 @@ struct EtcdLockRelease {
     key: Key,
     waiter: String,
     lease: LeaseHandle,
+    turn: Turn,
 }
 
 #[async_trait]
@@ -315,6 +402,7 @@ impl LockRelease for EtcdLockRelease {
             &self.key,
             self.waiter,
             self.lease,
+            self.turn,
         )
         .await
     }

@@ -203,6 +203,7 @@ impl RegistrationClose for EtcdRegistration {
             &self.key,
             self.key.as_str().to_owned(),
             lease,
+            (),
         )
         .await
     }

@@ -577,3 +577,58 @@ async fn partition_longer_than_ttl_loses_the_session() {
     );
     backend.close().await.expect("close");
 }
+
+/// Two callers of the same client are exclusive too (they queue locally for
+/// the session's waiter key); a timed-out waiter leaves no key behind, and
+/// tokens grow across acquisitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_is_exclusive_within_one_client() {
+    use sharedstate_core::LockOptions;
+    let f = factory().await;
+    let client = f.client().await;
+    let other = f.client().await;
+    let b = &client.backend;
+    let lock_key = unique_key("etcd_lock_local").child("lock").expect("key");
+    let first = b
+        .lock(&lock_key, LockOptions::default())
+        .await
+        .expect("first");
+    let short = LockOptions::with_timeout(Duration::from_millis(300));
+    let second = b
+        .lock(&lock_key, short.clone())
+        .await
+        .expect_err("second, same client");
+    assert_eq!(second.kind(), ErrorKind::LockTimeout);
+    let third = other
+        .backend
+        .lock(&lock_key, short)
+        .await
+        .expect_err("other client");
+    assert_eq!(third.kind(), ErrorKind::LockTimeout);
+    let waiters = other.backend.list(&lock_key).await.expect("list");
+    assert_eq!(
+        waiters.len(),
+        1,
+        "only the holder's key is left: {waiters:?}"
+    );
+
+    let backend = Arc::clone(b);
+    let key = lock_key.clone();
+    let waiting = tokio::spawn(async move { backend.lock(&key, LockOptions::default()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the second caller waits");
+    let token = first.fencing_token();
+    first.release().await.expect("release");
+    let next = within("the second caller", waiting)
+        .await
+        .expect("task")
+        .expect("lock");
+    assert!(next.fencing_token() > token);
+    next.release().await.expect("release");
+    assert!(other
+        .backend
+        .list(&lock_key)
+        .await
+        .expect("list")
+        .is_empty());
+}
