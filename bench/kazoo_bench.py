@@ -165,7 +165,7 @@ def worker(hosts, root, mode, run_for, barrier, results):
             samples.append(time.perf_counter_ns() - t0)
         except Exception:  # noqa: BLE001 - counted
             errors += 1
-    results.put((samples, errors))
+    results.put((samples, errors, time.perf_counter() - started))
     client.stop()
     client.close()
 
@@ -188,17 +188,20 @@ def contended(hosts, root, plan):
                 p.start()
             barrier.wait(timeout=120)
             started = time.perf_counter()
-            samples, errors, reported = [], 0, 0
+            samples, errors, reported, busy = [], 0, 0, 0.0
             deadline = started + plan["contended_for"] + 60
             while reported < writers and time.perf_counter() < deadline:
                 try:
-                    s, e = results.get(timeout=max(0.1, deadline - time.perf_counter()))
+                    s, e, elapsed = results.get(timeout=max(0.1, deadline - time.perf_counter()))
                 except Exception:  # noqa: BLE001 - queue.Empty
                     break
                 samples.extend(s)
                 errors += e
+                busy = max(busy, elapsed)
                 reported += 1
-            wall = time.perf_counter() - started
+            # Like the Rust runs: from the common start to the last writer's
+            # last operation (not the processes' teardown).
+            wall = busy or (time.perf_counter() - started)
             for p in procs:
                 p.join(timeout=10)
                 if p.is_alive():

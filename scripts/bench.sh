@@ -167,7 +167,13 @@ if [[ "${SHAREDSTATE_BENCH_NO_KAZOO:-0}" != 1 ]]; then
 	VENV="$ROOT/target/bench-venv"
 	if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import kazoo' 2>/dev/null; then
 		log "installing kazoo into $VENV"
-		python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
+		if ! python3 -m venv "$VENV" 2>/dev/null; then
+			log "python3 -m venv failed: installing python3-venv"
+			rm -rf "$VENV"
+			{ apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null; } ||
+				die "cannot install python3-venv (set SHAREDSTATE_BENCH_NO_KAZOO=1 to skip kazoo)"
+			python3 -m venv "$VENV" || die "python3 -m venv failed"
+		fi
 		"$VENV/bin/pip" install -q kazoo || die "pip install kazoo failed (set SHAREDSTATE_BENCH_NO_KAZOO=1 to skip)"
 	fi
 	log "running the kazoo peer ($("$VENV/bin/python" -c 'import kazoo.version as v; print(v.__version__)' 2>/dev/null || echo '?'))"

@@ -66,7 +66,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn path(&self, scenario: &str) -> String {
+    pub(crate) fn path(&self, scenario: &str) -> String {
         format!("{}/{}/{scenario}", self.root, self.label)
     }
 
@@ -76,12 +76,12 @@ impl Ctx {
             .with_context(|| format!("connecting to {}", self.url))
     }
 
-    fn record(&self, scenario: &str, variant: &str) -> Record {
+    pub(crate) fn record(&self, scenario: &str, variant: &str) -> Record {
         Record::new(&self.label, "sharedstate", scenario, variant)
     }
 }
 
-async fn open<T>(
+pub(crate) async fn open<T>(
     ctx: &Ctx,
     path: &str,
     initial: T,
@@ -102,7 +102,7 @@ where
     Ok((backend, state))
 }
 
-async fn close<T>(parts: Vec<(Arc<dyn CoordinationBackend>, SharedState<T>)>)
+pub(crate) async fn close<T>(parts: Vec<(Arc<dyn CoordinationBackend>, SharedState<T>)>)
 where
     T: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -290,7 +290,7 @@ async fn locked_split(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
 }
 
 /// Timestamps every change set a subscription delivers.
-fn arrivals<T>(state: &SharedState<T>) -> mpsc::UnboundedReceiver<(u64, Instant)>
+pub(crate) fn arrivals<T>(state: &SharedState<T>) -> mpsc::UnboundedReceiver<(u64, Instant)>
 where
     T: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -308,7 +308,7 @@ where
     rx
 }
 
-async fn arrival_of(
+pub(crate) async fn arrival_of(
     rx: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
     version: u64,
     timeout: Duration,

@@ -11,6 +11,7 @@
 
 mod engine;
 mod harness;
+mod paired;
 mod plot;
 mod raw_etcd;
 mod raw_zk;
@@ -48,8 +49,8 @@ enum Command {
         /// A few samples and a fan-out of 5: seconds, for CI.
         #[arg(long)]
         smoke: bool,
-        /// Only these suites (comma separated): memory, zk, zk-raw,
-        /// zkstate, etcd, etcd-raw.
+        /// Only these suites (comma separated): memory, zk-paired, zk,
+        /// zk-raw, zkstate, etcd-paired, etcd, etcd-raw.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Where the JSON results go.
@@ -169,6 +170,12 @@ async fn run(
         write_records(out, "memory-sharedstate", &records)?;
     }
     if let Some(hosts) = &zk {
+        if wanted("zk-paired") {
+            eprintln!("== zk: floor and engine interleaved (target ratios)");
+            let raw = paired::Raw::zk(hosts, &root).await;
+            let records = paired::run(&ctx("zk", format!("zk://{hosts}")), raw).await;
+            write_records(out, "zk-paired", &records)?;
+        }
         if wanted("zk-raw") {
             eprintln!("== zk: raw zookeeper-client floors");
             write_records(out, "zk-raw", &raw_zk::run(hosts, &root, &plan).await)?;
@@ -184,6 +191,12 @@ async fn run(
         }
     }
     if let Some(endpoint) = &etcd {
+        if wanted("etcd-paired") {
+            eprintln!("== etcd: floor and engine interleaved (target ratios)");
+            let raw = paired::Raw::etcd(endpoint, &root).await;
+            let records = paired::run(&ctx("etcd", format!("etcd://{endpoint}")), raw).await;
+            write_records(out, "etcd-paired", &records)?;
+        }
         if wanted("etcd-raw") {
             eprintln!("== etcd: raw etcd-client floors");
             write_records(out, "etcd-raw", &raw_etcd::run(endpoint, &root, &plan).await)?;

@@ -22,7 +22,7 @@ fn done(record: Record) -> Record {
 
 /// The compare-and-swap the engine's optimistic write does: put only if
 /// the key is still at `revision`; returns the new revision.
-async fn cas(client: &mut Client, key: &str, value: &[u8], revision: i64) -> anyhow::Result<i64> {
+pub(crate) async fn cas(client: &mut Client, key: &str, value: &[u8], revision: i64) -> anyhow::Result<i64> {
     let txn = Txn::new()
         .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
         .and_then([TxnOp::put(key, value, None)]);
@@ -36,7 +36,7 @@ async fn cas(client: &mut Client, key: &str, value: &[u8], revision: i64) -> any
         .ok_or_else(|| anyhow!("txn response without a header"))?)
 }
 
-fn watch(mut client: Client, key: String) -> mpsc::UnboundedReceiver<(i64, Instant)> {
+pub(crate) fn watch(mut client: Client, key: String) -> mpsc::UnboundedReceiver<(i64, Instant)> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = match client.watch(key.as_bytes(), None).await {
@@ -62,7 +62,7 @@ fn watch(mut client: Client, key: String) -> mpsc::UnboundedReceiver<(i64, Insta
     rx
 }
 
-async fn arrival(
+pub(crate) async fn arrival(
     rx: &mut mpsc::UnboundedReceiver<(i64, Instant)>,
     revision: i64,
 ) -> anyhow::Result<Instant> {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use tokio::sync::mpsc;
-use zookeeper_client::{Acls, Client, CreateMode};
+use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode};
 
 use crate::engine::{blob, small, PAYLOAD_SIZES};
 use crate::harness::{announce, histogram, record_ns, sample, Plan, Record};
@@ -19,7 +19,7 @@ fn done(record: Record) -> Record {
     record
 }
 
-async fn connect(hosts: &str) -> anyhow::Result<Client> {
+pub(crate) async fn connect(hosts: &str) -> anyhow::Result<Client> {
     Client::connector()
         .with_session_timeout(Duration::from_secs(10))
         .connect(hosts)
@@ -28,7 +28,7 @@ async fn connect(hosts: &str) -> anyhow::Result<Client> {
 }
 
 /// Creates `path` (and its parents) holding `data`, returning its data version.
-async fn ensure(client: &Client, path: &str, data: &[u8]) -> anyhow::Result<i32> {
+pub(crate) async fn ensure(client: &Client, path: &str, data: &[u8]) -> anyhow::Result<i32> {
     let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
     if let Some((parent, _)) = path.rsplit_once('/') {
         if !parent.is_empty() {
@@ -48,29 +48,39 @@ async fn ensure(client: &Client, path: &str, data: &[u8]) -> anyhow::Result<i32>
     }
 }
 
-/// Watches `path` from another session, re-arming the one-shot watch and
-/// reading the data each time, timestamping each version seen.
-fn watch(client: Client, path: String) -> mpsc::UnboundedReceiver<(i32, Instant)> {
+/// Watches `path` from another session with a persistent watch (what the
+/// backend uses), reading the data after each event, timestamping each
+/// version seen.
+pub(crate) fn watch(client: Client, path: String) -> mpsc::UnboundedReceiver<(i32, Instant)> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        loop {
-            let (_data, stat, watcher) = match client.get_and_watch_data(&path).await {
-                Ok(found) => found,
+        let mut watcher = match client.watch(&path, AddWatchMode::Persistent).await {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::warn!(%error, "raw persistent watch failed");
+                return;
+            }
+        };
+        for round in 0u64.. {
+            if round > 0 {
+                let _event = watcher.changed().await;
+            }
+            let stat = match client.get_data(&path).await {
+                Ok((_data, stat)) => stat,
                 Err(error) => {
-                    tracing::warn!(%error, "raw watch failed");
+                    tracing::warn!(%error, "raw watch read failed");
                     break;
                 }
             };
             if tx.send((stat.version, Instant::now())).is_err() {
                 break;
             }
-            let _event = watcher.changed().await;
         }
     });
     rx
 }
 
-async fn arrival(
+pub(crate) async fn arrival(
     rx: &mut mpsc::UnboundedReceiver<(i32, Instant)>,
     version: i32,
 ) -> anyhow::Result<Instant> {
@@ -162,7 +172,7 @@ async fn run_inner(hosts: &str, root: &str, plan: &Plan) -> anyhow::Result<Vec<R
     .await;
     let mut r = record("propagation", "raw watch")
         .with_histogram(&hist, wall)
-        .note("A's set_data until B's watch fired and B read the data");
+        .note("A's set_data until B's persistent watch fired and B read the data");
     r.errors = errors;
     r.notes.extend(notes);
     records.push(done(r));
