@@ -1,7 +1,9 @@
 //! The conformance suite against a real etcd (a container, or the server
-//! `SHAREDSTATE_TEST_ETCD` points at), plus etcd-specific checks: watches
-//! across a compaction, and an outside operator's raw etcd put. Every
-//! client gets its own session through its own fault-injecting proxy.
+//! `SHAREDSTATE_TEST_ETCD` points at), plus etcd-specific checks: an outside
+//! operator's raw etcd put, a partition longer than the lease TTL, locks
+//! within one client, and, each on a dedicated container (Docker needed),
+//! watches across a compaction and user/password auth. Every client gets
+//! its own session through its own fault-injecting proxy.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -207,7 +209,7 @@ async fn outside_operator_edit_arrives_through_watch() {
 /// writes one by one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_during_watch_resyncs_without_gap() {
-    let f = factory().await;
+    let (f, _server) = dedicated_factory().await;
     let (watcher, proxy) = f.connect().await;
     let writer = f.client().await;
     let key = unique_key("etcd_compaction").child("k").expect("key");
@@ -305,7 +307,7 @@ async fn compaction_during_watch_resyncs_without_gap() {
 /// was compacted: never a silent gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_old_revision_replays_or_resyncs_after_compaction() {
-    let f = factory().await;
+    let (f, _server) = dedicated_factory().await;
     let (backend, _proxy) = f.connect().await;
     let key = unique_key("etcd_watch_from").child("k").expect("key");
     let mut versions = Vec::new();
@@ -443,19 +445,37 @@ fn dedicated_etcd_image() -> String {
     }
 }
 
+/// A dedicated etcd container for this test only (stopped when the test
+/// binary exits), for what must not touch the shared server: compaction
+/// (it would race other tests' watches) and auth.
+async fn dedicated_etcd() -> fixtures::Server {
+    let image = dedicated_etcd_image();
+    tokio::task::spawn_blocking(move || {
+        fixtures::start_container(fixtures::ServiceKind::Etcd, &image)
+    })
+    .await
+    .expect("fixture thread")
+    .unwrap_or_else(|message| panic!("this test needs its own etcd container: {message}"))
+}
+
+/// A factory on a dedicated etcd container.
+async fn dedicated_factory() -> (EtcdFactory, fixtures::Server) {
+    init_tracing();
+    let server = dedicated_etcd().await;
+    let factory = EtcdFactory {
+        server: server.endpoint().to_owned(),
+        proxies: Mutex::new(Vec::new()),
+    };
+    (factory, server)
+}
+
 /// User/password auth against a dedicated etcd (auth cannot be switched on
 /// on the shared server): the right credentials work for the whole
 /// contract surface used here, a wrong password or none is `Unauthorized`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_password_auth() {
     init_tracing();
-    let image = dedicated_etcd_image();
-    let server = tokio::task::spawn_blocking(move || {
-        fixtures::start_container(fixtures::ServiceKind::Etcd, &image)
-    })
-    .await
-    .expect("fixture thread")
-    .unwrap_or_else(|message| panic!("{message}"));
+    let server = dedicated_etcd().await;
     let endpoint = server.endpoint().to_owned();
     let mut admin = etcd_client::Client::connect([endpoint.as_str()], None)
         .await
