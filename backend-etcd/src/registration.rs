@@ -39,7 +39,9 @@ struct Entry {
 
 /// How creating a registration key went.
 enum Created {
-    /// The key is ours, bound to the lease.
+    /// Created now, bound to the lease.
+    Now,
+    /// It existed already, bound to this lease.
     Ours,
     /// Another key holds the name (another client, or a stale lease).
     Taken { lease: i64 },
@@ -73,7 +75,7 @@ async fn create(inner: &Inner, key: &Key, value: &Bytes, lease: i64) -> Result<C
         }
     })?;
     if response.succeeded() {
-        return Ok(Created::Ours);
+        return Ok(Created::Now);
     }
     let holder = response
         .op_responses()
@@ -104,8 +106,9 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
             .with_message("the session is lost; a new one is being opened"));
     }
     match create(inner, key, &value, lease.id).await? {
-        Created::Ours => {}
-        Created::Taken { .. } => {
+        Created::Now => {}
+        // Also when this client holds it through another registration.
+        Created::Ours | Created::Taken { .. } => {
             return Err(Error::new(ErrorKind::AlreadyExists, Operation::Register).with_key(key));
         }
     }
@@ -139,7 +142,7 @@ pub(crate) async fn reconcile(inner: &Inner, registry: &mut Registry, lease: i64
             continue;
         }
         match create(inner, &entry.key, &entry.value, lease).await {
-            Ok(Created::Ours) => {
+            Ok(Created::Now | Created::Ours) => {
                 tracing::debug!(key = %entry.key, lease, "registration re-created");
                 entry.lease = lease;
                 entry.warned = false;

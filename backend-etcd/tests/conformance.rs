@@ -652,3 +652,24 @@ async fn lock_is_exclusive_within_one_client() {
         .expect("list")
         .is_empty());
 }
+
+/// A client cannot register the same key twice: the second call is
+/// `AlreadyExists` (and closing the first removes the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_twice_on_one_client_already_exists() {
+    let f = factory().await;
+    let client = f.client().await;
+    let b = &client.backend;
+    let key = unique_key("etcd_register_twice").child("me").expect("key");
+    let first = b
+        .register(&key, Bytes::from_static(b"1"))
+        .await
+        .expect("register");
+    let again = b
+        .register(&key, Bytes::from_static(b"2"))
+        .await
+        .expect_err("second registration");
+    assert_eq!(again.kind(), ErrorKind::AlreadyExists);
+    first.close().await.expect("close");
+    assert!(b.get(&key).await.expect("get").is_none());
+}
