@@ -236,7 +236,10 @@ async fn keep_alive(
         if let Err(error) = keeper.keep_alive().await {
             return Outcome::Broken(EtcdError::Client(error));
         }
-        let answer_within = interval.min(timeout);
+        // Patient enough for a loaded server, short enough that a silent
+        // connection shows as Suspended before the lease could expire
+        // (ttl/3 + ttl/2 < ttl).
+        let answer_within = timeout.min(ttl / 2).max(Duration::from_millis(500));
         match tokio::time::timeout(answer_within, stream.message()).await {
             Ok(Ok(Some(answer))) if answer.ttl() > 0 => *last_ack = Instant::now(),
             Ok(Ok(Some(_))) => return Outcome::Lost,
