@@ -151,7 +151,7 @@ def worker(hosts, root, mode, run_for, barrier, results):
     counter = client.Counter(f"{root}/counter", default=0)
     lock = client.Lock(f"{root}/lock")
     data_path = f"{root}/locked-counter"
-    samples, errors, ops = [], 0, 0
+    samples, errors, ops, in_window = [], 0, 0, 0
     barrier.wait(timeout=60)
     started = time.perf_counter()
     while time.perf_counter() - started < run_for and ops < 1_000_000:
@@ -163,9 +163,11 @@ def worker(hosts, root, mode, run_for, barrier, results):
             else:
                 locked_increment(client, lock, data_path)
             samples.append(time.perf_counter_ns() - t0)
+            if time.perf_counter() - started <= run_for:
+                in_window += 1
         except Exception:  # noqa: BLE001 - counted
             errors += 1
-    results.put((samples, errors, time.perf_counter() - started))
+    results.put((samples, errors, time.perf_counter() - started, in_window))
     client.stop()
     client.close()
 
@@ -188,16 +190,17 @@ def contended(hosts, root, plan):
                 p.start()
             barrier.wait(timeout=120)
             started = time.perf_counter()
-            samples, errors, reported, busy = [], 0, 0, 0.0
+            samples, errors, reported, busy, in_window = [], 0, 0, 0.0, 0
             deadline = started + plan["contended_for"] + 60
             while reported < writers and time.perf_counter() < deadline:
                 try:
-                    s, e, elapsed = results.get(timeout=max(0.1, deadline - time.perf_counter()))
+                    s, e, elapsed, w = results.get(timeout=max(0.1, deadline - time.perf_counter()))
                 except Exception:  # noqa: BLE001 - queue.Empty
                     break
                 samples.extend(s)
                 errors += e
                 busy = max(busy, elapsed)
+                in_window += w
                 reported += 1
             # Like the Rust runs: from the common start to the last writer's
             # last operation (not the processes' teardown).
@@ -213,9 +216,15 @@ def contended(hosts, root, plan):
                      "one process per writer (kazoo is threaded; the GIL would serialise writers in one process)"]
             if reported < writers:
                 notes.append(f"{writers - reported} writers did not report")
-            out.append(record("contended", f"{writers} writers {mode}", samples, wall, errors, notes,
-                              {"writers": writers, "successes": len(samples),
-                               "final_delta": after - before, "lost_updates": lost}))
+            r = record("contended", f"{writers} writers {mode}", samples, wall, errors, notes,
+                       {"writers": writers, "successes": len(samples),
+                        "final_delta": after - before, "lost_updates": lost,
+                        "ops_per_sec_until_last": len(samples) / wall if wall > 0 else 0.0,
+                        "window_s": plan["contended_for"]})
+            # Throughput: increments completed inside the fixed window (as in
+            # the Rust runs), so one starved retry loop does not stretch it.
+            r["ops_per_sec"] = in_window / plan["contended_for"]
+            out.append(r)
             setup.stop()
             setup.close()
     return out

@@ -30,11 +30,21 @@ pub fn small() -> Small {
         counter: 0,
         name: "process-monitor/eu-west-1/agents".into(),
         enabled: true,
-        tags: vec!["systemd*".into(), "rsync*".into(), "sshd".into(), "nginx*".into()],
-        limits: [("cpu_millis", 1500u64), ("rss_mib", 512), ("open_files", 4096), ("threads", 64)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        tags: vec![
+            "systemd*".into(),
+            "rsync*".into(),
+            "sshd".into(),
+            "nginx*".into(),
+        ],
+        limits: [
+            ("cpu_millis", 1500u64),
+            ("rss_mib", 512),
+            ("open_files", 4096),
+            ("threads", 64),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
     }
 }
 
@@ -49,7 +59,9 @@ pub fn blob(bytes: usize) -> Blob {
     let n = (bytes / 65).max(1);
     Blob {
         counter: 0,
-        items: (0..n).map(|i| format!("{i:08}-{}", "x".repeat(52))).collect(),
+        items: (0..n)
+            .map(|i| format!("{i:08}-{}", "x".repeat(52)))
+            .collect(),
     }
 }
 
@@ -129,7 +141,9 @@ pub async fn run(ctx: &Ctx) -> Vec<Record> {
             match $call.await {
                 Ok(records) => out.extend(records),
                 Err(error) => {
-                    let record = ctx.record($name, "failed").note(format!("failed: {error:#}"));
+                    let record = ctx
+                        .record($name, "failed")
+                        .note(format!("failed: {error:#}"));
                     crate::harness::announce(&record);
                     out.push(record);
                 }
@@ -173,7 +187,9 @@ async fn read(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
         }
     })
     .await;
-    let mut record = ctx.record("read", "read_consistent()").with_histogram(&hist, wall);
+    let mut record = ctx
+        .record("read", "read_consistent()")
+        .with_histogram(&hist, wall);
     record.errors = errors;
     record.notes = notes;
     records.push(done(record));
@@ -218,7 +234,9 @@ async fn locked_split(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
     let payload = Key::new(format!("{root}/payload"))?;
     let lock = Key::new(format!("{root}/lock"))?;
     let value = Bytes::from(serde_json::to_vec(&small())?);
-    backend.put(&payload, value.clone(), PutMode::Overwrite).await?;
+    backend
+        .put(&payload, value.clone(), PutMode::Overwrite)
+        .await?;
     let mut phases = [histogram(), histogram(), histogram(), histogram()];
     let mut errors = 0u64;
     let mut notes = Vec::new();
@@ -234,10 +252,18 @@ async fn locked_split(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
                 .lock(&lock, LockOptions::with_timeout(Duration::from_secs(10)))
                 .await?;
             let t1 = Instant::now();
-            let current = backend.get(&payload).await?.ok_or_else(|| anyhow!("payload gone"))?;
+            let current = backend
+                .get(&payload)
+                .await?
+                .ok_or_else(|| anyhow!("payload gone"))?;
             let t2 = Instant::now();
             backend
-                .fenced_put_and_release(&payload, value.clone(), PutMode::Update(current.version), guard)
+                .fenced_put_and_release(
+                    &payload,
+                    value.clone(),
+                    PutMode::Update(current.version),
+                    guard,
+                )
                 .await?;
             let t3 = Instant::now();
             Ok([t1 - t0, t2 - t1, t3 - t2, t3 - t0])
@@ -270,18 +296,26 @@ async fn locked_split(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
     // The optimistic write's only round trip, through the contract: what
     // the backend adds to the raw CAS, without the engine around it.
     let version = Arc::new(tokio::sync::Mutex::new(
-        backend.get(&payload).await?.ok_or_else(|| anyhow!("payload gone"))?.version,
+        backend
+            .get(&payload)
+            .await?
+            .ok_or_else(|| anyhow!("payload gone"))?
+            .version,
     ));
     let (hist, wall, errors, notes) = sample(&plan, plan.samples, || {
         let (backend, payload, value, version) = (&backend, &payload, &value, version.clone());
         async move {
             let mut version = version.lock().await;
-            *version = backend.put(payload, value.clone(), PutMode::Update(*version)).await?;
+            *version = backend
+                .put(payload, value.clone(), PutMode::Update(*version))
+                .await?;
             Ok(None)
         }
     })
     .await;
-    let mut record = ctx.record("optimistic-split", "put(Update)").with_histogram(&hist, wall);
+    let mut record = ctx
+        .record("optimistic-split", "put(Update)")
+        .with_histogram(&hist, wall);
     record.errors = errors;
     record.notes = notes;
     records.push(done(record));
@@ -343,7 +377,8 @@ async fn propagation(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
                 while rx.try_recv().is_ok() {}
                 let t0 = Instant::now();
                 writer.update(|v| v.counter += 1).await?;
-                let at = arrival_of(&mut rx, writer.version().as_u64(), Duration::from_secs(10)).await?;
+                let at =
+                    arrival_of(&mut rx, writer.version().as_u64(), Duration::from_secs(10)).await?;
                 Ok(Some(at.saturating_duration_since(t0)))
             }
         })
@@ -396,7 +431,12 @@ async fn contended_one(ctx: &Ctx, writers: usize, mode: WriteMode) -> anyhow::Re
             while t0.elapsed() < run_for && ops < 1_000_000 {
                 ops += 1;
                 let op_start = Instant::now();
-                match tokio::time::timeout(Duration::from_secs(30), state.update(|v| v.counter += 1)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    state.update(|v| v.counter += 1),
+                )
+                .await
+                {
                     Ok(Ok(())) => {
                         successes.fetch_add(1, Ordering::SeqCst);
                         record_ns(&mut hist, op_start.elapsed());
@@ -421,7 +461,8 @@ async fn contended_one(ctx: &Ctx, writers: usize, mode: WriteMode) -> anyhow::Re
     let mut unknown = 0;
     for task in tasks {
         let (h, e, u) = task.await?;
-        hist.add(&h).map_err(|e| anyhow!("merging histograms: {e}"))?;
+        hist.add(&h)
+            .map_err(|e| anyhow!("merging histograms: {e}"))?;
         for (k, v) in e {
             *errors.entry(k).or_default() += v;
         }
@@ -432,7 +473,10 @@ async fn contended_one(ctx: &Ctx, writers: usize, mode: WriteMode) -> anyhow::Re
     let ok = successes.load(Ordering::SeqCst);
     let lost = (before + ok) as i64 - after as i64;
     let mut record = ctx
-        .record("contended", &format!("{writers} writers {}", mode_name(mode)))
+        .record(
+            "contended",
+            &format!("{writers} writers {}", mode_name(mode)),
+        )
         .with_histogram(&hist, wall)
         .extra("writers", writers)
         .extra("successes", ok)
@@ -443,7 +487,11 @@ async fn contended_one(ctx: &Ctx, writers: usize, mode: WriteMode) -> anyhow::Re
     record.notes.push(format!(
         "final count delta {} vs {ok} successful updates: {}",
         after - before,
-        if lost == 0 { "exact".to_string() } else { format!("MISMATCH ({lost} lost)") }
+        if lost == 0 {
+            "exact".to_string()
+        } else {
+            format!("MISMATCH ({lost} lost)")
+        }
     ));
     if !errors.is_empty() {
         record.notes.push(format!("errors by kind: {errors:?}"));
@@ -482,7 +530,8 @@ async fn payload_size(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
                 })
                 .await?;
                 let t_update = t0.elapsed();
-                let at = arrival_of(&mut rx, a.1.version().as_u64(), Duration::from_secs(20)).await?;
+                let at =
+                    arrival_of(&mut rx, a.1.version().as_u64(), Duration::from_secs(20)).await?;
                 anyhow::Ok((t_update, at.saturating_duration_since(t0)))
             }
             .await;
@@ -526,7 +575,9 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
     // Open in chunks: all at once would mostly measure connection storms.
     for chunk in (0..plan.fanout).collect::<Vec<_>>().chunks(10) {
         let opened = futures::future::join_all(
-            chunk.iter().map(|_| open(ctx, &path, small(), WriteMode::Optimistic)),
+            chunk
+                .iter()
+                .map(|_| open(ctx, &path, small(), WriteMode::Optimistic)),
         )
         .await;
         for (offset, part) in opened.into_iter().enumerate() {
@@ -537,7 +588,10 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
             tokio::spawn(async move {
                 while let Some(event) = subscription.next().await {
                     if let StateEvent::Changed(set) = event {
-                        if tx.send((index, set.version.as_u64(), Instant::now())).is_err() {
+                        if tx
+                            .send((index, set.version.as_u64(), Instant::now()))
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -583,7 +637,9 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
         }
         if missing > 0 {
             errors += 1;
-            notes.push(format!("round {round}: {missing} sessions got nothing within 30 s"));
+            notes.push(format!(
+                "round {round}: {missing} sessions got nothing within 30 s"
+            ));
         } else if round > 0 {
             record_ns(&mut all, last.saturating_duration_since(t0));
         }

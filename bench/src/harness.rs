@@ -105,7 +105,7 @@ impl Record {
     /// Fills the latency fields from a histogram and a wall time.
     pub fn with_histogram(mut self, hist: &Histogram<u64>, wall: Duration) -> Self {
         self.samples = hist.len();
-        if hist.len() > 0 {
+        if !hist.is_empty() {
             self.quantiles_ns = QUANTILES
                 .iter()
                 .map(|&q| (q, hist.value_at_quantile(q)))
@@ -150,7 +150,9 @@ pub fn histogram() -> Histogram<u64> {
     // The bounds are constants that hdrhistogram accepts.
     match Histogram::new_with_bounds(1, 600_000_000_000, 3) {
         Ok(hist) => hist,
-        Err(_) => Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid")),
+        Err(_) => {
+            Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
+        }
     }
 }
 
@@ -259,8 +261,8 @@ pub fn read_records(dir: &Path) -> anyhow::Result<Vec<Record>> {
     entries.sort();
     for path in entries {
         let text = std::fs::read_to_string(&path)?;
-        let records: Vec<Record> = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", path.display()))?;
+        let records: Vec<Record> =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         all.extend(records);
     }
     Ok(all)

@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use harness::{write_records, Plan};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Benchmarks sharedstate against the raw clients and its peers")]
+#[command(
+    version,
+    about = "Benchmarks sharedstate against the raw clients and its peers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,8 +112,13 @@ fn machine(smoke: bool) -> Machine {
             .unwrap_or_else(|| "unknown".into())
     };
     Machine {
-        date_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        date_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        nproc: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         cpu: field(&cpuinfo, "model name"),
         mem_total: field(&meminfo, "MemTotal"),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -137,10 +145,19 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run { zk, etcd, no_memory, smoke, only, out } => {
-            run(zk, etcd, !no_memory, smoke, &only, &out).await
-        }
-        Command::Report { results, markdown, plots } => report::write(&results, &markdown, &plots),
+        Command::Run {
+            zk,
+            etcd,
+            no_memory,
+            smoke,
+            only,
+            out,
+        } => run(zk, etcd, !no_memory, smoke, &only, &out).await,
+        Command::Report {
+            results,
+            markdown,
+            plots,
+        } => report::write(&results, &markdown, &plots),
     }
 }
 
@@ -154,10 +171,16 @@ async fn run(
 ) -> anyhow::Result<()> {
     let plan = Plan::new(smoke);
     let wanted = |suite: &str| only.is_empty() || only.iter().any(|o| o == suite);
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let root = format!("/sharedstate-bench/run-{stamp}");
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("machine.json"), serde_json::to_string_pretty(&machine(smoke))?)?;
+    std::fs::write(
+        out.join("machine.json"),
+        serde_json::to_string_pretty(&machine(smoke))?,
+    )?;
     let ctx = |label: &str, url: String| engine::Ctx {
         label: label.into(),
         url,
@@ -187,7 +210,11 @@ async fn run(
         }
         if wanted("zkstate") {
             eprintln!("== zk: zkstate 0.1.23 (predecessor)");
-            write_records(out, "zk-zkstate", &zkstate_peer::run(hosts, &root, &plan).await)?;
+            write_records(
+                out,
+                "zk-zkstate",
+                &zkstate_peer::run(hosts, &root, &plan).await,
+            )?;
         }
     }
     if let Some(endpoint) = &etcd {
@@ -199,7 +226,11 @@ async fn run(
         }
         if wanted("etcd-raw") {
             eprintln!("== etcd: raw etcd-client floors");
-            write_records(out, "etcd-raw", &raw_etcd::run(endpoint, &root, &plan).await)?;
+            write_records(
+                out,
+                "etcd-raw",
+                &raw_etcd::run(endpoint, &root, &plan).await,
+            )?;
         }
         if wanted("etcd") {
             eprintln!("== etcd: sharedstate engine");

@@ -15,6 +15,7 @@ use crate::harness::{announce, histogram, record_ns, Record};
 use crate::{raw_etcd, raw_zk};
 
 /// The raw client's side: a CAS key and a watched key.
+#[allow(clippy::large_enum_variant)] // one value per run
 pub enum Raw {
     Zk {
         client: zookeeper_client::Client,
@@ -63,7 +64,12 @@ impl Raw {
         let prop_rev = put.header().map(|h| h.revision()).unwrap_or_default();
         let rx = raw_etcd::watch(watcher, prop_key.clone());
         tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(Raw::Etcd { client, cas: (cas_key, cas_rev), prop: (prop_key, prop_rev), rx })
+        Ok(Raw::Etcd {
+            client,
+            cas: (cas_key, cas_rev),
+            prop: (prop_key, prop_rev),
+            rx,
+        })
     }
 
     async fn cas(&mut self, data: &[u8]) -> anyhow::Result<Duration> {
@@ -83,13 +89,17 @@ impl Raw {
     async fn propagate(&mut self, data: &[u8]) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         let at = match self {
-            Raw::Zk { client, prop, rx, .. } => {
+            Raw::Zk {
+                client, prop, rx, ..
+            } => {
                 while rx.try_recv().is_ok() {}
                 let stat = client.set_data(&prop.0, data, Some(prop.1)).await?;
                 prop.1 = stat.version;
                 raw_zk::arrival(rx, prop.1).await?
             }
-            Raw::Etcd { client, prop, rx, .. } => {
+            Raw::Etcd {
+                client, prop, rx, ..
+            } => {
                 while rx.try_recv().is_ok() {}
                 prop.1 = raw_etcd::cas(client, &prop.0, data, prop.1).await?;
                 raw_etcd::arrival(rx, prop.1).await?
@@ -103,7 +113,9 @@ pub async fn run(ctx: &Ctx, raw: anyhow::Result<Raw>) -> Vec<Record> {
     match run_inner(ctx, raw).await {
         Ok(records) => records,
         Err(error) => {
-            let record = ctx.record("paired", "failed").note(format!("failed: {error:#}"));
+            let record = ctx
+                .record("paired", "failed")
+                .note(format!("failed: {error:#}"));
             announce(&record);
             vec![record]
         }
@@ -114,10 +126,28 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
     let plan = ctx.plan;
     let mut raw = raw?;
     let data = serde_json::to_vec(&small())?;
-    let optimistic = open(ctx, &ctx.path("paired-optimistic"), small(), WriteMode::Optimistic).await?;
+    let optimistic = open(
+        ctx,
+        &ctx.path("paired-optimistic"),
+        small(),
+        WriteMode::Optimistic,
+    )
+    .await?;
     let locked = open(ctx, &ctx.path("paired-locked"), small(), WriteMode::Locked).await?;
-    let writer = open(ctx, &ctx.path("paired-propagation"), small(), WriteMode::Optimistic).await?;
-    let reader = open(ctx, &ctx.path("paired-propagation"), small(), WriteMode::Optimistic).await?;
+    let writer = open(
+        ctx,
+        &ctx.path("paired-propagation"),
+        small(),
+        WriteMode::Optimistic,
+    )
+    .await?;
+    let reader = open(
+        ctx,
+        &ctx.path("paired-propagation"),
+        small(),
+        WriteMode::Optimistic,
+    )
+    .await?;
     let mut rx = arrivals(&reader.1);
     let names = [
         ("raw", "raw CAS"),
@@ -145,7 +175,12 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
                 while rx.try_recv().is_ok() {}
                 let t0 = Instant::now();
                 writer.1.update(|v| v.counter += 1).await?;
-                let at = arrival_of(&mut rx, writer.1.version().as_u64(), Duration::from_secs(10)).await?;
+                let at = arrival_of(
+                    &mut rx,
+                    writer.1.version().as_u64(),
+                    Duration::from_secs(10),
+                )
+                .await?;
                 Ok(at.saturating_duration_since(t0))
             }
             .await,

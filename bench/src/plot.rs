@@ -59,7 +59,10 @@ pub fn latency_cdf(path: &Path, title: &str, records: &[(&str, &Record)]) -> any
 
 /// Cost versus size: x = payload KiB (log), y = p50 ms (log).
 pub fn cost_vs_size(path: &Path, title: &str, series: Vec<Series>) -> anyhow::Result<bool> {
-    let series: Vec<Series> = series.into_iter().filter(|s| !s.points.is_empty()).collect();
+    let series: Vec<Series> = series
+        .into_iter()
+        .filter(|s| !s.points.is_empty())
+        .collect();
     if series.is_empty() {
         return Ok(false);
     }
@@ -115,7 +118,11 @@ where
             .label(s.label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         chart
-            .draw_series(s.points.into_iter().map(|p| Circle::new(p, 2, color.filled())))
+            .draw_series(
+                s.points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 2, color.filled())),
+            )
             .map_err(err)?;
     }
     chart

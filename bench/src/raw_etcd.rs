@@ -22,7 +22,12 @@ fn done(record: Record) -> Record {
 
 /// The compare-and-swap the engine's optimistic write does: put only if
 /// the key is still at `revision`; returns the new revision.
-pub(crate) async fn cas(client: &mut Client, key: &str, value: &[u8], revision: i64) -> anyhow::Result<i64> {
+pub(crate) async fn cas(
+    client: &mut Client,
+    key: &str,
+    value: &[u8],
+    revision: i64,
+) -> anyhow::Result<i64> {
     let txn = Txn::new()
         .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
         .and_then([TxnOp::put(key, value, None)]);
@@ -30,10 +35,10 @@ pub(crate) async fn cas(client: &mut Client, key: &str, value: &[u8], revision: 
     if !response.succeeded() {
         return Err(anyhow!("txn compare failed at revision {revision}"));
     }
-    Ok(response
+    response
         .header()
         .map(|h| h.revision())
-        .ok_or_else(|| anyhow!("txn response without a header"))?)
+        .ok_or_else(|| anyhow!("txn response without a header"))
 }
 
 pub(crate) fn watch(mut client: Client, key: String) -> mpsc::UnboundedReceiver<(i64, Instant)> {
@@ -82,7 +87,9 @@ pub(crate) async fn arrival(
 pub async fn run(endpoint: &str, root: &str, plan: &Plan) -> Vec<Record> {
     match run_inner(endpoint, root, plan).await {
         Ok(records) => records,
-        Err(error) => vec![done(record("raw", "failed").note(format!("failed: {error:#}")))],
+        Err(error) => vec![done(
+            record("raw", "failed").note(format!("failed: {error:#}")),
+        )],
     }
 }
 
@@ -166,7 +173,9 @@ async fn run_inner(endpoint: &str, root: &str, plan: &Plan) -> anyhow::Result<Ve
     for &(bytes, name) in PAYLOAD_SIZES {
         let key = format!("{root}/etcd-raw/payload-{name}");
         let mut value = blob(bytes);
-        let put = a.put(key.as_str(), serde_json::to_vec(&value)?, None).await?;
+        let put = a
+            .put(key.as_str(), serde_json::to_vec(&value)?, None)
+            .await?;
         let mut revision = put.header().map(|h| h.revision()).unwrap_or_default();
         let mut rx = watch(b.clone(), key.clone());
         tokio::time::sleep(Duration::from_millis(200)).await;

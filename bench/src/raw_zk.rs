@@ -100,7 +100,9 @@ pub(crate) async fn arrival(
 pub async fn run(hosts: &str, root: &str, plan: &Plan) -> Vec<Record> {
     match run_inner(hosts, root, plan).await {
         Ok(records) => records,
-        Err(error) => vec![done(record("raw", "failed").note(format!("failed: {error:#}")))],
+        Err(error) => vec![done(
+            record("raw", "failed").note(format!("failed: {error:#}")),
+        )],
     }
 }
 

@@ -14,7 +14,13 @@ struct Results {
 }
 
 impl Results {
-    fn find(&self, backend: &str, implementation: &str, scenario: &str, variant: &str) -> Option<&Record> {
+    fn find(
+        &self,
+        backend: &str,
+        implementation: &str,
+        scenario: &str,
+        variant: &str,
+    ) -> Option<&Record> {
         self.records.iter().find(|r| {
             r.backend == backend
                 && r.implementation == implementation
@@ -24,8 +30,15 @@ impl Results {
         })
     }
 
-    fn p50(&self, backend: &str, implementation: &str, scenario: &str, variant: &str) -> Option<u64> {
-        self.find(backend, implementation, scenario, variant).and_then(Record::p50)
+    fn p50(
+        &self,
+        backend: &str,
+        implementation: &str,
+        scenario: &str,
+        variant: &str,
+    ) -> Option<u64> {
+        self.find(backend, implementation, scenario, variant)
+            .and_then(Record::p50)
     }
 
     fn failures(&self, backend: &str) -> Vec<&Record> {
@@ -82,32 +95,152 @@ type Row = (&'static str, Ref, Ref, Ref, Ref, bool);
 
 fn rows(backend: &str) -> Vec<Row> {
     let zk = backend == "zk";
-    let cas = if zk { "set_data(version)" } else { "txn(mod_revision)" };
+    let cas = if zk {
+        "set_data(version)"
+    } else {
+        "txn(mod_revision)"
+    };
     let get = if zk { "sync+get_data" } else { "get" };
     let peer = |r: Ref| if zk { r } else { None };
     let mut out = vec![
-        ("read() (local copy)", Some(("sharedstate", "read", "read()")), None, peer(Some(("zkstate", "read", "read()"))), None, false),
-        ("read_consistent()", Some(("sharedstate", "read", "read_consistent()")), Some(("raw", "raw-read", get)), None, None, false),
-        ("update, locked", Some(("sharedstate", "update-uncontended", "locked")), Some(("raw", "raw-cas", cas)), peer(Some(("zkstate", "update-uncontended", "locked (LeaderLatch)"))), peer(Some(("kazoo", "update-uncontended", "Lock+get+set"))), false),
-        ("  locked split: lock()", Some(("sharedstate", "locked-split", "lock()")), Some(("raw", "raw-cas", cas)), None, None, false),
-        ("  locked split: get()", Some(("sharedstate", "locked-split", "get()")), Some(("raw", "raw-read", get)), None, None, false),
-        ("  locked split: fenced_put_and_release()", Some(("sharedstate", "locked-split", "fenced_put_and_release()")), Some(("raw", "raw-cas", cas)), None, None, false),
-        ("  backend put(Update) alone (no engine)", Some(("sharedstate", "optimistic-split", "put(Update)")), Some(("raw", "raw-cas", cas)), None, None, false),
-        ("update, optimistic", Some(("sharedstate", "update-uncontended", "optimistic")), Some(("raw", "raw-cas", cas)), None, peer(Some(("kazoo", "update-uncontended", "Counter"))), false),
-        ("propagation (optimistic writer)", Some(("sharedstate", "propagation", "optimistic")), Some(("raw", "propagation", "raw watch")), peer(Some(("zkstate", "propagation", "locked (LeaderLatch)"))), peer(Some(("kazoo", "propagation", "DataWatch"))), false),
-        ("propagation (locked writer)", Some(("sharedstate", "propagation", "locked")), Some(("raw", "propagation", "raw watch")), None, None, false),
-        ("contended, 4 writers, locked", Some(("sharedstate", "contended", "4 writers locked")), None, peer(Some(("zkstate", "contended", "4 writers locked"))), peer(Some(("kazoo", "contended", "4 writers Lock"))), true),
-        ("contended, 4 writers, optimistic", Some(("sharedstate", "contended", "4 writers optimistic")), None, None, peer(Some(("kazoo", "contended", "4 writers Counter"))), true),
-        ("contended, 8 writers, locked", Some(("sharedstate", "contended", "8 writers locked")), None, peer(Some(("zkstate", "contended", "8 writers locked"))), peer(Some(("kazoo", "contended", "8 writers Lock"))), true),
-        ("contended, 8 writers, optimistic", Some(("sharedstate", "contended", "8 writers optimistic")), None, None, peer(Some(("kazoo", "contended", "8 writers Counter"))), true),
+        (
+            "read() (local copy)",
+            Some(("sharedstate", "read", "read()")),
+            None,
+            peer(Some(("zkstate", "read", "read()"))),
+            None,
+            false,
+        ),
+        (
+            "read_consistent()",
+            Some(("sharedstate", "read", "read_consistent()")),
+            Some(("raw", "raw-read", get)),
+            None,
+            None,
+            false,
+        ),
+        (
+            "update, locked",
+            Some(("sharedstate", "update-uncontended", "locked")),
+            Some(("raw", "raw-cas", cas)),
+            peer(Some((
+                "zkstate",
+                "update-uncontended",
+                "locked (LeaderLatch)",
+            ))),
+            peer(Some(("kazoo", "update-uncontended", "Lock+get+set"))),
+            false,
+        ),
+        (
+            "  locked split: lock()",
+            Some(("sharedstate", "locked-split", "lock()")),
+            Some(("raw", "raw-cas", cas)),
+            None,
+            None,
+            false,
+        ),
+        (
+            "  locked split: get()",
+            Some(("sharedstate", "locked-split", "get()")),
+            Some(("raw", "raw-read", get)),
+            None,
+            None,
+            false,
+        ),
+        (
+            "  locked split: fenced_put_and_release()",
+            Some(("sharedstate", "locked-split", "fenced_put_and_release()")),
+            Some(("raw", "raw-cas", cas)),
+            None,
+            None,
+            false,
+        ),
+        (
+            "  backend put(Update) alone (no engine)",
+            Some(("sharedstate", "optimistic-split", "put(Update)")),
+            Some(("raw", "raw-cas", cas)),
+            None,
+            None,
+            false,
+        ),
+        (
+            "update, optimistic",
+            Some(("sharedstate", "update-uncontended", "optimistic")),
+            Some(("raw", "raw-cas", cas)),
+            None,
+            peer(Some(("kazoo", "update-uncontended", "Counter"))),
+            false,
+        ),
+        (
+            "propagation (optimistic writer)",
+            Some(("sharedstate", "propagation", "optimistic")),
+            Some(("raw", "propagation", "raw watch")),
+            peer(Some(("zkstate", "propagation", "locked (LeaderLatch)"))),
+            peer(Some(("kazoo", "propagation", "DataWatch"))),
+            false,
+        ),
+        (
+            "propagation (locked writer)",
+            Some(("sharedstate", "propagation", "locked")),
+            Some(("raw", "propagation", "raw watch")),
+            None,
+            None,
+            false,
+        ),
+        (
+            "contended, 4 writers, locked",
+            Some(("sharedstate", "contended", "4 writers locked")),
+            None,
+            peer(Some(("zkstate", "contended", "4 writers locked"))),
+            peer(Some(("kazoo", "contended", "4 writers Lock"))),
+            true,
+        ),
+        (
+            "contended, 4 writers, optimistic",
+            Some(("sharedstate", "contended", "4 writers optimistic")),
+            None,
+            None,
+            peer(Some(("kazoo", "contended", "4 writers Counter"))),
+            true,
+        ),
+        (
+            "contended, 8 writers, locked",
+            Some(("sharedstate", "contended", "8 writers locked")),
+            None,
+            peer(Some(("zkstate", "contended", "8 writers locked"))),
+            peer(Some(("kazoo", "contended", "8 writers Lock"))),
+            true,
+        ),
+        (
+            "contended, 8 writers, optimistic",
+            Some(("sharedstate", "contended", "8 writers optimistic")),
+            None,
+            None,
+            peer(Some(("kazoo", "contended", "8 writers Counter"))),
+            true,
+        ),
     ];
     for (name, update, prop) in [
         ("1KiB", "update 1 KiB", "propagation 1 KiB"),
         ("64KiB", "update 64 KiB", "propagation 64 KiB"),
         ("512KiB", "update 512 KiB", "propagation 512 KiB"),
     ] {
-        out.push((update, Some(("sharedstate", "payload-update", name)), Some(("raw", "payload-update", name)), None, None, false));
-        out.push((prop, Some(("sharedstate", "payload-propagation", name)), Some(("raw", "payload-propagation", name)), None, None, false));
+        out.push((
+            update,
+            Some(("sharedstate", "payload-update", name)),
+            Some(("raw", "payload-update", name)),
+            None,
+            None,
+            false,
+        ));
+        out.push((
+            prop,
+            Some(("sharedstate", "payload-propagation", name)),
+            Some(("raw", "payload-propagation", name)),
+            None,
+            None,
+            false,
+        ));
     }
     out
 }
@@ -127,21 +260,56 @@ fn comparison(md: &mut String, res: &Results, backend: &str) {
             "| {label} | {} | {} | {} | {} | {} |",
             cell(o),
             cell(f),
-            if throughput { "-".into() } else { cell_ratio(ratio(o.and_then(Record::p50), f.and_then(Record::p50))) },
-            if backend == "zk" { cell(z) } else { "n/a".into() },
-            if backend == "zk" { cell(k) } else { "n/a".into() },
+            if throughput {
+                "-".into()
+            } else {
+                cell_ratio(ratio(o.and_then(Record::p50), f.and_then(Record::p50)))
+            },
+            if backend == "zk" {
+                cell(z)
+            } else {
+                "n/a".into()
+            },
+            if backend == "zk" {
+                cell(k)
+            } else {
+                "n/a".into()
+            },
         );
     }
-    if let Some(all) = res.records.iter().find(|r| r.backend == backend && r.scenario == "fanout" && r.variant.ends_with(": all") && !r.quantiles_ns.is_empty()) {
-        let _ = writeln!(md, "| fanout: {} | {} | - | - | - | - |", all.variant, cell_lat(Some(all)));
+    if let Some(all) = res.records.iter().find(|r| {
+        r.backend == backend
+            && r.scenario == "fanout"
+            && r.variant.ends_with(": all")
+            && !r.quantiles_ns.is_empty()
+    }) {
+        let _ = writeln!(
+            md,
+            "| fanout: {} | {} | - | - | - | - |",
+            all.variant,
+            cell_lat(Some(all))
+        );
     }
-    if let Some(each) = res.records.iter().find(|r| r.backend == backend && r.scenario == "fanout" && r.variant.ends_with(": each") && !r.quantiles_ns.is_empty()) {
-        let _ = writeln!(md, "| fanout: {} | {} | - | - | - | - |", each.variant, cell_lat(Some(each)));
+    if let Some(each) = res.records.iter().find(|r| {
+        r.backend == backend
+            && r.scenario == "fanout"
+            && r.variant.ends_with(": each")
+            && !r.quantiles_ns.is_empty()
+    }) {
+        let _ = writeln!(
+            md,
+            "| fanout: {} | {} | - | - | - | - |",
+            each.variant,
+            cell_lat(Some(each))
+        );
     }
 }
 
 fn all_records(md: &mut String, res: &Results, backend: &str) {
-    let _ = writeln!(md, "<details><summary>Every measurement on {backend}</summary>\n");
+    let _ = writeln!(
+        md,
+        "<details><summary>Every measurement on {backend}</summary>\n"
+    );
     let _ = writeln!(md, "| implementation | scenario | variant | n | errors | p50 | p90 | p99 | max | ops/s | notes |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in res.records.iter().filter(|r| r.backend == backend) {
@@ -149,8 +317,16 @@ fn all_records(md: &mut String, res: &Results, backend: &str) {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
-            r.implementation, r.scenario, r.variant, r.samples, r.errors,
-            q(0.5), q(0.9), q(0.99), q(1.0), r.ops_per_sec,
+            r.implementation,
+            r.scenario,
+            r.variant,
+            r.samples,
+            r.errors,
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0),
+            r.ops_per_sec,
             r.notes.join("; ").replace('|', "\\|")
         );
     }
@@ -163,15 +339,26 @@ fn targets(res: &Results, backend: &str) -> Vec<(String, String, Option<bool>)> 
     let read = res.p50(backend, "sharedstate", "read", "read()");
     out.push((
         "read() under 100 ns".into(),
-        read.map(|ns| format!("p50 {}", fmt_ns(ns))).unwrap_or_else(|| "not measured".into()),
+        read.map(|ns| format!("p50 {}", fmt_ns(ns)))
+            .unwrap_or_else(|| "not measured".into()),
         read.map(|ns| ns < 100),
     ));
-    let cas_variant = if backend == "zk" { "set_data(version)" } else { "txn(mod_revision)" };
+    let cas_variant = if backend == "zk" {
+        "set_data(version)"
+    } else {
+        "txn(mod_revision)"
+    };
     let cas = res.p50(backend, "raw", "raw-cas", cas_variant);
     let paired_cas = res.p50(backend, "raw", "paired", "raw CAS");
     for (mode, limit) in [("optimistic", 1.25), ("locked", 2.5)] {
-        let paired = ratio(res.p50(backend, "sharedstate", "paired", &format!("{mode} update")), paired_cas);
-        let separate = ratio(res.p50(backend, "sharedstate", "update-uncontended", mode), cas);
+        let paired = ratio(
+            res.p50(backend, "sharedstate", "paired", &format!("{mode} update")),
+            paired_cas,
+        );
+        let separate = ratio(
+            res.p50(backend, "sharedstate", "update-uncontended", mode),
+            cas,
+        );
         out.push((
             format!("{mode} uncontended update within {limit}x raw CAS (p50)"),
             measured_pair(paired, separate),
@@ -193,11 +380,20 @@ fn targets(res: &Results, backend: &str) -> Vec<(String, String, Option<bool>)> 
     ));
     if backend == "zk" {
         for mode in ["optimistic", "locked"] {
-            let ours = res.find(backend, "sharedstate", "contended", &format!("4 writers {mode}"));
+            let ours = res.find(
+                backend,
+                "sharedstate",
+                "contended",
+                &format!("4 writers {mode}"),
+            );
             let kazoo = res.find(backend, "kazoo", "contended", "4 writers Counter");
             let measured = match (ours, kazoo) {
                 (Some(o), Some(k)) if k.ops_per_sec > 0.0 => {
-                    let lost = o.extra.get("lost_updates").and_then(|v| v.as_i64()).unwrap_or(-1);
+                    let lost = o
+                        .extra
+                        .get("lost_updates")
+                        .and_then(|v| v.as_i64())
+                        .unwrap_or(-1);
                     Some((o.ops_per_sec / k.ops_per_sec, lost))
                 }
                 _ => None,
@@ -214,14 +410,23 @@ fn targets(res: &Results, backend: &str) -> Vec<(String, String, Option<bool>)> 
     let sizes: Vec<(f64, u64)> = ["1KiB", "64KiB", "512KiB"]
         .iter()
         .zip([1.0, 64.0, 512.0])
-        .filter_map(|(v, kib)| res.p50(backend, "sharedstate", "payload-update", v).map(|p| (kib, p)))
+        .filter_map(|(v, kib)| {
+            res.p50(backend, "sharedstate", "payload-update", v)
+                .map(|p| (kib, p))
+        })
         .collect();
     if sizes.len() == 3 {
         // Marginal cost per KiB on each segment: linear means about equal.
         let s1 = (sizes[1].1 as f64 - sizes[0].1 as f64) / 63.0;
         let s2 = (sizes[2].1 as f64 - sizes[1].1 as f64) / 448.0;
         let r = if s1 > 0.0 { s2 / s1 } else { f64::INFINITY };
-        let shape = if r > 1.5 { "superlinear" } else if r < 0.67 { "sublinear (fixed costs dominate small sizes)" } else { "linear" };
+        let shape = if r > 1.5 {
+            "superlinear"
+        } else if r < 0.67 {
+            "sublinear (fixed costs dominate small sizes)"
+        } else {
+            "linear"
+        };
         out.push((
             "payload-size cost at most linear (update p50)".into(),
             format!(
@@ -232,7 +437,11 @@ fn targets(res: &Results, backend: &str) -> Vec<(String, String, Option<bool>)> 
             Some(r <= 1.5),
         ));
     } else {
-        out.push(("payload-size cost linear".into(), "not measured".into(), None));
+        out.push((
+            "payload-size cost linear".into(),
+            "not measured".into(),
+            None,
+        ));
     }
     out
 }
@@ -256,7 +465,10 @@ fn paired_table(md: &mut String, res: &Results, backend: &str) {
         ("raw", "raw watch", None),
         ("sharedstate", "propagation", floor_watch),
     ];
-    if rows.iter().all(|(i, v, _)| res.find(backend, i, "paired", v).is_none()) {
+    if rows
+        .iter()
+        .all(|(i, v, _)| res.find(backend, i, "paired", v).is_none())
+    {
         return;
     }
     let _ = writeln!(md, "Interleaved (each round runs all five, so they share the same moment's load; these ratios are the ones in the targets table):\n");
@@ -269,23 +481,59 @@ fn paired_table(md: &mut String, res: &Results, backend: &str) {
             "| {implementation}: {variant} | {} | {} | {} |",
             r.map(|r| r.samples).unwrap_or(0),
             cell_lat(r),
-            if floor.is_some() { cell_ratio(ratio(r.and_then(Record::p50), floor)) } else { "floor".into() },
+            if floor.is_some() {
+                cell_ratio(ratio(r.and_then(Record::p50), floor))
+            } else {
+                "floor".into()
+            },
         );
     }
-    let _ = writeln!(md, "\nEvery scenario, each measured in its own block (floor and ours minutes apart):\n");
+    let _ = writeln!(
+        md,
+        "\nEvery scenario, each measured in its own block (floor and ours minutes apart):\n"
+    );
 }
 
 fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>> {
     let mut made = Vec::new();
-    let cas = if backend == "zk" { "set_data(version)" } else { "txn(mod_revision)" };
+    let cas = if backend == "zk" {
+        "set_data(version)"
+    } else {
+        "txn(mod_revision)"
+    };
     let wanted: Vec<(&str, &str, &str, &str)> = vec![
-        ("ours: update, locked", "sharedstate", "update-uncontended", "locked"),
-        ("ours: update, optimistic", "sharedstate", "update-uncontended", "optimistic"),
+        (
+            "ours: update, locked",
+            "sharedstate",
+            "update-uncontended",
+            "locked",
+        ),
+        (
+            "ours: update, optimistic",
+            "sharedstate",
+            "update-uncontended",
+            "optimistic",
+        ),
         ("raw CAS (floor)", "raw", "raw-cas", cas),
-        ("ours: propagation", "sharedstate", "propagation", "optimistic"),
+        (
+            "ours: propagation",
+            "sharedstate",
+            "propagation",
+            "optimistic",
+        ),
         ("raw watch (floor)", "raw", "propagation", "raw watch"),
-        ("zkstate: update", "zkstate", "update-uncontended", "locked (LeaderLatch)"),
-        ("kazoo: Lock+get+set", "kazoo", "update-uncontended", "Lock+get+set"),
+        (
+            "zkstate: update",
+            "zkstate",
+            "update-uncontended",
+            "locked (LeaderLatch)",
+        ),
+        (
+            "kazoo: Lock+get+set",
+            "kazoo",
+            "update-uncontended",
+            "Lock+get+set",
+        ),
         ("kazoo: Counter", "kazoo", "update-uncontended", "Counter"),
     ];
     let found: Vec<(&str, &Record)> = wanted
@@ -293,7 +541,11 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
         .filter_map(|(label, i, s, v)| res.find(backend, i, s, v).map(|r| (*label, r)))
         .collect();
     let name = format!("latency-{backend}.svg");
-    if plot::latency_cdf(&dir.join(&name), &format!("{backend}: latency distribution (uncontended)"), &found)? {
+    if plot::latency_cdf(
+        &dir.join(&name),
+        &format!("{backend}: latency distribution (uncontended)"),
+        &found,
+    )? {
         made.push(name);
     }
     let mut series = Vec::new();
@@ -307,10 +559,17 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
             .iter()
             .filter_map(|(v, kib)| res.p50(backend, i, s, v).map(|p| (*kib, p as f64 / 1e6)))
             .collect();
-        series.push(Series { label: label.into(), points });
+        series.push(Series {
+            label: label.into(),
+            points,
+        });
     }
     let name = format!("payload-{backend}.svg");
-    if plot::cost_vs_size(&dir.join(&name), &format!("{backend}: cost vs payload size (p50)"), series)? {
+    if plot::cost_vs_size(
+        &dir.join(&name),
+        &format!("{backend}: cost vs payload size (p50)"),
+        series,
+    )? {
         made.push(name);
     }
     Ok(made)
@@ -319,17 +578,26 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
 fn relative(from_dir: &Path, to: &Path) -> String {
     // BENCHMARKS.md sits at the repo root and plots under bench/report: keep
     // it simple and relative to the markdown's folder when possible.
-    to.strip_prefix(from_dir).unwrap_or(to).display().to_string()
+    to.strip_prefix(from_dir)
+        .unwrap_or(to)
+        .display()
+        .to_string()
 }
 
 pub fn write(results: &Path, markdown: &Path, plot_dir: &Path) -> anyhow::Result<()> {
-    let res = Results { records: read_records(results)? };
+    let res = Results {
+        records: read_records(results)?,
+    };
     let machine: Machine = std::fs::read_to_string(results.join("machine.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    std::fs::create_dir_all(plot_dir).with_context(|| format!("creating {}", plot_dir.display()))?;
-    let md_dir = markdown.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(plot_dir)
+        .with_context(|| format!("creating {}", plot_dir.display()))?;
+    let md_dir = markdown
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let md_dir = std::fs::canonicalize(md_dir).unwrap_or_else(|_| md_dir.to_path_buf());
     let plot_abs = std::fs::canonicalize(plot_dir).unwrap_or_else(|_| plot_dir.to_path_buf());
 
@@ -349,11 +617,15 @@ pub fn write(results: &Path, markdown: &Path, plot_dir: &Path) -> anyhow::Result
     if !machine.etcd_server.is_empty() {
         let _ = writeln!(md, "| etcd server | {} |", machine.etcd_server);
     }
-    let _ = writeln!(md, "| load average at start (1, 5, 15 min) | {} |", machine.loadavg);
+    let _ = writeln!(
+        md,
+        "| load average at start (1, 5, 15 min) | {} |",
+        machine.loadavg
+    );
     let _ = writeln!(md, "| run at | unix {} |", machine.date_unix);
     let _ = writeln!(md, "\nServers run in Docker containers on the same machine (loopback through docker-proxy); clients, servers and the other engineers' builds share the same cores.\n");
     let _ = writeln!(md, "## How to reproduce\n\n```sh\nbash scripts/bench.sh          # full run, ~15 min: servers in containers, release build, BENCHMARKS.md + plots\nbash scripts/bench.sh --smoke  # seconds: few samples, fan-out 5 (what CI runs; writes under target/ only)\n```\n");
-    let _ = writeln!(md, "Each latency is measured per call with warm-up first; p50 / p99 come from an HDR histogram (3 significant digits). `read()` is the per-call mean of batches of 1000 calls. Propagation is timed from the start of A's update to the moment B's subscription task receives the change set (B is another session). Contended runs start all writers together for a fixed time; the final counter is read back and compared with the number of successful updates.\n");
+    let _ = writeln!(md, "Each latency is measured per call with warm-up first; p50 / p99 come from an HDR histogram (3 significant digits). `read()` is the per-call mean of batches of 1000 calls. Propagation is timed from the start of A's update to the moment B's subscription task receives the change set (B is another session). Contended runs start all writers together for a fixed window (8 s); throughput is the increments completed inside the window divided by the window (the same for kazoo), and afterwards the counter is read back and compared with the number of successful updates (all of them, also those finishing after the window).\n");
 
     let _ = writeln!(md, "## Targets (issue 6)\n");
     let _ = writeln!(md, "| target | backend | measured | met |");
@@ -373,14 +645,24 @@ pub fn write(results: &Path, markdown: &Path, plot_dir: &Path) -> anyhow::Result
     }
     let _ = writeln!(md);
 
-    for (backend, title) in [("zk", "ZooKeeper"), ("etcd", "etcd"), ("memory", "In-memory backend (reference, no network)")] {
+    for (backend, title) in [
+        ("zk", "ZooKeeper"),
+        ("etcd", "etcd"),
+        ("memory", "In-memory backend (reference, no network)"),
+    ] {
         if !res.records.iter().any(|r| r.backend == backend) {
             let _ = writeln!(md, "## {title}\n\nNot measured in this run.\n");
             continue;
         }
         let _ = writeln!(md, "## {title}\n");
         for failed in res.failures(backend) {
-            let _ = writeln!(md, "- **{} / {} failed**: {}", failed.implementation, failed.scenario, failed.notes.join("; "));
+            let _ = writeln!(
+                md,
+                "- **{} / {} failed**: {}",
+                failed.implementation,
+                failed.scenario,
+                failed.notes.join("; ")
+            );
         }
         let _ = writeln!(md);
         paired_table(&mut md, &res, backend);
@@ -397,6 +679,10 @@ pub fn write(results: &Path, markdown: &Path, plot_dir: &Path) -> anyhow::Result
         let _ = writeln!(md, "{text}");
     }
     std::fs::write(markdown, md).with_context(|| format!("writing {}", markdown.display()))?;
-    eprintln!("wrote {} and plots in {}", markdown.display(), plot_dir.display());
+    eprintln!(
+        "wrote {} and plots in {}",
+        markdown.display(),
+        plot_dir.display()
+    );
     Ok(())
 }

@@ -76,13 +76,18 @@ pub async fn run(hosts: &str, root: &str, plan: &Plan) -> Vec<Record> {
     let limit = Duration::from_secs(if plan.smoke { 60 } else { 600 });
     match tokio::task::spawn_blocking(move || rx.recv_timeout(limit)).await {
         Ok(Ok(records)) => records,
-        _ => vec![done(record("all", "failed").note("the zkstate suite hung and was abandoned"))],
+        _ => vec![done(
+            record("all", "failed").note("the zkstate suite hung and was abandoned"),
+        )],
     }
 }
 
+/// One zkstate scenario: (hosts, root, plan) to records.
+type Step = fn(&str, &str, &Plan) -> anyhow::Result<Vec<Record>>;
+
 fn run_blocking(hosts: &str, root: &str, plan: &Plan) -> Vec<Record> {
     let mut out = Vec::new();
-    let steps: [(&str, fn(&str, &str, &Plan) -> anyhow::Result<Vec<Record>>); 4] = [
+    let steps: [(&str, Step); 4] = [
         ("read", read),
         ("update-uncontended", update),
         ("propagation", propagation),
@@ -91,7 +96,9 @@ fn run_blocking(hosts: &str, root: &str, plan: &Plan) -> Vec<Record> {
     for (name, step) in steps {
         match step(hosts, root, plan) {
             Ok(records) => out.extend(records),
-            Err(error) => out.push(done(record(name, "failed").note(format!("failed: {error:#}")))),
+            Err(error) => out.push(done(
+                record(name, "failed").note(format!("failed: {error:#}")),
+            )),
         }
     }
     out
@@ -106,7 +113,13 @@ fn read(hosts: &str, root: &str, plan: &Plan) -> anyhow::Result<Vec<Record>> {
         .note("per-call mean of batches of 1000 calls");
     r.ops_per_sec = (hist.len() * 1000) as f64 / wall.as_secs_f64().max(1e-9);
     r.errors = errors;
-    Ok(vec![done(r), done(record("read", "read_consistent()").note("c_read() is unimplemented!() in zkstate 0.1.23"))])
+    Ok(vec![
+        done(r),
+        done(
+            record("read", "read_consistent()")
+                .note("c_read() is unimplemented!() in zkstate 0.1.23"),
+        ),
+    ])
 }
 
 /// After a failed update zkstate leaks its LeaderLatch node (it returns
@@ -147,7 +160,13 @@ fn update(hosts: &str, root: &str, plan: &Plan) -> anyhow::Result<Vec<Record>> {
     Ok(vec![done(r)])
 }
 
-type Pair = (Arc<ZooKeeper>, ZkState<Small>, Arc<ZooKeeper>, ZkState<Small>, mpsc::Receiver<Instant>);
+type Pair = (
+    Arc<ZooKeeper>,
+    ZkState<Small>,
+    Arc<ZooKeeper>,
+    ZkState<Small>,
+    mpsc::Receiver<Instant>,
+);
 
 fn pair(hosts: &str, path: &str) -> anyhow::Result<Pair> {
     let (za, a) = open(hosts, path)?;
@@ -194,7 +213,9 @@ fn propagation(hosts: &str, root: &str, plan: &Plan) -> anyhow::Result<Vec<Recor
         .note("from the start of A's update() to B's first Change");
     r.errors = errors.values().sum();
     if !errors.is_empty() {
-        r.notes.push(format!("errors: {errors:?}; reopened on a fresh path {reopened} times"));
+        r.notes.push(format!(
+            "errors: {errors:?}; reopened on a fresh path {reopened} times"
+        ));
     }
     Ok(vec![done(r)])
 }
@@ -212,8 +233,12 @@ fn contended(hosts: &str, root: &str, plan: &Plan) -> anyhow::Result<Vec<Record>
         let barrier = Arc::new(Barrier::new(writers));
         let (tx, rx) = mpsc::channel();
         for (_, state) in &parts {
-            let (state, successes, barrier, tx) =
-                (state.clone(), successes.clone(), barrier.clone(), tx.clone());
+            let (state, successes, barrier, tx) = (
+                state.clone(),
+                successes.clone(),
+                barrier.clone(),
+                tx.clone(),
+            );
             let run_for = plan.contended_for;
             std::thread::spawn(move || {
                 barrier.wait();
@@ -269,13 +294,20 @@ fn contended(hosts: &str, root: &str, plan: &Plan) -> anyhow::Result<Vec<Record>
         r.notes.push(format!(
             "final count delta {} vs {ok} successful updates: {}",
             after.saturating_sub(before),
-            if lost == 0 { "exact".to_string() } else { format!("MISMATCH ({lost})") }
+            if lost == 0 {
+                "exact".to_string()
+            } else {
+                format!("MISMATCH ({lost})")
+            }
         ));
         if !errors.is_empty() {
             r.notes.push(format!("errors by kind: {errors:?}"));
         }
         if reported < writers {
-            r.notes.push(format!("{} writer threads hung and were abandoned", writers - reported));
+            r.notes.push(format!(
+                "{} writer threads hung and were abandoned",
+                writers - reported
+            ));
         }
         records.push(done(r));
         // zkstate has no close: its background threads hold the sessions
