@@ -8,7 +8,7 @@ use etcd_client::{Client, ConnectOptions};
 use sharedstate_core::{Error, ErrorKind, Operation, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{to_error, EtcdError};
+use crate::error::{call_raw, to_error, EtcdError, Retry};
 use crate::registration::Registry;
 use crate::session::Session;
 use crate::{EtcdBackend, Inner};
@@ -160,23 +160,23 @@ impl EtcdBuilder {
         let ttl = i64::try_from(self.session_ttl.as_secs_f64().ceil() as u64)
             .unwrap_or(i64::MAX)
             .max(1);
-        let mut leases = client.lease_client();
-        let granted =
-            match tokio::time::timeout(self.connect_timeout, leases.grant(ttl, None)).await {
-                Ok(Ok(granted)) => granted,
-                Ok(Err(error)) => {
-                    return Err(
-                        to_error(op, None, EtcdError::Client(error)).with_message(format!(
-                            "granting the session lease on {:?}",
-                            self.endpoints
-                        )),
-                    )
-                }
-                Err(_) => {
-                    return Err(to_error(op, None, EtcdError::Timeout(self.connect_timeout))
-                        .with_message(format!("cannot reach etcd at {:?}", self.endpoints)))
-                }
-            };
+        let grant = || {
+            let mut leases = client.lease_client();
+            async move { leases.grant(ttl, None).await }
+        };
+        let granted = match call_raw(self.connect_timeout, Retry::Write, grant).await {
+            Ok(granted) => granted,
+            Err(error @ EtcdError::Timeout(_)) => {
+                return Err(to_error(op, None, error)
+                    .with_message(format!("cannot reach etcd at {:?}", self.endpoints)))
+            }
+            Err(error) => {
+                return Err(to_error(op, None, error).with_message(format!(
+                    "granting the session lease on {:?}",
+                    self.endpoints
+                )))
+            }
+        };
         let inner = Arc::new(Inner {
             client,
             config,

@@ -92,30 +92,100 @@ pub(crate) fn closed(operation: Operation, key: Option<&Key>) -> Error {
     out
 }
 
-/// Runs one etcd call with the request timeout and maps its failure.
-pub(crate) async fn call<T>(
+/// Which failures of a call may be retried (on another endpoint, within
+/// the same request timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// A read: retried after any transport failure.
+    Read,
+    /// A write: retried only when it surely never reached a server (its
+    /// outcome would be unknown otherwise).
+    Write,
+}
+
+/// Runs one etcd call (`attempt` makes the request) with the request
+/// timeout, retrying as `retry` allows, and maps its failure. With several
+/// endpoints, etcd-client's balancer may route a request to a member that
+/// is down: such a request never left, and goes to another one.
+pub(crate) async fn call<T, F, Fut>(
     timeout: Duration,
     operation: Operation,
     key: Option<&Key>,
-    future: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(timeout, future).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(to_error(operation, key, EtcdError::Client(error))),
-        Err(_) => Err(to_error(operation, key, EtcdError::Timeout(timeout))),
-    }
+    retry: Retry,
+    attempt: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    call_raw(timeout, retry, attempt)
+        .await
+        .map_err(|error| to_error(operation, key, error))
 }
 
 /// Like [`call`], keeping the private error (for internal retry loops).
-pub(crate) async fn call_raw<T>(
+pub(crate) async fn call_raw<T, F, Fut>(
     timeout: Duration,
-    future: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, EtcdError> {
-    match tokio::time::timeout(timeout, future).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(EtcdError::Client(error)),
-        Err(_) => Err(EtcdError::Timeout(timeout)),
+    retry: Retry,
+    mut attempt: F,
+) -> Result<T, EtcdError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let error = match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error,
+            Err(_) => return Err(EtcdError::Timeout(timeout)),
+        };
+        let again = never_sent(&error)
+            || (retry == Retry::Read && client_kind(&error) == ErrorKind::Unavailable);
+        if !again || tokio::time::Instant::now() + pause >= deadline {
+            return Err(EtcdError::Client(error));
+        }
+        tracing::debug!(%error, "etcd call failed before reaching a server; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
+}
+
+/// True when the failure proves the request never reached a server: the
+/// connection could not be made, or hyper gave the request back unsent
+/// because the connection closed first.
+fn never_sent(error: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return false;
+    };
+    const CANCELLED: i32 = 1;
+    const UNAVAILABLE: i32 = 14;
+    let code = status.code() as i32;
+    if code == UNAVAILABLE && status.message().contains("tcp connect error") {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        // hyper's "operation was canceled: connection closed": the request
+        // was queued on a connection that closed before it was written.
+        if code == CANCELLED && cause.to_string().contains("connection closed") {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 #[cfg(test)]

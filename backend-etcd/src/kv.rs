@@ -14,7 +14,7 @@ use etcd_client::{
 };
 use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Version, Versioned};
 
-use crate::error::{call, closed, to_error, EtcdError};
+use crate::error::{call, closed, to_error, EtcdError, Retry};
 use crate::session::{Backoff, LeaseHandle};
 use crate::Inner;
 
@@ -201,18 +201,35 @@ pub(crate) async fn delete_owned_once(
     let txn = Txn::new()
         .when([Compare::lease(etcd_key, CompareOp::Equal, lease)])
         .and_then([TxnOp::delete(etcd_key, None)]);
-    let mut kv = inner.client.kv_client();
-    call(
-        inner.config.request_timeout,
-        operation,
-        Some(key),
-        kv.txn(txn),
-    )
-    .await?;
+    inner.txn(operation, key, Retry::Write, txn).await?;
     Ok(())
 }
 
 impl Inner {
+    /// One transaction, retried as `retry` allows within the request
+    /// timeout.
+    pub(crate) async fn txn(
+        &self,
+        operation: Operation,
+        key: &Key,
+        retry: Retry,
+        txn: Txn,
+    ) -> Result<TxnResponse> {
+        let client = &self.client;
+        call(
+            self.config.request_timeout,
+            operation,
+            Some(key),
+            retry,
+            || {
+                let mut kv = client.kv_client();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            },
+        )
+        .await
+    }
+
     /// A linearizable read, with the store revision it was served at.
     pub(crate) async fn read(
         &self,
@@ -220,12 +237,16 @@ impl Inner {
         operation: Operation,
     ) -> Result<(Option<Versioned>, i64)> {
         check_open(self, operation, key)?;
-        let mut kv = self.client.kv_client();
+        let client = &self.client;
         let mut response = call(
             self.config.request_timeout,
             operation,
             Some(key),
-            kv.get(key.as_str(), None),
+            Retry::Read,
+            || {
+                let mut kv = client.kv_client();
+                async move { kv.get(key.as_str(), None).await }
+            },
         )
         .await?;
         let revision = header_revision(response.header(), operation, key)?;
@@ -241,14 +262,19 @@ impl Inner {
         let op = Operation::Put;
         check_open(self, op, key)?;
         check_size(op, key, &value)?;
-        let mut kv = self.client.kv_client();
-        let timeout = self.config.request_timeout;
         let Some(compare) = mode_compare(key, mode) else {
+            let client = &self.client;
+            // Writing the same value again is harmless: retried like a read.
             let response = call(
-                timeout,
+                self.config.request_timeout,
                 op,
                 Some(key),
-                kv.put(key.as_str(), Vec::from(value), None),
+                Retry::Read,
+                || {
+                    let mut kv = client.kv_client();
+                    let value = Vec::from(value.clone());
+                    async move { kv.put(key.as_str(), value, None).await }
+                },
             )
             .await?;
             return Ok(version_of(header_revision(response.header(), op, key)?));
@@ -260,7 +286,7 @@ impl Inner {
         if let PutMode::Update(_) = mode {
             txn = txn.or_else([TxnOp::get(key.as_str(), keys_only())]);
         }
-        let response = call(timeout, op, Some(key), kv.txn(txn)).await?;
+        let response = self.txn(op, key, Retry::Write, txn).await?;
         if response.succeeded() {
             return Ok(version_of(header_revision(response.header(), op, key)?));
         }
@@ -279,10 +305,19 @@ impl Inner {
     pub(crate) async fn delete(&self, key: &Key, expected: Option<Version>) -> Result<()> {
         let op = Operation::Delete;
         check_open(self, op, key)?;
-        let mut kv = self.client.kv_client();
-        let timeout = self.config.request_timeout;
         let Some(expected) = expected else {
-            let response = call(timeout, op, Some(key), kv.delete(key.as_str(), None)).await?;
+            let client = &self.client;
+            let response = call(
+                self.config.request_timeout,
+                op,
+                Some(key),
+                Retry::Write,
+                || {
+                    let mut kv = client.kv_client();
+                    async move { kv.delete(key.as_str(), None).await }
+                },
+            )
+            .await?;
             if response.deleted() == 0 {
                 return Err(Error::new(ErrorKind::NotFound, op).with_key(key));
             }
@@ -296,7 +331,7 @@ impl Inner {
             )])
             .and_then([TxnOp::delete(key.as_str(), None)])
             .or_else([TxnOp::get(key.as_str(), keys_only())]);
-        let response = call(timeout, op, Some(key), kv.txn(txn)).await?;
+        let response = self.txn(op, key, Retry::Write, txn).await?;
         if response.succeeded() {
             return Ok(());
         }
@@ -312,15 +347,18 @@ impl Inner {
         let op = Operation::List;
         check_open(self, op, key)?;
         let prefix = format!("{}/", key.as_str());
-        let mut kv = self.client.kv_client();
+        let client = &self.client;
         let response = call(
             self.config.request_timeout,
             op,
             Some(key),
-            kv.get(
-                prefix.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
+            Retry::Read,
+            || {
+                let mut kv = client.kv_client();
+                let options = GetOptions::new().with_prefix().with_keys_only();
+                let prefix = prefix.as_str();
+                async move { kv.get(prefix, Some(options)).await }
+            },
         )
         .await?;
         Ok(children(&prefix, response.kvs().iter().map(|kv| kv.key())))

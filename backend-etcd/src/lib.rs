@@ -73,6 +73,7 @@ pub use etcd_client::{Certificate, Identity, TlsOptions};
 pub use kv::MAX_VALUE_BYTES;
 
 use builder::Config;
+use error::Retry;
 use registration::Registry;
 use session::Session;
 
@@ -199,8 +200,11 @@ impl EtcdBackend {
         config.endpoints = endpoints.iter().map(|e| e.as_ref().to_owned()).collect();
         let admin = builder::open_client(&config).await?;
         let lease = self.lease_id();
-        let mut leases = admin.lease_client();
-        match error::call(config.request_timeout, op, None, leases.revoke(lease)).await {
+        let revoke = || {
+            let mut leases = admin.lease_client();
+            async move { leases.revoke(lease).await }
+        };
+        match error::call(config.request_timeout, op, None, Retry::Read, revoke).await {
             Ok(_) => {}
             // Already gone: the expiry is effective.
             Err(e) if e.kind() == ErrorKind::SessionLost => {}
@@ -223,10 +227,14 @@ impl Drop for EtcdBackend {
         // Revoke the lease in the background when a runtime is there;
         // otherwise it expires after its TTL.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let mut leases = self.inner.client.lease_client();
+            let client = self.inner.client.clone();
             let timeout = self.inner.config.request_timeout;
             runtime.spawn(async move {
-                if let Err(error) = error::call_raw(timeout, leases.revoke(lease)).await {
+                let revoke = || {
+                    let mut leases = client.lease_client();
+                    async move { leases.revoke(lease).await }
+                };
+                if let Err(error) = error::call_raw(timeout, Retry::Read, revoke).await {
                     tracing::debug!(%error, lease, "revoking the lease of a dropped backend failed");
                 }
             });
@@ -341,12 +349,16 @@ impl CoordinationBackend for EtcdBackend {
         self.inner.closed.cancel();
         self.inner.registry.lock().await.clear();
         let lease = self.inner.session.current().id;
-        let mut leases = self.inner.client.lease_client();
+        let client = &self.inner.client;
         let revoked = error::call(
             self.inner.config.request_timeout,
             Operation::Close,
             None,
-            leases.revoke(lease),
+            Retry::Read,
+            || {
+                let mut leases = client.lease_client();
+                async move { leases.revoke(lease).await }
+            },
         )
         .await;
         self.inner.session.close();

@@ -32,7 +32,7 @@ use sharedstate_core::{
 };
 use tokio::time::Instant;
 
-use crate::error::{call, call_raw};
+use crate::error::{call_raw, Retry};
 use crate::kv::{
     check_open, check_size, delete_owned, delete_owned_later, delete_owned_once, first_kv_at,
     header_revision, into_versioned, mode_compare, mode_failure, range_at, version_of,
@@ -103,12 +103,10 @@ pub(crate) async fn lock(
             0,
         )])
         .and_then(then);
-    let timeout = inner.config.request_timeout;
     let mut attempt = 0;
     let response = loop {
         attempt += 1;
-        let mut kv = inner.client.kv_client();
-        let response = match call(timeout, op, Some(key), kv.txn(txn.clone())).await {
+        let response = match inner.txn(op, key, Retry::Write, txn.clone()).await {
             Ok(response) => response,
             Err(error) => {
                 poke_if_lost(inner, &error);
@@ -267,8 +265,7 @@ async fn wait_for_turn(
         let txn = Txn::new()
             .when([Compare::create_revision(waiter, CompareOp::Equal, token)])
             .and_then(then);
-        let mut kv = inner.client.kv_client();
-        let response = call(timeout, op, Some(key), kv.txn(txn)).await?;
+        let response = inner.txn(op, key, Retry::Read, txn).await?;
         if !response.succeeded() {
             inner.session.poke();
             return Err(session_lost(op, key).with_message("the waiter key vanished"));
@@ -280,17 +277,20 @@ async fn wait_for_turn(
         };
         // Watch the predecessor from just after our read: its deletion
         // cannot slip between the read and the watch.
-        let mut watcher = inner.client.watch_client();
-        let options = WatchOptions::new().with_start_revision(revision + 1);
-        let mut stream =
-            match call_raw(timeout, watcher.watch(predecessor.key(), Some(options))).await {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::debug!(%error, %key, "watching the lock predecessor failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
+        let open = || {
+            let mut watcher = inner.client.watch_client();
+            let options = WatchOptions::new().with_start_revision(revision + 1);
+            let predecessor = predecessor.key().to_vec();
+            async move { watcher.watch(predecessor, Some(options)).await }
+        };
+        let mut stream = match call_raw(timeout, Retry::Read, open).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, %key, "watching the lock predecessor failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         loop {
             match stream.message().await {
                 Ok(Some(answer)) => {
@@ -351,8 +351,7 @@ pub(crate) async fn fenced_put(
         return Err(lock_lost(key, guard));
     }
     let txn = fenced_txn(key, value, mode, guard, release);
-    let mut kv = inner.client.kv_client();
-    let response = call(inner.config.request_timeout, op, Some(key), kv.txn(txn)).await?;
+    let response = inner.txn(op, key, Retry::Write, txn).await?;
     if response.succeeded() {
         return Ok(version_of(header_revision(response.header(), op, key)?));
     }

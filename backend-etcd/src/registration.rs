@@ -9,7 +9,7 @@ use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use sharedstate_core::{Error, ErrorKind, Key, Operation, Registration, RegistrationClose, Result};
 
-use crate::error::{call, closed};
+use crate::error::{closed, Retry};
 use crate::kv::delete_owned;
 use crate::Inner;
 
@@ -61,19 +61,14 @@ async fn create(inner: &Inner, key: &Key, value: &Bytes, lease: i64) -> Result<C
             key.as_str(),
             Some(GetOptions::new().with_keys_only()),
         )]);
-    let mut kv = inner.client.kv_client();
-    let response = call(
-        inner.config.request_timeout,
-        Operation::Register,
-        Some(key),
-        kv.txn(txn),
-    )
-    .await
-    .inspect_err(|e| {
-        if e.kind() == ErrorKind::SessionLost {
-            inner.session.poke();
-        }
-    })?;
+    let response = inner
+        .txn(Operation::Register, key, Retry::Write, txn)
+        .await
+        .inspect_err(|e| {
+            if e.kind() == ErrorKind::SessionLost {
+                inner.session.poke();
+            }
+        })?;
     if response.succeeded() {
         return Ok(Created::Now);
     }

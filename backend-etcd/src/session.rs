@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{call_raw, kind_of, EtcdError};
+use crate::error::{call_raw, kind_of, EtcdError, Retry};
 use crate::Inner;
 
 /// The lease of the current session and the token cancelled when it is
@@ -41,6 +41,7 @@ pub(crate) struct Session {
     status: watch::Sender<SessionStatus>,
     current: Mutex<LeaseHandle>,
     ttl_secs: AtomicU64,
+    breaks: AtomicU64,
     poke: Notify,
 }
 
@@ -55,6 +56,7 @@ impl Session {
                 lost: CancellationToken::new(),
             }),
             ttl_secs: AtomicU64::new(positive_secs(ttl_secs)),
+            breaks: AtomicU64::new(0),
             poke: Notify::new(),
         }
     }
@@ -96,10 +98,21 @@ impl Session {
             if status.state == state || status.state == SessionState::Closed {
                 false
             } else {
+                if state != SessionState::Connected {
+                    self.breaks.fetch_add(1, Ordering::AcqRel);
+                }
                 status.state = state;
                 true
             }
         });
+    }
+
+    /// How many times the connection broke (Suspended or Lost) so far. The
+    /// status channel keeps only the latest value, so a quick
+    /// Suspended-then-Connected may look unchanged to a slow reader; this
+    /// counter does not.
+    pub(crate) fn breaks(&self) -> u64 {
+        self.breaks.load(Ordering::Acquire)
     }
 
     /// Fires every lock guard's `lost()` and publishes `Lost`.
@@ -213,8 +226,11 @@ async fn keep_alive(
     backoff: &mut Backoff,
 ) -> Outcome {
     let timeout = inner.config.request_timeout;
-    let mut leases = inner.client.lease_client();
-    let (mut keeper, mut stream) = match call_raw(timeout, leases.keep_alive(lease_id)).await {
+    let open = || {
+        let mut leases = inner.client.lease_client();
+        async move { leases.keep_alive(lease_id).await }
+    };
+    let (mut keeper, mut stream) = match call_raw(timeout, Retry::Read, open).await {
         Ok(pair) => pair,
         Err(error) if kind_of(&error) == ErrorKind::SessionLost => return Outcome::Lost,
         Err(error) => return Outcome::Broken(error),
@@ -270,9 +286,12 @@ async fn renew(inner: &Arc<Inner>, mut stale: Option<i64>) -> bool {
         if inner.closed.is_cancelled() {
             return false;
         }
-        let mut leases = inner.client.lease_client();
         if let Some(old) = stale {
-            match call_raw(timeout, leases.revoke(old)).await {
+            let revoke = || {
+                let mut leases = inner.client.lease_client();
+                async move { leases.revoke(old).await }
+            };
+            match call_raw(timeout, Retry::Read, revoke).await {
                 Ok(_) => stale = None,
                 Err(error) if kind_of(&error) == ErrorKind::SessionLost => stale = None,
                 Err(error) => {
@@ -281,7 +300,11 @@ async fn renew(inner: &Arc<Inner>, mut stale: Option<i64>) -> bool {
             }
         }
         let ttl = i64::try_from(inner.session.ttl().as_secs()).unwrap_or(i64::MAX);
-        match call_raw(timeout, leases.grant(ttl, None)).await {
+        let grant = || {
+            let mut leases = inner.client.lease_client();
+            async move { leases.grant(ttl, None).await }
+        };
+        match call_raw(timeout, Retry::Write, grant).await {
             Ok(granted) => {
                 let mut registry = inner.registry.lock().await;
                 inner.session.install(granted.id(), granted.ttl());

@@ -18,7 +18,7 @@ use sharedstate_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::error::call_raw;
+use crate::error::{call_raw, Retry};
 use crate::kv::version_of;
 use crate::session::Backoff;
 use crate::Inner;
@@ -30,6 +30,7 @@ type Sender = mpsc::UnboundedSender<Result<WatchEvent>>;
 pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> {
     let mut status = inner.session.subscribe();
     let last = *status.borrow_and_update();
+    let breaks = inner.session.breaks();
     let (initial, revision) = inner.read(key, Operation::Watch).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     // The receiver is alive: this send cannot fail.
@@ -40,6 +41,7 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         tx,
         status,
         last,
+        breaks,
     };
     tokio::spawn(watcher.run(revision + 1));
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
@@ -52,6 +54,7 @@ pub(crate) fn watch_from(inner: &Arc<Inner>, key: &Key, after: i64) -> Result<Wa
     crate::kv::check_open(inner, Operation::Watch, key)?;
     let mut status = inner.session.subscribe();
     let last = *status.borrow_and_update();
+    let breaks = inner.session.breaks();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = Watcher {
         inner: Arc::clone(inner),
@@ -59,6 +62,7 @@ pub(crate) fn watch_from(inner: &Arc<Inner>, key: &Key, after: i64) -> Result<Wa
         tx,
         status,
         last,
+        breaks,
     };
     tokio::spawn(watcher.run(after.saturating_add(1)));
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
@@ -79,6 +83,8 @@ struct Watcher {
     status: watch::Receiver<SessionStatus>,
     /// The session status when continuity was last established.
     last: SessionStatus,
+    /// The session's connection breaks counted then.
+    breaks: u64,
 }
 
 impl Watcher {
@@ -97,15 +103,19 @@ impl Watcher {
 
     /// Follows the etcd watch from `start` until continuity is lost.
     async fn follow(&mut self, start: i64) -> End {
-        let mut client = self.inner.client.watch_client();
-        let options = WatchOptions::new()
-            .with_start_revision(start)
-            .with_prev_key();
         let timeout = self.inner.config.request_timeout;
+        let (inner, key) = (&self.inner, &self.key);
+        let open = || {
+            let mut client = inner.client.watch_client();
+            let options = WatchOptions::new()
+                .with_start_revision(start)
+                .with_prev_key();
+            async move { client.watch(key.as_str(), Some(options)).await }
+        };
         let opened = tokio::select! {
             _ = self.inner.closed.cancelled() => return End::Stop,
             _ = self.tx.closed() => return End::Stop,
-            opened = call_raw(timeout, client.watch(self.key.as_str(), Some(options))) => opened,
+            opened = call_raw(timeout, Retry::Read, open) => opened,
         };
         let mut stream = match opened {
             Ok(stream) => stream,
@@ -124,10 +134,15 @@ impl Watcher {
                     }
                     let now = *self.status.borrow_and_update();
                     let last = std::mem::replace(&mut self.last, now);
+                    // A Suspended in between may have been overwritten by
+                    // the Connected that followed: the counter still shows it.
+                    let broke = self.inner.session.breaks() != self.breaks;
                     match now.state {
                         SessionState::Closed => return End::Stop,
                         SessionState::Connected
-                            if last.state != SessionState::Connected || last.epoch != now.epoch =>
+                            if broke
+                                || last.state != SessionState::Connected
+                                || last.epoch != now.epoch =>
                         {
                             return End::Resync;
                         }
@@ -180,9 +195,14 @@ impl Watcher {
     async fn resync(&mut self) -> Option<i64> {
         let mut backoff = Backoff::new();
         loop {
+            // What the session looked like before the read: a break during
+            // it calls for another Resync.
+            let status = *self.status.borrow_and_update();
+            let breaks = self.inner.session.breaks();
             match self.inner.read(&self.key, Operation::Watch).await {
                 Ok((value, revision)) => {
-                    self.last = *self.status.borrow_and_update();
+                    self.last = status;
+                    self.breaks = breaks;
                     if self.tx.send(Ok(WatchEvent::Resync(value))).is_err() {
                         return None;
                     }

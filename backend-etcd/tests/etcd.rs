@@ -274,3 +274,58 @@ async fn register_twice_on_one_client_already_exists() {
     first.close().await.expect("close");
     assert!(b.get(&key).await.expect("get").is_none());
 }
+
+/// Several endpoints, one of them down (nothing listens there): every call
+/// goes through the live one, conditional writes included (a request that
+/// could not connect never left, so it is sent again). With an endpoint
+/// that accepts and drops connections, reads and overwrites still succeed
+/// (conditional writes may then fail with `Unavailable`: their outcome is
+/// unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_endpoint_down_of_two() {
+    use sharedstate_conformance::fixtures::TcpProxy;
+    let f = factory().await;
+    let live = TcpProxy::start(f.server.clone()).await.expect("proxy");
+    let dead = {
+        // A port nothing listens on: bind, note, close.
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr").to_string()
+    };
+    let backend = EtcdBackend::builder([dead, live.endpoint()])
+        .request_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect("connect with one endpoint down");
+    let key = unique_key("etcd_two_endpoints").child("k").expect("key");
+    let mut version = backend
+        .put(&key, Bytes::from_static(b"0"), PutMode::Create)
+        .await
+        .expect("create");
+    for i in 1..40u32 {
+        let value = Bytes::from(i.to_string());
+        version = backend
+            .put(&key, value, PutMode::Update(version))
+            .await
+            .unwrap_or_else(|e| panic!("update {i} with one endpoint down: {e}"));
+        backend.get(&key).await.expect("get");
+    }
+    backend.close().await.expect("close");
+
+    let dropping = TcpProxy::start(f.server.clone()).await.expect("proxy");
+    let backend = EtcdBackend::builder([dropping.endpoint(), live.endpoint()])
+        .request_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect("connect");
+    dropping.suspend();
+    for i in 0..40u32 {
+        let value = Bytes::from(i.to_string());
+        backend
+            .put(&key, value, PutMode::Overwrite)
+            .await
+            .unwrap_or_else(|e| panic!("overwrite {i}: {e}"));
+        backend.get(&key).await.expect("get");
+        backend.list(&key).await.expect("list");
+    }
+    backend.close().await.expect("close");
+}
