@@ -41,6 +41,12 @@
 //!   the fencing token is the waiter key's `create_revision`; fenced writes
 //!   are one transaction comparing it.
 //! - **Registrations** are keys bound to the lease.
+//! - **Several endpoints**: a request that could not reach a member is sent
+//!   to another within the request timeout; reads and overwrites are also
+//!   retried after a connection broke mid-call, conditional writes are not
+//!   (their outcome is unknown: `Unavailable`).
+//! - [`EtcdBackend::watch_from`] resumes a watch from a known version
+//!   (replaying etcd's history, or `Resync` once it was compacted).
 //!
 //! TLS is behind this crate's `tls` feature (etcd-client's `tls`, rustls).
 #![deny(missing_docs)]
