@@ -414,11 +414,15 @@ async fn contended_one(ctx: &Ctx, writers: usize, mode: WriteMode) -> anyhow::Re
     }
     let before = parts[0].1.read_consistent().await?.counter;
     let successes = Arc::new(AtomicU64::new(0));
+    // Completed inside the fixed window: the throughput figure, so a writer
+    // whose last call drags on (backoff) does not stretch the denominator.
+    let in_window = Arc::new(AtomicU64::new(0));
     let start = Arc::new(tokio::sync::Barrier::new(writers));
     let mut tasks = Vec::new();
     for (_, state) in &parts {
         let state = state.clone();
         let successes = successes.clone();
+        let in_window = in_window.clone();
         let start = start.clone();
         let run_for = plan.contended_for;
         tasks.push(tokio::spawn(async move {
@@ -439,6 +443,9 @@ async fn contended_one(ctx: &Ctx, writers: usize, mode: WriteMode) -> anyhow::Re
                 {
                     Ok(Ok(())) => {
                         successes.fetch_add(1, Ordering::SeqCst);
+                        if t0.elapsed() <= run_for {
+                            in_window.fetch_add(1, Ordering::SeqCst);
+                        }
                         record_ns(&mut hist, op_start.elapsed());
                     }
                     Ok(Err(error)) => {
@@ -482,7 +489,13 @@ async fn contended_one(ctx: &Ctx, writers: usize, mode: WriteMode) -> anyhow::Re
         .extra("successes", ok)
         .extra("final_delta", after - before)
         .extra("lost_updates", lost)
-        .extra("unknown_outcome", unknown);
+        .extra("unknown_outcome", unknown)
+        .extra(
+            "ops_per_sec_until_last",
+            ok as f64 / wall.as_secs_f64().max(1e-9),
+        )
+        .extra("window_s", plan.contended_for.as_secs_f64());
+    record.ops_per_sec = in_window.load(Ordering::SeqCst) as f64 / plan.contended_for.as_secs_f64();
     record.errors = errors.values().sum::<u64>() + unknown;
     record.notes.push(format!(
         "final count delta {} vs {ok} successful updates: {}",

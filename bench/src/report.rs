@@ -70,7 +70,17 @@ fn cell_ops(r: Option<&Record>) -> String {
     match r {
         Some(r) => {
             let lost = r.extra.get("lost_updates").and_then(|v| v.as_i64());
+            let until_last = r
+                .extra
+                .get("ops_per_sec_until_last")
+                .and_then(|v| v.as_f64());
             let mut s = format!("{:.0} ops/s", r.ops_per_sec);
+            if let Some(u) = until_last {
+                let _ = write!(s, " ({u:.0} until the last writer ended)");
+            }
+            if let Some(max) = r.quantile(1.0) {
+                let _ = write!(s, ", slowest op {}", fmt_ns(max));
+            }
             if let Some(lost) = lost {
                 let _ = write!(s, ", lost {lost}");
             }
@@ -501,27 +511,52 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
     } else {
         "txn(mod_revision)"
     };
-    let wanted: Vec<(&str, &str, &str, &str)> = vec![
-        (
-            "ours: update, locked",
-            "sharedstate",
-            "update-uncontended",
-            "locked",
-        ),
-        (
-            "ours: update, optimistic",
-            "sharedstate",
-            "update-uncontended",
-            "optimistic",
-        ),
-        ("raw CAS (floor)", "raw", "raw-cas", cas),
-        (
-            "ours: propagation",
-            "sharedstate",
-            "propagation",
-            "optimistic",
-        ),
-        ("raw watch (floor)", "raw", "propagation", "raw watch"),
+    // The interleaved rounds when there are some (same load for floor and
+    // ours), else the separate blocks.
+    let paired = res.find(backend, "raw", "paired", "raw CAS").is_some();
+    let mut wanted: Vec<(&str, &str, &str, &str)> = if paired {
+        vec![
+            (
+                "ours: update, locked",
+                "sharedstate",
+                "paired",
+                "locked update",
+            ),
+            (
+                "ours: update, optimistic",
+                "sharedstate",
+                "paired",
+                "optimistic update",
+            ),
+            ("raw CAS (floor)", "raw", "paired", "raw CAS"),
+            ("ours: propagation", "sharedstate", "paired", "propagation"),
+            ("raw watch (floor)", "raw", "paired", "raw watch"),
+        ]
+    } else {
+        vec![
+            (
+                "ours: update, locked",
+                "sharedstate",
+                "update-uncontended",
+                "locked",
+            ),
+            (
+                "ours: update, optimistic",
+                "sharedstate",
+                "update-uncontended",
+                "optimistic",
+            ),
+            ("raw CAS (floor)", "raw", "raw-cas", cas),
+            (
+                "ours: propagation",
+                "sharedstate",
+                "propagation",
+                "optimistic",
+            ),
+            ("raw watch (floor)", "raw", "propagation", "raw watch"),
+        ]
+    };
+    wanted.extend([
         (
             "zkstate: update",
             "zkstate",
@@ -535,7 +570,7 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
             "Lock+get+set",
         ),
         ("kazoo: Counter", "kazoo", "update-uncontended", "Counter"),
-    ];
+    ]);
     let found: Vec<(&str, &Record)> = wanted
         .iter()
         .filter_map(|(label, i, s, v)| res.find(backend, i, s, v).map(|r| (*label, r)))
@@ -543,7 +578,14 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
     let name = format!("latency-{backend}.svg");
     if plot::latency_cdf(
         &dir.join(&name),
-        &format!("{backend}: latency distribution (uncontended)"),
+        &format!(
+            "{backend}: latency distribution, uncontended{}",
+            if paired {
+                " (floor and ours interleaved)"
+            } else {
+                ""
+            }
+        ),
         &found,
     )? {
         made.push(name);
