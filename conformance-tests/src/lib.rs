@@ -4,7 +4,7 @@
 //! [`conformance_tests!`] macro expands them into one `#[tokio::test]` per
 //! behaviour in a backend crate's `tests/conformance.rs`:
 //!
-//! ```ignore
+//! ```text
 //! async fn factory() -> MyFactory { MyFactory::start().await }
 //! sharedstate_conformance::conformance_tests!(factory);
 //! ```
