@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::shared::{encode_value, Shared};
+use super::shared::{encode_value, Shared, Snapshot};
 use super::WriteMode;
 use crate::backend::{LockOptions, PutMode};
 use crate::error::{Error, ErrorKind, Operation, Result};
@@ -33,6 +33,41 @@ where
     match shared.config.write_mode {
         WriteMode::Locked => locked(shared, f, strictness).await,
         WriteMode::Optimistic => optimistic(shared, f, strictness).await,
+    }
+}
+
+/// `f` applied to a copy of a snapshot, encoded for writing.
+struct Draft<T, R> {
+    value: T,
+    result: R,
+    json: serde_json::Value,
+    /// The payload to write; `None` when `f` changed nothing.
+    bytes: Option<bytes::Bytes>,
+}
+
+impl<T, R> Draft<T, R>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    fn new(
+        shared: &Shared<T>,
+        snapshot: &Snapshot<T>,
+        f: &mut (dyn FnMut(&mut T) -> R + Send),
+    ) -> Result<Self> {
+        let mut value = (*snapshot.value).clone();
+        let result = f(&mut value);
+        let json = encode_value(&shared.keys.payload, &value)?;
+        let bytes = if json == *snapshot.json {
+            None
+        } else {
+            Some(shared.encode_bytes(&json)?)
+        };
+        Ok(Draft {
+            value,
+            result,
+            json,
+            bytes,
+        })
     }
 }
 
@@ -88,22 +123,23 @@ where
             release(guard).await;
             return Err(error);
         }
-        let mut value = (*snapshot.value).clone();
-        let result = f(&mut value);
-        let encoded = encode_value(&keys.payload, &value)
-            .and_then(|json| shared.encode_bytes(&json).map(|bytes| (json, bytes)));
-        let (json, bytes) = match encoded {
-            Ok(encoded) => encoded,
+        let Draft {
+            value,
+            result,
+            json,
+            bytes,
+        } = match Draft::new(shared, &snapshot, f) {
+            Ok(draft) => draft,
             Err(error) => {
                 release(guard).await;
                 return Err(error);
             }
         };
-        if json == *snapshot.json {
+        let Some(bytes) = bytes else {
             // Nothing changed, and the copy is the latest: no write needed.
             release(guard).await;
             return Ok(result);
-        }
+        };
         let _gate = shared.write_gate.lock().await;
         let written = backend
             .fenced_put_and_release(
@@ -146,10 +182,13 @@ where
     for attempt in 1..=attempts {
         let snapshot = shared.current();
         shared.ensure_writable(&snapshot)?;
-        let mut value = (*snapshot.value).clone();
-        let result = f(&mut value);
-        let json = encode_value(&keys.payload, &value)?;
-        if json == *snapshot.json {
+        let Draft {
+            value,
+            result,
+            json,
+            bytes,
+        } = Draft::new(shared, &snapshot, f)?;
+        let Some(bytes) = bytes else {
             // A no-op is only right if the copy it ran on is the latest.
             let latest = backend.get(&keys.payload).await?;
             if latest.as_ref().map(|l| l.version) == Some(snapshot.version) {
@@ -161,8 +200,7 @@ where
                 return Err(stale(shared));
             }
             continue;
-        }
-        let bytes = shared.encode_bytes(&json)?;
+        };
         let gate = shared.write_gate.lock().await;
         match backend
             .put(&keys.payload, bytes, PutMode::Update(snapshot.version))
