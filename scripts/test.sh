@@ -18,13 +18,14 @@
 #             process is gone
 #   fmt       cargo fmt --all -- --check
 #   clippy    cargo clippy --workspace --all-targets --all-features -- -D warnings
+#   doc       cargo doc --workspace --no-deps --all-features, warnings denied
 #   build     cargo test --workspace --all-features --no-run
 #   test      cargo test --workspace --all-features --no-fail-fast
 #
 # Environment:
 #   SHAREDSTATE_TEST_ONLY   comma-separated steps or groups to run
 #                           (provision = packages,docker,images,cleanup;
-#                           check = fmt,clippy; tests = build,test);
+#                           check = fmt,clippy,doc; tests = build,test);
 #                           default: everything
 #   SHAREDSTATE_ZOOKEEPER_IMAGE / SHAREDSTATE_ETCD_IMAGE
 #                           use these images (pulled or built by hand)
@@ -41,15 +42,15 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-STEPS=(packages docker images cleanup fmt clippy build test)
+STEPS=(packages docker images cleanup fmt clippy doc build test)
 # Selection groups (SHAREDSTATE_TEST_ONLY) and timing phases of each step.
 declare -A GROUP=(
 	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
-	[fmt]=check [clippy]=check [build]=tests [test]=tests
+	[fmt]=check [clippy]=check [doc]=check [build]=tests [test]=tests
 )
 declare -A PHASE=(
 	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
-	[fmt]=build [clippy]=build [build]=build [test]=tests
+	[fmt]=build [clippy]=build [doc]=build [build]=build [test]=tests
 )
 NONFATAL=" fmt " # a failing non-fatal step lets the others run, and fails the run at the end
 
@@ -233,6 +234,8 @@ step_fmt() {
 	cargo fmt --all -- --check "${color[@]}"
 }
 step_clippy() { cargo clippy --workspace --all-targets --all-features -- -D warnings; }
+# Every public item documented, no broken links (the binary's docs are --help).
+step_doc() { RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features; }
 step_build() { cargo test --workspace --all-features --no-run; }
 
 # -------------------------------------------------------------------- tests
