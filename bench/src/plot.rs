@@ -81,7 +81,8 @@ pub fn cost_vs_size(path: &Path, title: &str, series: Vec<Series>) -> anyhow::Re
         .configure_mesh()
         .x_desc("payload (KiB, log scale)")
         .y_desc("p50 latency (ms, log scale)")
-        .max_light_lines(2)
+        .y_labels(12)
+        .max_light_lines(1)
         .draw()
         .map_err(err)?;
     draw(&mut chart, series)?;
