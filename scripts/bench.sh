@@ -182,4 +182,10 @@ fi
 
 log "writing $MARKDOWN and the plots in $PLOTS"
 "$BENCH" report --results "$RESULTS" --markdown "$MARKDOWN" --plots "$PLOTS"
+# A scenario that could not run at all is a failure (so CI's smoke run
+# catches a bench that rotted); errors counted inside a scenario are data.
+failed="$(grep -l '"variant": "failed"' "$RESULTS"/*.json || true)"
+if [[ -n "$failed" ]]; then
+	die "scenarios failed to run (see 'failed' records in: $(echo $failed))"
+fi
 log "done"
