@@ -331,6 +331,15 @@ impl CoordinationBackend for ZooKeeperBackend {
         lock::lock(&self.inner, key, options).await
     }
 
+    async fn lock_and_get(
+        &self,
+        lock_key: &Key,
+        options: LockOptions,
+        key: &Key,
+    ) -> Result<(LockGuard, Option<Versioned>)> {
+        lock::lock_and_get(&self.inner, lock_key, options, key).await
+    }
+
     async fn fenced_put(
         &self,
         key: &Key,
