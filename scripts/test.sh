@@ -21,11 +21,12 @@
 #   doc       cargo doc --workspace --no-deps --all-features, warnings denied
 #   build     cargo test --workspace --all-features --no-run
 #   test      cargo test --workspace --all-features --no-fail-fast
+#   bench     scripts/bench.sh --smoke: every benchmark scenario, briefly
 #
 # Environment:
 #   SHAREDSTATE_TEST_ONLY   comma-separated steps or groups to run
 #                           (provision = packages,docker,images,cleanup;
-#                           check = fmt,clippy,doc; tests = build,test);
+#                           check = fmt,clippy,doc; tests = build,test,bench);
 #                           default: everything
 #   SHAREDSTATE_ZOOKEEPER_IMAGE / SHAREDSTATE_ETCD_IMAGE
 #                           use these images (pulled or built by hand)
@@ -42,15 +43,15 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-STEPS=(packages docker images cleanup fmt clippy doc build test)
+STEPS=(packages docker images cleanup fmt clippy doc build test bench)
 # Selection groups (SHAREDSTATE_TEST_ONLY) and timing phases of each step.
 declare -A GROUP=(
 	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
-	[fmt]=check [clippy]=check [doc]=check [build]=tests [test]=tests
+	[fmt]=check [clippy]=check [doc]=check [build]=tests [test]=tests [bench]=tests
 )
 declare -A PHASE=(
 	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
-	[fmt]=build [clippy]=build [doc]=build [build]=build [test]=tests
+	[fmt]=build [clippy]=build [doc]=build [build]=build [test]=tests [bench]=tests
 )
 NONFATAL=" fmt " # a failing non-fatal step lets the others run, and fails the run at the end
 
@@ -242,6 +243,10 @@ step_build() { cargo test --workspace --all-features --no-run; }
 
 # --no-fail-fast: every test binary runs, so one run shows every failure.
 step_test() { cargo test --workspace --all-features --no-fail-fast; }
+
+# The benchmarks in seconds (debug build, few samples), so they cannot rot;
+# the full run is scripts/bench.sh.
+step_bench() { bash "$ROOT/scripts/bench.sh" --smoke; }
 
 # --------------------------------------------------------------------- main
 
