@@ -73,6 +73,38 @@ async fn fenced_unsupported(client: &TestClient, key: &Key, guard: &LockGuard) -
     true
 }
 
+/// What the fenced-write behaviours start from: two clients, a lock key and
+/// a data key under one fresh prefix, and `a` holding the lock.
+struct Fenced {
+    a: TestClient,
+    b: TestClient,
+    key: Key,
+    data: Key,
+    guard: LockGuard,
+}
+
+/// `None` (after asserting `Unsupported`) when the backend has no locks or
+/// no fenced writes.
+async fn fenced_setup(f: &dyn BackendFactory, behaviour: &str) -> Option<Fenced> {
+    let (a, b) = (f.client().await, f.client().await);
+    let base = unique_key(behaviour);
+    let (key, data) = (child(&base, "lock"), child(&base, "data"));
+    if locks_unsupported(&a, &key).await {
+        return None;
+    }
+    let guard = acquire(&a, &key, "a").await;
+    if fenced_unsupported(&a, &data, &guard).await {
+        return None;
+    }
+    Some(Fenced {
+        a,
+        b,
+        key,
+        data,
+        guard,
+    })
+}
+
 /// While one client holds the lock another waits, and gets it (with a
 /// larger fencing token) once the first releases.
 pub async fn lock_mutual_exclusion(f: &dyn BackendFactory) {
@@ -235,16 +267,16 @@ pub async fn lock_lost_on_session_expiry(f: &dyn BackendFactory) {
 /// `fenced_put` writes while the guard holds the lock, and a conditional
 /// fenced write that loses fails with `Conflict` without losing the lock.
 pub async fn lock_fenced_put_while_held(f: &dyn BackendFactory) {
-    let (a, b) = (f.client().await, f.client().await);
-    let base = unique_key("lock_fenced_put_while_held");
-    let (key, data) = (child(&base, "lock"), child(&base, "data"));
-    if locks_unsupported(&a, &key).await {
+    let Some(Fenced {
+        a,
+        b,
+        key,
+        data,
+        guard,
+    }) = fenced_setup(f, "lock_fenced_put_while_held").await
+    else {
         return;
-    }
-    let guard = acquire(&a, &key, "a").await;
-    if fenced_unsupported(&a, &data, &guard).await {
-        return;
-    }
+    };
     let put = a
         .backend
         .fenced_put(&data, bytes("1"), PutMode::Create, &guard);
@@ -279,16 +311,16 @@ pub async fn lock_fenced_put_while_held(f: &dyn BackendFactory) {
 /// `fenced_put` with the old guard fails with `LockLost` and writes
 /// nothing.
 pub async fn lock_fenced_put_rejected_after_loss(f: &dyn BackendFactory) {
-    let (a, b) = (f.client().await, f.client().await);
-    let base = unique_key("lock_fenced_put_rejected_after_loss");
-    let (key, data) = (child(&base, "lock"), child(&base, "data"));
-    if locks_unsupported(&a, &key).await {
+    let Some(Fenced {
+        a,
+        b,
+        key,
+        data,
+        guard,
+    }) = fenced_setup(f, "lock_fenced_put_rejected_after_loss").await
+    else {
         return;
-    }
-    let guard = acquire(&a, &key, "a").await;
-    if fenced_unsupported(&a, &data, &guard).await {
-        return;
-    }
+    };
     let epoch = a.backend.session().borrow().epoch;
     ok(
         "expire_session",
@@ -323,16 +355,16 @@ pub async fn lock_fenced_put_rejected_after_loss(f: &dyn BackendFactory) {
 
 /// `fenced_put_and_release` writes and frees the lock in one step.
 pub async fn lock_fenced_put_and_release(f: &dyn BackendFactory) {
-    let (a, b) = (f.client().await, f.client().await);
-    let base = unique_key("lock_fenced_put_and_release");
-    let (key, data) = (child(&base, "lock"), child(&base, "data"));
-    if locks_unsupported(&a, &key).await {
+    let Some(Fenced {
+        a,
+        b,
+        key,
+        data,
+        guard,
+    }) = fenced_setup(f, "lock_fenced_put_and_release").await
+    else {
         return;
-    }
-    let guard = acquire(&a, &key, "a").await;
-    if fenced_unsupported(&a, &data, &guard).await {
-        return;
-    }
+    };
     let put = a
         .backend
         .fenced_put_and_release(&data, bytes("v"), PutMode::Create, guard);
