@@ -222,12 +222,15 @@ impl ZooKeeperBackend {
     /// this returns once the server has ended the session (its ephemeral
     /// nodes and locks are gone). The backend then notices, reports
     /// [`SessionState::Lost`], opens a new session and reports
-    /// `Connected` with the next epoch.
+    /// `Connected` with the next epoch. This client may win its session
+    /// back before the twin's handshake completes; the twin then tries again
+    /// (a few bounded attempts).
     ///
     /// # Errors
     ///
-    /// `Closed` after close; `Unavailable` when the twin cannot connect or
-    /// the server does not confirm within the connect timeout.
+    /// `Closed` after close; `Unavailable` when the twin cannot attach in
+    /// any attempt or the server does not confirm within the connect
+    /// timeout.
     pub async fn force_session_expiry(&self) -> Result<()> {
         let hosts = self.inner.config.hosts.clone();
         session::force_expiry(&self.inner, &hosts).await

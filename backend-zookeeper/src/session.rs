@@ -136,6 +136,11 @@ pub(crate) async fn shutdown(inner: &Inner) {
 
 /// Makes the server expire the current session: a twin client attaches to
 /// it and closes it.
+/// Attempts to attach the twin session in `force_expiry`.
+const TWIN_ATTEMPTS: u32 = 4;
+/// Pause between twin attempts (times the attempt number).
+const TWIN_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(crate) async fn force_expiry(inner: &Inner, hosts: &str) -> Result<()> {
     let op = Operation::FaultInjection;
     if inner.closed.is_cancelled() {
@@ -149,21 +154,37 @@ pub(crate) async fn force_expiry(inner: &Inner, hosts: &str) -> Result<()> {
             None => return Err(error::closed(op)),
         }
     };
-    let connector = zk::Client::connector()
-        .with_session(info)
-        .with_session_timeout(inner.config.session_timeout);
-    let twin =
+    // Our own client reconnects to its session as soon as the twin takes it
+    // over, and may win it back before the twin's handshake completes: the
+    // two then bounce the session between them until one backs off. Each
+    // new attempt is a fresh race, so a few bounded attempts settle it.
+    let mut attempt = 0;
+    let twin = loop {
+        attempt += 1;
+        let connector = zk::Client::connector()
+            .with_session(info.clone())
+            .with_session_timeout(inner.config.session_timeout);
         match tokio::time::timeout(inner.config.connect_timeout, connector.connect(hosts)).await {
-            Err(_) => return Err(error::connect_timeout(inner.config.connect_timeout)),
             // Already expired.
             Ok(Err(zk::Error::SessionExpired)) => return Ok(()),
-            Ok(Err(e)) => {
+            Ok(Ok(twin)) => break twin,
+            Err(_) if attempt >= TWIN_ATTEMPTS => {
+                return Err(error::connect_timeout(inner.config.connect_timeout))
+            }
+            Ok(Err(e)) if attempt >= TWIN_ATTEMPTS => {
                 return Err(Error::new(error::kind_of(&e), op)
                     .with_message("the twin session could not attach")
                     .with_source(e))
             }
-            Ok(Ok(twin)) => twin,
-        };
+            Err(_) | Ok(Err(_)) => {
+                tracing::debug!(
+                    attempt,
+                    "the twin session lost the race for the session; retrying"
+                );
+                tokio::time::sleep(TWIN_RETRY_DELAY * attempt).await;
+            }
+        }
+    };
     let mut states = twin.state_watcher();
     // Dropping the only handle sends CloseSession and waits for the reply.
     drop(twin);
