@@ -335,11 +335,7 @@ impl CoordinationBackend for EtcdBackend {
                 drop(guard.disarm());
             }
             // Not sent, or the outcome is unknown: release separately.
-            Err(_) => {
-                if let Err(error) = guard.release().await {
-                    tracing::warn!(%error, %key, "releasing the lock after a failed fenced write failed");
-                }
-            }
+            Err(_) => guard.release_or_warn("a failed fenced write").await,
         }
         written
     }

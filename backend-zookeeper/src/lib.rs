@@ -362,9 +362,7 @@ impl CoordinationBackend for ZooKeeperBackend {
         guard: LockGuard,
     ) -> Result<Version> {
         if let Err(e) = check_size(Operation::FencedPut, key, &value) {
-            if let Err(error) = guard.release().await {
-                tracing::warn!(%error, %key, "releasing the lock after a refused write failed");
-            }
+            guard.release_or_warn("a refused write").await;
             return Err(e);
         }
         match lock::fenced_put(&self.inner, key, value, mode, &guard, true).await {
@@ -376,9 +374,7 @@ impl CoordinationBackend for ZooKeeperBackend {
             Err(e) => {
                 // Nothing was written; release as usual (a lost lock's node
                 // is gone already, which release treats as done).
-                if let Err(error) = guard.release().await {
-                    tracing::warn!(%error, %key, "releasing the lock after a failed write failed");
-                }
+                guard.release_or_warn("a failed write").await;
                 Err(e)
             }
         }

@@ -77,9 +77,7 @@ pub(crate) async fn lock_and_get(
     match value {
         Ok(value) => Ok((guard, value)),
         Err(error) => {
-            if let Err(release_error) = guard.release().await {
-                tracing::warn!(%release_error, %key, "releasing the lock after a failed read failed");
-            }
+            guard.release_or_warn("a failed read").await;
             Err(error)
         }
     }

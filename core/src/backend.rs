@@ -213,9 +213,7 @@ pub trait CoordinationBackend: Send + Sync + Debug + 'static {
         match self.get(key).await {
             Ok(value) => Ok((guard, value)),
             Err(error) => {
-                if let Err(release_error) = guard.release().await {
-                    tracing::warn!(%release_error, key = %lock_key, "releasing the lock after a failed read failed");
-                }
+                guard.release_or_warn("a failed read").await;
                 Err(error)
             }
         }
@@ -253,9 +251,7 @@ pub trait CoordinationBackend: Send + Sync + Debug + 'static {
         guard: LockGuard,
     ) -> Result<Version> {
         let written = self.fenced_put(key, value, mode, &guard).await;
-        if let Err(error) = guard.release().await {
-            tracing::warn!(%error, key = %key, "releasing the lock after a fenced write failed");
-        }
+        guard.release_or_warn("a fenced write").await;
         written
     }
 

@@ -92,6 +92,17 @@ impl LockGuard {
         }
     }
 
+    /// Releases the lock now, logging a failure instead of returning it: for
+    /// paths that already have an error to report, or whose outcome does not
+    /// depend on the release (the lock goes with the session at the latest).
+    /// `after` says what happened before, for the log line.
+    pub async fn release_or_warn(self, after: &str) {
+        let key = self.key.clone();
+        if let Err(error) = self.release().await {
+            tracing::warn!(%error, %key, "releasing the lock after {after} failed; it goes with the session");
+        }
+    }
+
     /// For backend implementations that release the lock themselves (in the
     /// same atomic operation as a write): takes the releaser out so that
     /// dropping the guard does nothing more.

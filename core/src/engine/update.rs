@@ -11,7 +11,6 @@ use super::shared::{encode_value, Shared, Snapshot};
 use super::WriteMode;
 use crate::backend::{LockOptions, PutMode};
 use crate::error::{Error, ErrorKind, Operation, Result};
-use crate::lock::LockGuard;
 
 /// What the caller asked for: `update` refreshes and retries, `try_update`
 /// fails with `Stale` when the local copy was not the latest.
@@ -83,12 +82,6 @@ fn gave_up(shared: &Shared<impl Sized>, attempts: u32) -> Error {
         .with_message(format!("gave up after {attempts} conflicting attempts"))
 }
 
-async fn release(guard: LockGuard) {
-    if let Err(error) = guard.release().await {
-        tracing::warn!(%error, "releasing the write lock failed; it goes with the session");
-    }
-}
-
 async fn locked<T, R>(
     shared: &Arc<Shared<T>>,
     f: &mut (dyn FnMut(&mut T) -> R + Send),
@@ -115,12 +108,12 @@ where
             shared.apply_read(latest.as_ref());
         }
         if !was_latest && strictness == Strictness::FailIfStale {
-            release(guard).await;
+            guard.release_or_warn("an update that did not write").await;
             return Err(stale(shared));
         }
         let snapshot = shared.current();
         if let Err(error) = shared.ensure_writable(&snapshot) {
-            release(guard).await;
+            guard.release_or_warn("an update that did not write").await;
             return Err(error);
         }
         let Draft {
@@ -131,13 +124,13 @@ where
         } = match Draft::new(shared, &snapshot, f) {
             Ok(draft) => draft,
             Err(error) => {
-                release(guard).await;
+                guard.release_or_warn("an update that did not write").await;
                 return Err(error);
             }
         };
         let Some(bytes) = bytes else {
             // Nothing changed, and the copy is the latest: no write needed.
-            release(guard).await;
+            guard.release_or_warn("an update that did not write").await;
             return Ok(result);
         };
         let _gate = shared.write_gate.lock().await;
