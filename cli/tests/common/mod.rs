@@ -223,19 +223,8 @@ impl Watch {
             .arg(url)
             .arg("watch")
             .args(args)
-            .env_remove("SHAREDSTATE_BACKEND")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = Guard(command.spawn().expect("the sharedstate binary starts"));
-        let stdout = Lines::follow(child.0.stdout.take());
-        let stderr = Lines::follow(child.0.stderr.take());
-        let mut watch = Watch {
-            child,
-            stdout,
-            stderr,
-        };
+            .env("NO_COLOR", "1");
+        let mut watch = Watch::spawn(command);
         if !watch.stderr.wait_for("watching ", COMMAND_BOUND) {
             panic!(
                 "watch printed no \"watching\" line within {COMMAND_BOUND:?}; stderr: {:?}",
@@ -250,26 +239,34 @@ impl Watch {
     #[track_caller]
     pub fn start_program(program: &std::path::Path, args: &[&str], ready: &str) -> Watch {
         let mut command = Command::new(program);
+        command.args(args);
+        let mut started = Watch::spawn(command);
+        started.wait_for_stdout(ready, COMMAND_BOUND);
+        started
+    }
+
+    /// Spawns `command` with piped output, no stdin, and no backend from
+    /// the environment; killed when dropped.
+    #[track_caller]
+    fn spawn(mut command: Command) -> Watch {
         command
-            .args(args)
             .env_remove("SHAREDSTATE_BACKEND")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let program = command.get_program().to_string_lossy().into_owned();
         let mut child = Guard(
             command
                 .spawn()
-                .unwrap_or_else(|e| panic!("{} does not start: {e}", program.display())),
+                .unwrap_or_else(|e| panic!("{program} does not start: {e}")),
         );
         let stdout = Lines::follow(child.0.stdout.take());
         let stderr = Lines::follow(child.0.stderr.take());
-        let mut started = Watch {
+        Watch {
             child,
             stdout,
             stderr,
-        };
-        started.wait_for_stdout(ready, COMMAND_BOUND);
-        started
+        }
     }
 
     /// Waits (bounded) for a stdout line containing `needle`.
