@@ -8,7 +8,8 @@
 # Steps, in order (a failing step stops the run, except fmt which is reported
 # at the end):
 #   packages  apt-get install what is missing: docker.io, iptables,
-#             ca-certificates, protobuf-compiler (etcd-client needs protoc)
+#             ca-certificates, protobuf-compiler and libprotobuf-dev
+#             (etcd-client needs protoc and the well-known .proto files)
 #   docker    start dockerd in the background when no daemon answers
 #   images    pull the official ZooKeeper / etcd images, or, when no registry
 #             answers, build local ones (scripts/build-test-images.sh, needs
@@ -103,6 +104,10 @@ step_packages() {
 	command -v iptables >/dev/null || missing+=(iptables)
 	[[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 	command -v protoc >/dev/null || missing+=(protobuf-compiler)
+	# etcd-client's build script needs the well-known types (descriptor.proto
+	# ...), which are in libprotobuf-dev: a Recommends that
+	# --no-install-recommends leaves out.
+	[[ -e /usr/include/google/protobuf/descriptor.proto ]] || missing+=(libprotobuf-dev)
 	if [[ -d /sys/fs/cgroup && ! -e /sys/fs/cgroup/cgroup.controllers && ! -d /sys/fs/cgroup/devices ]]; then
 		command -v cgroupfs-mount >/dev/null || missing+=(cgroupfs-mount)
 	fi
