@@ -286,13 +286,21 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(
-            hosts("etcd://u:p@[::1]:2379"),
-            vec![HostPort {
-                host: "[::1]".into(),
-                port: Some(2379)
-            }]
-        );
+        if cfg!(feature = "etcd") {
+            assert_eq!(
+                hosts("etcd://u:p@[::1]:2379"),
+                vec![HostPort {
+                    host: "[::1]".into(),
+                    port: Some(2379)
+                }]
+            );
+        } else {
+            let err = parse("etcd://h:2379").unwrap_err();
+            assert!(
+                err.message.contains("built without the etcd backend"),
+                "{err}"
+            );
+        }
         assert_eq!(hosts("zk://h")[0].port, None);
         assert!(hosts("memory://").is_empty());
     }

@@ -256,9 +256,17 @@ impl Context {
                     self.suggest.command(&["set", path, "JSON"])
                 ),
             ),
+            // The outermost cause only: the client's transport errors below
+            // it are debug structs (tonic), not sentences.
             ErrorKind::Unavailable | ErrorKind::Timeout => CliError::new(
                 Exit::Unavailable,
-                format!("lost the connection to {url} ({why}); retry, and check the server"),
+                format!(
+                    "lost the connection to {url} ({}); retry, and check the server",
+                    causes(&error)
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| error.kind().to_string())
+                ),
             ),
             ErrorKind::SessionLost => CliError::new(
                 Exit::Unavailable,

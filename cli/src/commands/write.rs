@@ -187,7 +187,7 @@ async fn create(env: &Env, value: &Value, if_missing: bool) -> CliResult<Written
                 Err(CliError::new(
                     Exit::Conflict,
                     format!(
-                        "{} already has a payload ({}); change it with {}, or pass --if-missing",
+                        "{} already has a payload at {}; change it with {}, or pass --if-missing",
                         env.cx.path,
                         env.version_text(existing.version),
                         env.cx.suggest.command(&["set", &env.cx.path, "JSON"]),
