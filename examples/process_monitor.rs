@@ -4,13 +4,15 @@
 //!
 //! ```text
 //! cargo run --example process_monitor                      # demo: 3 agents + operator, in memory
-//! cargo run --example process_monitor --features zookeeper -- --backend zk://127.0.0.1:2181
+//! cargo run --example process_monitor --features sharedstate-examples/zookeeper -- --backend zk://127.0.0.1:2181
+//! cargo run --example process_monitor --features sharedstate-examples/etcd -- --backend etcd://127.0.0.1:2379
 //! ```
 //!
 //! On `memory://` the whole scenario runs in this one process and exits by
 //! itself. On a real backend this is one agent that runs until Ctrl-C; change
 //! its globs with the `sharedstate` command from another terminal.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,10 +59,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
+    // Logs go to stderr (stdout is the agent's report), coloured only on a
+    // terminal and without NO_COLOR, so a log file holds no escape codes.
+    let stderr_is_terminal = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr_is_terminal && std::env::var_os("NO_COLOR").is_none())
         .init();
     let args = Args::parse();
     let outcome = if args.backend.starts_with("memory://") {
@@ -178,7 +185,15 @@ impl Agent {
                     self.name
                 );
             }
-            other => println!("[{}] {other:?}", self.name),
+            StateEvent::PayloadDeleted => println!(
+                "[{}] payload deleted, keeping the last good globs until it is written again",
+                self.name
+            ),
+            StateEvent::Lagged { missed } => println!(
+                "[{}] fell {missed} events behind; the next change is the net difference",
+                self.name
+            ),
+            other => println!("[{}] unknown event: {other:?}", self.name),
         }
         Ok(())
     }

@@ -46,11 +46,15 @@ fn agent_reports_a_glob_added_by_the_cli() {
     let url = format!("zk://{}", sharedstate_conformance::fixtures::zookeeper());
     let path = unique("process-monitor");
     let binary = process_monitor_binary();
-    let mut agent = Watch::start_program(
-        &binary,
-        &["--backend", &url, "--path", &path],
-        "listening as",
-    );
+    // Colour decisions must come from the stream, not from the caller's
+    // NO_COLOR: stderr is a pipe here.
+    let mut command = Command::new(&binary);
+    command
+        .args(["--backend", &url, "--path", &path])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG");
+    let mut agent = Watch::spawn(command);
+    agent.wait_for_stdout("listening as", Duration::from_secs(60));
     agent.wait_for_stdout(
         r#"globs ["systemd*", "rsync*"] match"#,
         Duration::from_secs(30),
@@ -84,7 +88,43 @@ fn agent_reports_a_glob_added_by_the_cli() {
         Duration::from_secs(30),
     );
 
-    let (status, stdout) = agent.interrupt(Duration::from_secs(30));
+    // An outside writer breaks the payload, then deletes it: the agent
+    // keeps its globs and says so readably (no Debug format), and the
+    // engine's WARN on stderr carries no colour codes on a pipe.
+    let payload = sharedstate::Key::new(format!("{path}/payload")).expect("key");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backend = rt.block_on(sharedstate::connect(&url)).expect("connect");
+    rt.block_on(backend.put(
+        &payload,
+        sharedstate::Bytes::from_static(b"{globs"),
+        sharedstate::PutMode::Overwrite,
+    ))
+    .expect("outside write");
+    agent.wait_for_stdout(
+        "rejected, keeping the last good globs",
+        Duration::from_secs(30),
+    );
+    rt.block_on(backend.delete(&payload, None))
+        .expect("outside delete");
+    agent.wait_for_stdout(
+        "[agent] payload deleted, keeping the last good globs until it is written again",
+        Duration::from_secs(30),
+    );
+    let _ = rt.block_on(backend.close());
+
+    let (status, stdout, stderr) = agent.interrupt_all(Duration::from_secs(30));
+    assert!(
+        stderr.contains("WARN"),
+        "the rejection is logged: {stderr:?}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI codes on a pipe: {stderr:?}"
+    );
+    assert!(!stdout.contains("PayloadDeleted"), "{stdout}");
     assert!(
         status.success(),
         "the agent exits 0 on Ctrl-C: {status:?}\n{stdout}"
