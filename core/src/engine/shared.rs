@@ -123,18 +123,12 @@ pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
-            .with_message(format!(
-                "payload is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ))
-            .with_source(e)
+            .with_message(format!("payload is not valid JSON: {e}"))
     })?;
     let value: T = serde_json::from_value(parsed).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
             .with_message(format!("payload does not match the state's type: {e}"))
-            .with_source(e)
     })?;
     let json = encode_value(key, &value)?;
     Ok((value, json))
