@@ -117,7 +117,7 @@ async fn agent_until_ctrl_c(args: &Args) -> Result<(), sharedstate::Error> {
     let backend = sharedstate::connect(&args.backend).await?;
     let mut agent = Agent::open("agent".into(), backend, &args.path).await?;
     loop {
-        let interval = Duration::from_secs(agent.state.read()?.interval_secs.max(1));
+        let interval = Duration::from_secs(agent.monitor()?.interval_secs.max(1));
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             reported = agent.report_next_change() => reported?,
@@ -134,6 +134,8 @@ struct Agent {
     state: SharedState<Monitor>,
     changes: sharedstate::Subscription,
     system: System,
+    /// The copy could not be proven current last time we looked.
+    stale: bool,
 }
 
 impl Agent {
@@ -157,6 +159,7 @@ impl Agent {
             state,
             changes,
             system: System::new(),
+            stale: false,
         };
         agent.scan()?;
         Ok(agent)
@@ -198,9 +201,37 @@ impl Agent {
         Ok(())
     }
 
+    /// The monitor settings to use now. While the service cannot prove the
+    /// copy current (an outage, a partition), `read()` says `Stale`: the
+    /// agent says so once and keeps working with the last settings it
+    /// knew, and says when they are verified again. Only a closed state is
+    /// an error.
+    fn monitor(&mut self) -> Result<Arc<Monitor>, sharedstate::Error> {
+        match self.state.read() {
+            Ok(monitor) => {
+                if std::mem::take(&mut self.stale) {
+                    println!("[{}] settings verified again with the service", self.name);
+                }
+                Ok(monitor)
+            }
+            Err(error) if error.kind() == sharedstate::ErrorKind::Stale => {
+                let (monitor, unverified_for) = self.state.last_known();
+                if !std::mem::replace(&mut self.stale, true) {
+                    println!(
+                        "[{}] cannot verify the settings with the service (unverified for {:.0?}); \
+                         keeping the last known globs {:?} until it is back",
+                        self.name, unverified_for, monitor.globs
+                    );
+                }
+                Ok(monitor)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Matches the globs against the running processes and prints the hits.
     fn scan(&mut self) -> Result<(), sharedstate::Error> {
-        let monitor = self.state.read()?;
+        let monitor = self.monitor()?;
         let globs = compile(&monitor.globs);
         self.system.refresh_processes_specifics(
             ProcessesToUpdate::All,

@@ -143,3 +143,65 @@ fn agent_reports_a_glob_added_by_the_cli() {
         after.stdout
     );
 }
+
+/// The agent rides out a 60 s outage of its ZooKeeper (longer than its
+/// session, which expires): it says once that it cannot verify its
+/// settings and keeps using the last known globs, then recovers by itself,
+/// reports the change an operator made during the outage and the one made
+/// after, and says its settings are verified again.
+#[test]
+fn agent_rides_out_a_60s_outage() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let server = sharedstate_conformance::fixtures::zookeeper();
+    let direct = format!("zk://{server}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let proxy = rt
+        .block_on(sharedstate_conformance::fixtures::TcpProxy::start(server))
+        .expect("proxy");
+    let through_proxy = format!("zk://{}?session_timeout_ms=6000", proxy.endpoint());
+    let path = unique("process-monitor-outage");
+    let mut command = Command::new(process_monitor_binary());
+    command
+        .args(["--backend", &through_proxy, "--path", &path])
+        .env_remove("RUST_LOG");
+    let mut agent = Watch::spawn(command);
+    agent.wait_for_stdout("listening as", Duration::from_secs(60));
+
+    proxy.suspend();
+    let started = std::time::Instant::now();
+    agent.wait_for_stdout("cannot verify the settings with the service", OUTAGE);
+    run(
+        &direct,
+        &["patch", &path, "--merge", r#"{"globs": ["during-outage*"]}"#],
+        None,
+    )
+    .ok();
+    if let Some(rest) = OUTAGE.checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    proxy.resume();
+    agent.wait_for_stdout(r#""during-outage*""#, Duration::from_secs(60));
+    agent.wait_for_stdout(
+        "settings verified again with the service",
+        Duration::from_secs(60),
+    );
+    run(
+        &direct,
+        &["patch", &path, "--merge", r#"{"globs": ["after-outage*"]}"#],
+        None,
+    )
+    .ok();
+    agent.wait_for_stdout(r#""after-outage*""#, Duration::from_secs(30));
+    let (status, stdout, _) = agent.interrupt_all(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{stdout}");
+    assert_eq!(
+        stdout.matches("cannot verify the settings").count(),
+        1,
+        "the outage is reported once: {stdout}"
+    );
+    drop(proxy);
+}
