@@ -20,6 +20,11 @@
 #   fmt       cargo fmt --all -- --check
 #   clippy    cargo clippy --workspace --all-targets --all-features -- -D warnings
 #   doc       cargo doc --workspace --no-deps --all-features, warnings denied
+#   package   cargo publish --workspace --dry-run --no-verify: every crate meant
+#             for crates.io packages, each .crate carries LICENSE-MIT,
+#             LICENSE-APACHE and README.md (publish = false crates skipped)
+#   msrv      cargo +<rust-version> check --workspace --all-targets
+#             --all-features --locked (rustup installs that toolchain if missing)
 #   build     cargo test --workspace --all-features --no-run
 #   test      cargo test --workspace --all-features --no-fail-fast
 #   bench     scripts/bench.sh --smoke: every benchmark scenario, briefly
@@ -27,7 +32,7 @@
 # Environment:
 #   SHAREDSTATE_TEST_ONLY   comma-separated steps or groups to run
 #                           (provision = packages,docker,images,cleanup;
-#                           check = fmt,clippy,doc; tests = build,test,bench);
+#                           check = fmt,clippy,doc,package,msrv; tests = build,test,bench);
 #                           default: everything
 #   SHAREDSTATE_ZOOKEEPER_IMAGE / SHAREDSTATE_ETCD_IMAGE
 #                           use these images (pulled or built by hand)
@@ -44,15 +49,17 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-STEPS=(packages docker images cleanup fmt clippy doc build test bench)
+STEPS=(packages docker images cleanup fmt clippy doc package msrv build test bench)
 # Selection groups (SHAREDSTATE_TEST_ONLY) and timing phases of each step.
 declare -A GROUP=(
 	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
-	[fmt]=check [clippy]=check [doc]=check [build]=tests [test]=tests [bench]=tests
+	[fmt]=check [clippy]=check [doc]=check [package]=check [msrv]=check
+	[build]=tests [test]=tests [bench]=tests
 )
 declare -A PHASE=(
 	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
-	[fmt]=build [clippy]=build [doc]=build [build]=build [test]=tests [bench]=tests
+	[fmt]=build [clippy]=build [doc]=build [package]=build [msrv]=build
+	[build]=build [test]=tests [bench]=tests
 )
 NONFATAL=" fmt " # a failing non-fatal step lets the others run, and fails the run at the end
 
@@ -242,6 +249,58 @@ step_fmt() {
 step_clippy() { cargo clippy --workspace --all-targets --all-features -- -D warnings; }
 # Every public item documented, no broken links (the binary's docs are --help).
 step_doc() { RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features; }
+
+# Packages every publishable crate without uploading; internal dependencies
+# not yet on crates.io resolve from the packages made in the same run.
+# --no-verify: building each .crate again would take minutes; the build step
+# compiles the same sources. --allow-dirty: a developer's uncommitted files.
+# Then each packaged crate's file list must hold both licenses and a README.
+step_package() {
+	local log name files file packaged=0 incomplete=0
+	log="$(mktemp)"
+	cargo publish --workspace --dry-run --no-verify --allow-dirty 2>&1 | tee "$log" >&2
+	if ((PIPESTATUS[0] != 0)); then
+		rm -f "$log"
+		return 1
+	fi
+	if grep -q 'already exists on crates.io index' "$log"; then
+		warn "package: a crate name and version is already on crates.io (above): publishing would fail"
+	fi
+	while read -r name; do
+		packaged=$((packaged + 1))
+		files="$(cargo package --list --allow-dirty -p "$name" 2>/dev/null)" || {
+			err "package: cargo package --list -p $name failed"
+			incomplete=1
+			continue
+		}
+		for file in LICENSE-MIT LICENSE-APACHE README.md; do
+			if ! grep -Fqx "$file" <<<"$files"; then
+				err "package: $name does not carry $file"
+				incomplete=1
+			fi
+		done
+	done < <(sed -n 's/^ *Packaging \([^ ]*\) v[^ ]* .*/\1/p' "$log")
+	rm -f "$log"
+	if ((packaged == 0)); then
+		err "package: no 'Packaging <crate> <version>' line in cargo's output"
+		return 1
+	fi
+	((incomplete == 0)) || return 1
+	log "package: $packaged crate(s) packaged, each with both licenses and its README"
+}
+
+# The declared rust-version (workspace.package) really builds, with Cargo.lock.
+step_msrv() {
+	local msrv
+	msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
+	[[ -n "$msrv" ]] || { err "msrv: no rust-version in Cargo.toml"; return 1; }
+	if ! rustup run "$msrv" rustc --version >/dev/null 2>&1; then
+		log "msrv: installing Rust $msrv (rustup, minimal profile)"
+		rustup toolchain install "$msrv" --profile minimal || return 1
+	fi
+	cargo "+$msrv" check --workspace --all-targets --all-features --locked --target-dir "$ROOT/target/msrv"
+}
+
 step_build() { cargo test --workspace --all-features --no-run; }
 
 # -------------------------------------------------------------------- tests

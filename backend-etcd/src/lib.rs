@@ -59,6 +59,8 @@
 //!
 //! TLS is behind this crate's `tls` feature (etcd-client's `tls`, rustls).
 #![deny(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`): badges naming the Cargo feature of each gated item.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod error;

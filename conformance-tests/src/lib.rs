@@ -12,6 +12,8 @@
 //! Behaviours never skip: a behaviour whose capability a backend lacks
 //! asserts that the call fails with `ErrorKind::Unsupported` instead.
 #![deny(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`): badges naming the Cargo feature of each gated item.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
 
