@@ -15,6 +15,8 @@
 #             answers, build local ones (scripts/build-test-images.sh, needs
 #             mmdebstrap) and export SHAREDSTATE_ZOOKEEPER_IMAGE /
 #             SHAREDSTATE_ETCD_IMAGE for the tests
+#   kazoo     a Python venv with kazoo (target/kazoo-venv) for the lock
+#             interop tests; exports SHAREDSTATE_KAZOO_PYTHON
 #   cleanup   remove containers labelled sharedstate.test=1 whose test
 #             process is gone
 #   fmt       cargo fmt --all -- --check
@@ -49,15 +51,15 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-STEPS=(packages docker images cleanup fmt clippy doc package msrv build test bench)
+STEPS=(packages docker images kazoo cleanup fmt clippy doc package msrv build test bench)
 # Selection groups (SHAREDSTATE_TEST_ONLY) and timing phases of each step.
 declare -A GROUP=(
-	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
+	[packages]=provision [docker]=provision [images]=provision [kazoo]=provision [cleanup]=provision
 	[fmt]=check [clippy]=check [doc]=check [package]=check [msrv]=check
 	[build]=tests [test]=tests [bench]=tests
 )
 declare -A PHASE=(
-	[packages]=provision [docker]=provision [images]=provision [cleanup]=provision
+	[packages]=provision [docker]=provision [images]=provision [kazoo]=provision [cleanup]=provision
 	[fmt]=build [clippy]=build [doc]=build [package]=build [msrv]=build
 	[build]=build [test]=tests [bench]=tests
 )
@@ -224,6 +226,24 @@ step_images() {
 		bash "$ROOT/scripts/build-test-images.sh" || return 1
 	fi
 	log "images: SHAREDSTATE_ZOOKEEPER_IMAGE=$SHAREDSTATE_ZOOKEEPER_IMAGE SHAREDSTATE_ETCD_IMAGE=$SHAREDSTATE_ETCD_IMAGE"
+}
+
+# Python's kazoo for the lock interop tests (backend-zookeeper/tests/kazoo_interop.rs),
+# in a venv under target/ (gitignored), from PyPI.
+KAZOO_VENV="$ROOT/target/kazoo-venv"
+step_kazoo() {
+	if [[ -x "$KAZOO_VENV/bin/python" ]] && "$KAZOO_VENV/bin/python" -c 'import kazoo' 2>/dev/null; then
+		log "kazoo: present in $KAZOO_VENV"
+	else
+		if ! python3 -m venv "$KAZOO_VENV" 2>/dev/null; then
+			rm -rf "$KAZOO_VENV"
+			apt_install python3-venv python3-pip || return 1
+			python3 -m venv "$KAZOO_VENV" || return 1
+		fi
+		log "kazoo: pip install kazoo into $KAZOO_VENV"
+		"$KAZOO_VENV/bin/pip" install -q kazoo || return 1
+	fi
+	export SHAREDSTATE_KAZOO_PYTHON="$KAZOO_VENV/bin/python"
 }
 
 step_cleanup() {
