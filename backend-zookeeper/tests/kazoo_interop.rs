@@ -21,8 +21,7 @@ fn kazoo_python() -> PathBuf {
     let candidate = std::env::var_os("SHAREDSTATE_KAZOO_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/kazoo-venv/bin/python")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/kazoo-venv/bin/python")
         });
     let works = Command::new(&candidate)
         .args(["-c", "import kazoo"])
