@@ -48,8 +48,13 @@ async fn kill_leader_then_restart(cluster: &Cluster, write: &str, read_back: &st
     let new_leader = cluster.leader().await.expect("a new leader");
     eprintln!("new leader after {:?}", began.elapsed());
     assert_ne!(new_leader, leader, "the killed member cannot lead");
-    assert!(!cluster.serving(leader).await.expect("probe"), "killed member answers");
-    let other = (0..cluster.len()).find(|&i| i != leader).expect("another member");
+    assert!(
+        !cluster.serving(leader).await.expect("probe"),
+        "killed member answers"
+    );
+    let other = (0..cluster.len())
+        .find(|&i| i != leader)
+        .expect("another member");
     cluster
         .cli(other, &split(write))
         .await
@@ -57,13 +62,23 @@ async fn kill_leader_then_restart(cluster: &Cluster, write: &str, read_back: &st
 
     let endpoint = cluster.endpoint(leader).to_owned();
     cluster.start(leader).await.expect("start again");
-    cluster.wait_healthy().await.expect("healthy after the restart");
-    assert_eq!(cluster.endpoint(leader), endpoint, "same address after a restart");
+    cluster
+        .wait_healthy()
+        .await
+        .expect("healthy after the restart");
+    assert_eq!(
+        cluster.endpoint(leader),
+        endpoint,
+        "same address after a restart"
+    );
     let out = cluster
         .cli(leader, &split(read_back))
         .await
         .expect("read on the restarted member");
-    assert!(out.contains("after-kill"), "restarted member lost data: {out:?}");
+    assert!(
+        out.contains("after-kill"),
+        "restarted member lost data: {out:?}"
+    );
 }
 
 fn split(command: &str) -> Vec<&str> {
@@ -76,9 +91,15 @@ async fn pause_then_unpause(cluster: &Cluster) {
     let member = (cluster.leader().await.expect("leader") + 1) % cluster.len();
     cluster.pause(member).await.expect("pause");
     assert_eq!(cluster.state(member), MemberState::Paused);
-    assert!(!cluster.serving(member).await.expect("probe"), "paused member answered");
+    assert!(
+        !cluster.serving(member).await.expect("probe"),
+        "paused member answered"
+    );
     cluster.wait_healthy().await.expect("the others serve");
-    assert!(cluster.stop(member).await.is_err(), "stop of a paused member must be refused");
+    assert!(
+        cluster.stop(member).await.is_err(),
+        "stop of a paused member must be refused"
+    );
     cluster.unpause(member).await.expect("unpause");
     cluster.wait_healthy().await.expect("healthy after unpause");
     assert!(cluster.serving(member).await.expect("probe"));
@@ -96,7 +117,10 @@ async fn stop_start_and_proxy(cluster: &Cluster) {
         "start of a running member must be refused"
     );
     cluster.start(follower).await.expect("start");
-    cluster.wait_healthy().await.expect("healthy after stop/start");
+    cluster
+        .wait_healthy()
+        .await
+        .expect("healthy after stop/start");
 
     let proxy = TcpProxy::start(cluster.endpoint(follower).to_owned())
         .await
@@ -110,7 +134,10 @@ async fn stop_start_and_proxy(cluster: &Cluster) {
     assert!(probe().await, "probe through the proxy");
     proxy.suspend();
     assert!(!probe().await, "the proxy must cut its client");
-    assert!(cluster.serving(follower).await.expect("probe"), "the member itself is fine");
+    assert!(
+        cluster.serving(follower).await.expect("probe"),
+        "the member itself is fine"
+    );
     proxy.resume();
     eventually("probe after resume", Duration::from_secs(10), probe).await;
 }
@@ -126,7 +153,11 @@ async fn zookeeper_cluster_fault_hooks() {
         .exec(0, &["sh", "-c", "cat \"${ZOO_CONF_DIR:-/conf}/zoo.cfg\""])
         .await
         .expect("zoo.cfg");
-    for line in ["tickTime=500", "4lw.commands.whitelist=*", "maxSessionTimeout=60000"] {
+    for line in [
+        "tickTime=500",
+        "4lw.commands.whitelist=*",
+        "maxSessionTimeout=60000",
+    ] {
         assert!(conf.contains(line), "zoo.cfg lacks {line}: {conf}");
     }
     let path = format!("/cluster-{}", std::process::id());
@@ -146,7 +177,10 @@ async fn etcd_cluster_fault_hooks() {
     let cluster = etcd_cluster(3).await;
     report(&cluster);
     assert_eq!(cluster.kind(), ServiceKind::Etcd);
-    let members = cluster.cli(0, &["member", "list"]).await.expect("member list");
+    let members = cluster
+        .cli(0, &["member", "list"])
+        .await
+        .expect("member list");
     for i in 0..3 {
         // Advertised client URLs are the host-published addresses.
         assert!(
@@ -167,23 +201,31 @@ async fn etcd_cluster_fault_hooks() {
     check_removed_on_drop(cluster).await;
 }
 
-/// Dropping the handle removes its containers and network.
+/// Dropping the handle removes its containers and network (looked at
+/// with a Docker client of the test's own).
 async fn check_removed_on_drop(cluster: Cluster) {
-    let names: Vec<String> = (0..cluster.len()).map(|i| cluster.container(i).to_owned()).collect();
+    let names: Vec<String> = (0..cluster.len())
+        .map(|i| cluster.container(i).to_owned())
+        .collect();
     let network = cluster.network().to_owned();
+    let docker = testcontainers::bollard::Docker::connect_with_defaults().expect("Docker client");
+    for name in &names {
+        docker
+            .inspect_container(name, None)
+            .await
+            .expect("a member exists");
+    }
     blocking(move || drop(cluster)).await;
     for name in names {
-        let out = std::process::Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("name={name}")])
-            .output()
-            .expect("docker ps");
-        assert!(out.stdout.is_empty(), "{name} outlived its cluster handle");
+        assert!(
+            docker.inspect_container(&name, None).await.is_err(),
+            "{name} outlived its cluster handle"
+        );
     }
-    let out = std::process::Command::new("docker")
-        .args(["network", "ls", "-q", "--filter", &format!("name={network}")])
-        .output()
-        .expect("docker network ls");
-    assert!(out.stdout.is_empty(), "{network} outlived its cluster handle");
+    assert!(
+        docker.inspect_network(&network, None).await.is_err(),
+        "{network} outlived its cluster handle"
+    );
 }
 
 #[test]
