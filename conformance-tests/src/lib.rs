@@ -5,7 +5,7 @@
 //! behaviour (each on a fresh multi-thread Tokio runtime) in a backend
 //! crate's `tests/conformance.rs`. A backend outside this workspace needs
 //! only this crate as a dev-dependency: the macro brings its own runtime,
-//! and [`async_trait`] and the backend contract ([`sharedstate_core`]) are
+//! and [`macro@async_trait`] and the backend contract ([`sharedstate_core`]) are
 //! re-exported.
 //!
 //! ```text

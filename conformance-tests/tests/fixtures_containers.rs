@@ -80,6 +80,11 @@ fn zookeeper_answers_ruok_and_zkcli() {
     let endpoint = fixtures::zookeeper();
     assert!(endpoint.starts_with("127.0.0.1:") || !fixtures::zookeeper_server().started_here());
     assert!(fixtures::zookeeper_ruok(&endpoint), "ruok on {endpoint}");
+    assert_eq!(
+        fixtures::zookeeper_mode(&endpoint).as_deref(),
+        Some("standalone"),
+        "srvr on {endpoint}"
+    );
     // The same server for every caller in this binary.
     assert_eq!(fixtures::zookeeper(), endpoint);
 
@@ -106,6 +111,12 @@ fn zookeeper_answers_ruok_and_zkcli() {
 fn etcd_is_healthy_and_etcdctl_works() {
     let endpoint = fixtures::etcd();
     assert!(fixtures::etcd_healthy(&endpoint), "health on {endpoint}");
+    let status = fixtures::etcd_status(&endpoint).expect("maintenance status");
+    assert_ne!(status.member_id, 0);
+    assert_eq!(
+        status.leader, status.member_id,
+        "a lone server leads itself"
+    );
     assert_eq!(fixtures::etcd(), endpoint);
 
     let server = fixtures::etcd_server();
