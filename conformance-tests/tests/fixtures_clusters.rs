@@ -46,7 +46,11 @@ async fn kill_leader_then_restart(cluster: &Cluster, write: &str, read_back: &st
     cluster.kill(leader).await.expect("kill the leader");
     assert_eq!(cluster.state(leader), MemberState::Stopped);
     let new_leader = cluster.leader().await.expect("a new leader");
-    eprintln!("new leader after {:?}", began.elapsed());
+    eprintln!(
+        "{}: new leader after {:?}",
+        cluster.kind().name(),
+        began.elapsed()
+    );
     assert_ne!(new_leader, leader, "the killed member cannot lead");
     assert!(
         !cluster.serving(leader).await.expect("probe"),
