@@ -10,6 +10,9 @@
 #   packages  apt-get install what is missing: docker.io, iptables,
 #             ca-certificates, protobuf-compiler and libprotobuf-dev
 #             (etcd-client needs protoc and the well-known .proto files)
+#   protoc    check that protoc compiles a .proto importing the well-known
+#             types (google/protobuf/descriptor.proto), as etcd-client's
+#             build script will; fails with the fix when it cannot
 #   docker    start dockerd in the background when no daemon answers
 #   images    pull the official ZooKeeper / etcd images, or, when no registry
 #             answers, build local ones (scripts/build-test-images.sh, needs
@@ -17,8 +20,8 @@
 #             SHAREDSTATE_ETCD_IMAGE for the tests
 #   kazoo     a Python venv with kazoo (target/kazoo-venv) for the lock
 #             interop tests; exports SHAREDSTATE_KAZOO_PYTHON
-#   cleanup   remove containers labelled sharedstate.test=1 whose test
-#             process is gone
+#   cleanup   remove containers and networks labelled sharedstate.test=1
+#             whose test process is gone (the fixtures' reaper missed them)
 #   fmt       cargo fmt --all -- --check
 #   clippy    cargo clippy --workspace --all-targets --all-features -- -D warnings
 #   doc       cargo doc --workspace --no-deps --all-features, warnings denied
@@ -33,7 +36,7 @@
 #
 # Environment:
 #   SHAREDSTATE_TEST_ONLY   comma-separated steps or groups to run
-#                           (provision = packages,docker,images,cleanup;
+#                           (provision = packages,protoc,docker,images,kazoo,cleanup;
 #                           check = fmt,clippy,doc,package,msrv; tests = build,test,bench);
 #                           default: everything
 #   SHAREDSTATE_ZOOKEEPER_IMAGE / SHAREDSTATE_ETCD_IMAGE
@@ -51,15 +54,15 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-STEPS=(packages docker images kazoo cleanup fmt clippy doc package msrv build test bench)
+STEPS=(packages protoc docker images kazoo cleanup fmt clippy doc package msrv build test bench)
 # Selection groups (SHAREDSTATE_TEST_ONLY) and timing phases of each step.
 declare -A GROUP=(
-	[packages]=provision [docker]=provision [images]=provision [kazoo]=provision [cleanup]=provision
+	[packages]=provision [protoc]=provision [docker]=provision [images]=provision [kazoo]=provision [cleanup]=provision
 	[fmt]=check [clippy]=check [doc]=check [package]=check [msrv]=check
 	[build]=tests [test]=tests [bench]=tests
 )
 declare -A PHASE=(
-	[packages]=provision [docker]=provision [images]=provision [kazoo]=provision [cleanup]=provision
+	[packages]=provision [protoc]=provision [docker]=provision [images]=provision [kazoo]=provision [cleanup]=provision
 	[fmt]=build [clippy]=build [doc]=build [package]=build [msrv]=build
 	[build]=build [test]=tests [bench]=tests
 )
@@ -127,6 +130,37 @@ step_packages() {
 	else
 		log "packages: all present"
 	fi
+}
+
+# What etcd-client's build script (prost / tonic) asks of protoc: compile
+# protos that import the well-known types. Honours PROTOC and
+# PROTOC_INCLUDE as prost-build does.
+step_protoc() {
+	local protoc="${PROTOC:-protoc}" dir out includes=()
+	if ! command -v "$protoc" >/dev/null; then
+		err "protoc not found (PROTOC=${PROTOC:-unset}). Fix: apt-get install protobuf-compiler libprotobuf-dev"
+		return 1
+	fi
+	[[ -n "${PROTOC_INCLUDE:-}" ]] && includes=(-I "$PROTOC_INCLUDE")
+	dir="$(mktemp -d)"
+	cat >"$dir/check.proto" <<-'PROTO'
+		syntax = "proto3";
+		package sharedstate.check;
+		import "google/protobuf/descriptor.proto";
+		import "google/protobuf/timestamp.proto";
+		message Check { google.protobuf.Timestamp at = 1; google.protobuf.FileDescriptorProto file = 2; }
+	PROTO
+	if out="$("$protoc" -I "$dir" "${includes[@]}" -o /dev/null "$dir/check.proto" 2>&1)"; then
+		rm -rf "$dir"
+		log "protoc: $("$protoc" --version) resolves the well-known types"
+		return 0
+	fi
+	rm -rf "$dir"
+	err "protoc cannot resolve the well-known types: $out"
+	err "Fix: apt-get install libprotobuf-dev (it holds /usr/include/google/protobuf/*.proto;"
+	err "     apt-get install --no-install-recommends protobuf-compiler leaves it out),"
+	err "     or set PROTOC_INCLUDE to a directory holding google/protobuf/descriptor.proto."
+	return 1
 }
 
 docker_answers() { timeout 15 docker info >/dev/null 2>&1; }
@@ -247,7 +281,7 @@ step_kazoo() {
 }
 
 step_cleanup() {
-	local id pid removed=0
+	local id pid removed=0 networks=0
 	for id in $(docker ps -aq --filter "label=$TEST_LABEL"); do
 		pid="$(docker inspect --format '{{index .Config.Labels "sharedstate.test.pid"}}' "$id" 2>/dev/null)"
 		# Still used by a live test process (another cargo test on this machine).
@@ -256,7 +290,15 @@ step_cleanup() {
 		fi
 		docker rm -f -v "$id" >/dev/null && removed=$((removed + 1))
 	done
-	log "cleanup: removed $removed leftover test container(s)"
+	# The cluster fixtures' networks (after their containers, which use them).
+	for id in $(docker network ls -q --filter "label=$TEST_LABEL"); do
+		pid="$(docker network inspect --format '{{index .Labels "sharedstate.test.pid"}}' "$id" 2>/dev/null)"
+		if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+			continue
+		fi
+		docker network rm "$id" >/dev/null && networks=$((networks + 1))
+	done
+	log "cleanup: removed $removed leftover test container(s) and $networks network(s)"
 }
 
 # -------------------------------------------------------------------- build

@@ -49,6 +49,9 @@ pub use sharedstate_memory as memory;
 #[doc(inline)]
 pub use sharedstate_zookeeper as zookeeper;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 /// Connects to the backend a URL names (see the crate docs for the forms).
 ///
 /// # Errors

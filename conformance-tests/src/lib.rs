@@ -1,13 +1,32 @@
 //! The behaviour suite every sharedstate backend passes, and its fixtures.
 //!
 //! One async function per behaviour lives in [`behaviours`]; the
-//! [`conformance_tests!`] macro expands them into one `#[tokio::test]` per
-//! behaviour in a backend crate's `tests/conformance.rs`:
+//! [`conformance_tests!`] macro expands them into one `#[test]` per
+//! behaviour (each on a fresh multi-thread Tokio runtime) in a backend
+//! crate's `tests/conformance.rs`. A backend outside this workspace needs
+//! only this crate as a dev-dependency: the macro brings its own runtime,
+//! and [`macro@async_trait`] and the backend contract ([`sharedstate_core`]) are
+//! re-exported.
 //!
 //! ```text
-//! async fn factory() -> MyFactory { MyFactory::start().await }
+//! use std::sync::Arc;
+//! use sharedstate_conformance::{async_trait, BackendFactory, FaultInjector, TestClient};
+//!
+//! struct MyFactory { /* a server address, ... */ }
+//!
+//! #[async_trait]
+//! impl BackendFactory for MyFactory {
+//!     fn name(&self) -> &str { "mine" }
+//!     async fn client(&self) -> TestClient { /* a new client, its own session */ }
+//! }
+//!
+//! async fn factory() -> MyFactory { MyFactory { /* ... */ } }
 //! sharedstate_conformance::conformance_tests!(factory);
 //! ```
+//!
+//! `examples/outside-backend` in the sharedstate repository is a complete
+//! crate doing exactly that. The fixtures ([`fixtures`], feature
+//! `containers`) give it a real ZooKeeper or etcd to run against.
 //!
 //! Behaviours never skip: a behaviour whose capability a backend lacks
 //! asserts that the call fails with `ErrorKind::Unsupported` instead.
@@ -17,12 +36,33 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use sharedstate_core::{CoordinationBackend, Key, Result};
 
 pub mod behaviours;
 #[cfg(feature = "containers")]
+pub mod chaos;
+#[cfg(feature = "containers")]
 pub mod fixtures;
+
+/// The attribute for implementing [`BackendFactory`] and [`FaultInjector`]
+/// (re-exported so a backend's tests need no `async-trait` dependency).
+pub use async_trait::async_trait;
+/// The backend contract the suite checks (`CoordinationBackend`, `Result`,
+/// `Error`, ...), re-exported from `sharedstate-core`.
+pub use sharedstate_core;
+
+/// Runs one behaviour on a fresh multi-thread runtime (two workers, like
+/// the `#[tokio::test(flavor = "multi_thread")]` it replaces), so the
+/// crate that expands [`conformance_tests!`] needs no Tokio of its own.
+#[doc(hidden)]
+pub fn __run_behaviour<F: std::future::Future<Output = ()>>(behaviour: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a Tokio runtime for the behaviour: {e}"));
+    runtime.block_on(behaviour);
+}
 
 /// Fault injection on one test client.
 #[async_trait]
@@ -114,8 +154,8 @@ pub fn unique_key(behaviour: &str) -> Key {
         .unwrap_or_else(|e| panic!("behaviour name {behaviour:?} makes an invalid key: {e}"))
 }
 
-/// Expands to one `#[tokio::test]` per behaviour. `$factory` is a path to
-/// an `async fn() -> impl BackendFactory`, called once per test.
+/// Expands to one `#[test]` per behaviour, named after it. `$factory` is a
+/// path to an `async fn() -> impl BackendFactory`, called once per test.
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:path) => {
@@ -128,10 +168,12 @@ macro_rules! conformance_tests {
 macro_rules! __conformance_test {
     ($factory:path; $($module:ident :: $name:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let factory = $factory().await;
-                $crate::behaviours::$module::$name(&factory).await;
+            #[test]
+            fn $name() {
+                $crate::__run_behaviour(async {
+                    let factory = $factory().await;
+                    $crate::behaviours::$module::$name(&factory).await;
+                });
             }
         )*
     };

@@ -5,11 +5,74 @@
 
 use std::time::Duration;
 
-use sharedstate_conformance::fixtures::{self, TcpProxy};
+use sharedstate_conformance::fixtures::{self, ServiceKind, TcpProxy};
+use testcontainers::bollard::Docker;
 
 /// Runs a blocking probe off the runtime's worker threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// The smoke test for the Docker API handshake: testcontainers' client
+/// talks to this daemon. When an upgrade breaks it ("client version 1.5x
+/// is too new"), this fails first, naming the cause and the fix.
+#[test]
+fn docker_api_handshake() {
+    if std::env::var(fixtures::ZOOKEEPER_ENDPOINT_VAR).is_ok()
+        && std::env::var(fixtures::ETCD_ENDPOINT_VAR).is_ok()
+    {
+        // Servers from the environment: the tests need no Docker, but the
+        // handshake is still checked when a daemon is there.
+        if let Err(e) = fixtures::docker_handshake() {
+            assert!(!e.contains("handshake broke"), "{e}");
+        }
+        return;
+    }
+    let daemon = fixtures::docker_handshake().unwrap_or_else(|e| panic!("{e}"));
+    assert!(daemon.contains("API"), "{daemon}");
+    eprintln!("testcontainers talks to {daemon}");
+}
+
+/// A Docker client of the test's own (not the fixtures'), to look at
+/// containers from outside.
+fn outside_docker() -> Docker {
+    Docker::connect_with_defaults().expect("a Docker client")
+}
+
+/// A server of the test's own works, and its container is gone once the
+/// handle is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_server_is_removed_on_drop() {
+    let server = fixtures::start_server(ServiceKind::Etcd)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(server.started_here());
+    assert!(server.url().starts_with("etcd://127.0.0.1:"));
+    let endpoint = server.endpoint().to_owned();
+    assert!(blocking(move || fixtures::etcd_healthy(&endpoint)).await);
+    assert_ne!(server.endpoint(), fixtures::etcd(), "not the shared server");
+    let id = server.container().expect("a container").to_owned();
+    let docker = outside_docker();
+    let labels = docker
+        .inspect_container(&id, None)
+        .await
+        .expect("inspect")
+        .config
+        .and_then(|c| c.labels)
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("sharedstate.test").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        labels.get("sharedstate.test.pid"),
+        Some(&std::process::id().to_string())
+    );
+    blocking(move || drop(server)).await;
+    assert!(
+        docker.inspect_container(&id, None).await.is_err(),
+        "{id} outlived its handle"
+    );
 }
 
 #[test]
@@ -17,6 +80,11 @@ fn zookeeper_answers_ruok_and_zkcli() {
     let endpoint = fixtures::zookeeper();
     assert!(endpoint.starts_with("127.0.0.1:") || !fixtures::zookeeper_server().started_here());
     assert!(fixtures::zookeeper_ruok(&endpoint), "ruok on {endpoint}");
+    assert_eq!(
+        fixtures::zookeeper_mode(&endpoint).as_deref(),
+        Some("standalone"),
+        "srvr on {endpoint}"
+    );
     // The same server for every caller in this binary.
     assert_eq!(fixtures::zookeeper(), endpoint);
 
@@ -43,6 +111,12 @@ fn zookeeper_answers_ruok_and_zkcli() {
 fn etcd_is_healthy_and_etcdctl_works() {
     let endpoint = fixtures::etcd();
     assert!(fixtures::etcd_healthy(&endpoint), "health on {endpoint}");
+    let status = fixtures::etcd_status(&endpoint).expect("maintenance status");
+    assert_ne!(status.member_id, 0);
+    assert_eq!(
+        status.leader, status.member_id,
+        "a lone server leads itself"
+    );
     assert_eq!(fixtures::etcd(), endpoint);
 
     let server = fixtures::etcd_server();

@@ -145,38 +145,13 @@ pub async fn next(stream: &mut WatchStream, what: &str) -> WatchEvent {
     }
 }
 
-/// The etcd image for a dedicated container: `$SHAREDSTATE_ETCD_IMAGE`,
-/// else the locally built test image when present, else the official one.
-pub fn dedicated_etcd_image() -> String {
-    if let Ok(image) = std::env::var(fixtures::ETCD_IMAGE_VAR) {
-        if !image.is_empty() {
-            return image;
-        }
-    }
-    let local_present = std::process::Command::new("docker")
-        .args(["image", "inspect", fixtures::LOCAL_ETCD_IMAGE])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if local_present {
-        fixtures::LOCAL_ETCD_IMAGE.to_owned()
-    } else {
-        fixtures::DEFAULT_ETCD_IMAGE.to_owned()
-    }
-}
-
-/// A dedicated etcd container for this test only (stopped when the test
-/// binary exits), for what must not touch the shared server: compaction
-/// (it would race other tests' watches) and auth.
+/// A dedicated etcd container for this test only (removed when the handle
+/// is dropped), for what must not touch the shared server: compaction (it
+/// would race other tests' watches) and auth.
 pub async fn dedicated_etcd() -> fixtures::Server {
-    let image = dedicated_etcd_image();
-    tokio::task::spawn_blocking(move || {
-        fixtures::start_container(fixtures::ServiceKind::Etcd, &image)
-    })
-    .await
-    .expect("fixture thread")
-    .unwrap_or_else(|message| panic!("this test needs its own etcd container: {message}"))
+    fixtures::start_server(fixtures::ServiceKind::Etcd)
+        .await
+        .unwrap_or_else(|message| panic!("this test needs its own etcd container: {message}"))
 }
 
 /// A factory on a dedicated etcd container.
