@@ -1,7 +1,8 @@
 //! The cluster fault suite on real 3-member clusters (containers): each
 //! fault once per backend (the short run `scripts/test.sh` does), or the
 //! long run of `scripts/chaos.sh` (`SHAREDSTATE_CHAOS_REPEAT=N` repeats the
-//! faults N times; `SHAREDSTATE_CHAOS_REPORT=path` appends the table).
+//! faults N times; `SHAREDSTATE_CHAOS_FAULTS=cut,kill-node,kill-leader,pause`
+//! picks some; `SHAREDSTATE_CHAOS_REPORT=path` appends the table).
 //! Fails on any violation of the checker (lost or duplicated acknowledged
 //! writes, definite failures present, stale reads without `Stale`, writer
 //! stalls past the session timeout while the cluster accepted writes, no
@@ -27,6 +28,19 @@ fn config(kind: ServiceKind) -> RunConfig {
     {
         config.faults = (0..repeat).flat_map(|_| Fault::ALL).collect();
         config.settle = Duration::from_secs(8);
+    }
+    // SHAREDSTATE_CHAOS_FAULTS=cut,kill-node,kill-leader,pause: only those.
+    if let Ok(only) = std::env::var("SHAREDSTATE_CHAOS_FAULTS") {
+        config.faults = only
+            .split(',')
+            .map(|name| match name.trim() {
+                "cut" => Fault::CutClientConnection,
+                "kill-node" => Fault::KillClientsNode,
+                "kill-leader" => Fault::KillLeader,
+                "pause" => Fault::PausePastSessionTimeout,
+                other => panic!("unknown fault {other:?} in SHAREDSTATE_CHAOS_FAULTS"),
+            })
+            .collect();
     }
     config
 }

@@ -38,6 +38,8 @@ pub struct Verdict {
     /// The longest time a writer went without a success while the probe
     /// showed the cluster accepting writes.
     pub longest_stall: Duration,
+    /// Where that stall was: the writer, and the two successes around it.
+    pub stall: Option<Stall>,
     /// Every instance reached the final state within `max_staleness` after
     /// the last heal.
     pub converged: bool,
@@ -52,6 +54,24 @@ impl Verdict {
     pub fn ok(&self) -> bool {
         self.violations.is_empty()
     }
+}
+
+/// A writer's longest stretch without a success.
+#[derive(Clone, Debug)]
+pub struct Stall {
+    /// The writer.
+    pub writer: String,
+    /// Its success before the stall.
+    pub from: Instant,
+    /// Its success after.
+    pub to: Instant,
+    /// The distinct errors its attempts met in between (the first few).
+    pub errors: Vec<String>,
+    /// How many times its updates ran their closure in between (conflicts
+    /// lost to other writers show here), and the longest single attempt.
+    pub runs: u32,
+    /// The longest single attempt in between.
+    pub longest_attempt: Duration,
 }
 
 /// An empty verdict, and the attempts of `writers`.
@@ -181,11 +201,12 @@ pub fn check_journal(
             }
         }
     }
-    v.longest_stall = longest_stall(&attempts, &recording.probe_ok, writers);
+    (v.longest_stall, v.stall) = longest_stall(&attempts, &recording.probe_ok, writers);
     if v.longest_stall > session_timeout {
         v.violations.push(format!(
-            "a writer stalled {:?} while the cluster accepted writes (session timeout {session_timeout:?})",
-            v.longest_stall
+            "a writer stalled {:?} while the cluster accepted writes (session timeout {session_timeout:?}): {:?}",
+            v.longest_stall,
+            v.stall.as_ref().map(|s| (&s.writer, &s.errors)),
         ));
     }
     v
@@ -222,11 +243,12 @@ pub fn check_counter(
             "the counter is {final_n}, above acknowledged + indeterminate = {high}"
         ));
     }
-    v.longest_stall = longest_stall(&attempts, &recording.probe_ok, writers);
+    (v.longest_stall, v.stall) = longest_stall(&attempts, &recording.probe_ok, writers);
     if v.longest_stall > session_timeout {
         v.violations.push(format!(
-            "the counter stalled {:?} while the cluster accepted writes",
-            v.longest_stall
+            "the counter stalled {:?} while the cluster accepted writes: {:?}",
+            v.longest_stall,
+            v.stall.as_ref().map(|s| &s.errors),
         ));
     }
     v
@@ -234,9 +256,14 @@ pub fn check_counter(
 
 /// The longest gap between two successes of one writer, less the longest
 /// probe outage inside it (the cluster itself refusing writes, as during an
-/// election, is not the writer's stall).
-fn longest_stall(attempts: &[&Attempt], probe_ok: &[Instant], writers: &[String]) -> Duration {
+/// election, is not the writer's stall), and where it was.
+fn longest_stall(
+    attempts: &[&Attempt],
+    probe_ok: &[Instant],
+    writers: &[String],
+) -> (Duration, Option<Stall>) {
     let mut longest = Duration::ZERO;
+    let mut at = None;
     for writer in writers {
         let mut successes: Vec<Instant> = attempts
             .iter()
@@ -247,11 +274,39 @@ fn longest_stall(attempts: &[&Attempt], probe_ok: &[Instant], writers: &[String]
         for pair in successes.windows(2) {
             let (from, to) = (pair[0], pair[1]);
             let gap = to.saturating_duration_since(from);
-            let outage = probe_outage(probe_ok, from, to);
-            longest = longest.max(gap.saturating_sub(outage));
+            let stall = gap.saturating_sub(probe_outage(probe_ok, from, to));
+            if stall > longest {
+                longest = stall;
+                at = Some((writer.clone(), from, to));
+            }
         }
     }
-    longest
+    let stall = at.map(|(writer, from, to)| {
+        let mut errors: Vec<String> = Vec::new();
+        let mut runs = 0;
+        let mut longest_attempt = Duration::ZERO;
+        for a in attempts {
+            if a.writer == writer && a.started >= from && a.started <= to {
+                runs += a.runs;
+                longest_attempt =
+                    longest_attempt.max(a.ended_at.saturating_duration_since(a.started));
+                if let Some(e) = &a.error {
+                    if !errors.contains(e) && errors.len() < 4 {
+                        errors.push(e.clone());
+                    }
+                }
+            }
+        }
+        Stall {
+            writer,
+            from,
+            to,
+            errors,
+            runs,
+            longest_attempt,
+        }
+    });
+    (longest, stall)
 }
 
 /// The longest time inside `[from, to]` without a probe success.
@@ -312,6 +367,7 @@ mod tests {
             ended_at: at,
             ended,
             error: None,
+            runs: 1,
         }
     }
 
@@ -423,7 +479,8 @@ mod tests {
         let refs: Vec<&Attempt> = attempts.iter().collect();
         // The probe failed from 2 s to 15 s: 13 s of outage, 7 s of stall.
         let probe = vec![t0 + s(1), t0 + s(2), t0 + s(15), t0 + s(19)];
-        let stall = longest_stall(&refs, &probe, &["w".into()]);
+        let (stall, at) = longest_stall(&refs, &probe, &["w".into()]);
         assert_eq!(stall, s(7));
+        assert_eq!(at.map(|a| a.writer), Some("w".to_owned()));
     }
 }

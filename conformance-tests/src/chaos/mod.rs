@@ -348,6 +348,25 @@ pub async fn run(config: RunConfig, connect: Connect) -> Report {
         &["counter".to_owned()],
         config.session_timeout,
     ));
+    for verdict in &verdicts {
+        if let Some(stall) = &verdict.stall {
+            note(
+                &mut log,
+                format!(
+                    "{}: longest stall {:?}, {} from {:.1}s to {:.1}s ({} runs of its closure, \
+                     longest attempt {:?}); errors meanwhile: {:?}",
+                    verdict.name,
+                    verdict.longest_stall,
+                    stall.writer,
+                    stall.from.saturating_duration_since(started).as_secs_f64(),
+                    stall.to.saturating_duration_since(started).as_secs_f64(),
+                    stall.runs,
+                    stall.longest_attempt,
+                    stall.errors
+                ),
+            );
+        }
+    }
     if !recording.read_errors.is_empty() {
         if let Some(first) = verdicts.first_mut() {
             first.violations.push(format!(
