@@ -249,8 +249,18 @@ where
                     version: versioned.version,
                     error: message.clone(),
                 };
-                // Published first so the snapshot can carry its number.
-                let seq = self.publish(
+                // The snapshot first (with the number its notice will
+                // carry), so whoever sees the notice finds the problem in
+                // `status()` too.
+                self.replace(Snapshot {
+                    value: current.value.clone(),
+                    json: current.json.clone(),
+                    version: current.version,
+                    seen: versioned.version,
+                    problem: Some(problem),
+                    seq: *last + 1,
+                });
+                self.publish(
                     &mut last,
                     StateEvent::Rejected {
                         version: versioned.version,
@@ -258,14 +268,6 @@ where
                     },
                     None,
                 );
-                self.replace(Snapshot {
-                    value: current.value.clone(),
-                    json: current.json.clone(),
-                    version: current.version,
-                    seen: versioned.version,
-                    problem: Some(problem),
-                    seq,
-                });
             }
         }
         true
@@ -325,15 +327,15 @@ where
             return;
         }
         tracing::warn!(key = %self.keys.payload, "payload deleted; keeping the last good copy");
-        let seq = self.publish(&mut last, StateEvent::PayloadDeleted, None);
         self.replace(Snapshot {
             value: current.value.clone(),
             json: current.json.clone(),
             version: current.version,
             seen: current.seen,
             problem: Some(PayloadProblem::Deleted),
-            seq,
+            seq: *last + 1,
         });
+        self.publish(&mut last, StateEvent::PayloadDeleted, None);
     }
 
     /// Applies a fresh read of the payload, whatever it holds.
