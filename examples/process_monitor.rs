@@ -4,13 +4,15 @@
 //!
 //! ```text
 //! cargo run --example process_monitor                      # demo: 3 agents + operator, in memory
-//! cargo run --example process_monitor --features zookeeper -- --backend zk://127.0.0.1:2181
+//! cargo run --example process_monitor --features sharedstate-examples/zookeeper -- --backend zk://127.0.0.1:2181
+//! cargo run --example process_monitor --features sharedstate-examples/etcd -- --backend etcd://127.0.0.1:2379
 //! ```
 //!
 //! On `memory://` the whole scenario runs in this one process and exits by
 //! itself. On a real backend this is one agent that runs until Ctrl-C; change
 //! its globs with the `sharedstate` command from another terminal.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,10 +59,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
+    // Logs go to stderr (stdout is the agent's report), coloured only on a
+    // terminal and without NO_COLOR, so a log file holds no escape codes.
+    let stderr_is_terminal = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr_is_terminal && std::env::var_os("NO_COLOR").is_none())
         .init();
     let args = Args::parse();
     let outcome = if args.backend.starts_with("memory://") {
@@ -110,7 +117,7 @@ async fn agent_until_ctrl_c(args: &Args) -> Result<(), sharedstate::Error> {
     let backend = sharedstate::connect(&args.backend).await?;
     let mut agent = Agent::open("agent".into(), backend, &args.path).await?;
     loop {
-        let interval = Duration::from_secs(agent.state.read()?.interval_secs.max(1));
+        let interval = Duration::from_secs(agent.monitor()?.interval_secs.max(1));
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             reported = agent.report_next_change() => reported?,
@@ -127,6 +134,8 @@ struct Agent {
     state: SharedState<Monitor>,
     changes: sharedstate::Subscription,
     system: System,
+    /// The copy could not be proven current last time we looked.
+    stale: bool,
 }
 
 impl Agent {
@@ -150,6 +159,7 @@ impl Agent {
             state,
             changes,
             system: System::new(),
+            stale: false,
         };
         agent.scan()?;
         Ok(agent)
@@ -178,14 +188,50 @@ impl Agent {
                     self.name
                 );
             }
-            other => println!("[{}] {other:?}", self.name),
+            StateEvent::PayloadDeleted => println!(
+                "[{}] payload deleted, keeping the last good globs until it is written again",
+                self.name
+            ),
+            StateEvent::Lagged { missed } => println!(
+                "[{}] fell {missed} events behind; the next change is the net difference",
+                self.name
+            ),
+            other => println!("[{}] unknown event: {other:?}", self.name),
         }
         Ok(())
     }
 
+    /// The monitor settings to use now. While the service cannot prove the
+    /// copy current (an outage, a partition), `read()` says `Stale`: the
+    /// agent says so once and keeps working with the last settings it
+    /// knew, and says when they are verified again. Only a closed state is
+    /// an error.
+    fn monitor(&mut self) -> Result<Arc<Monitor>, sharedstate::Error> {
+        match self.state.read() {
+            Ok(monitor) => {
+                if std::mem::take(&mut self.stale) {
+                    println!("[{}] settings verified again with the service", self.name);
+                }
+                Ok(monitor)
+            }
+            Err(error) if error.kind() == sharedstate::ErrorKind::Stale => {
+                let (monitor, unverified_for) = self.state.last_known();
+                if !std::mem::replace(&mut self.stale, true) {
+                    println!(
+                        "[{}] cannot verify the settings with the service (unverified for {:.0?}); \
+                         keeping the last known globs {:?} until it is back",
+                        self.name, unverified_for, monitor.globs
+                    );
+                }
+                Ok(monitor)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Matches the globs against the running processes and prints the hits.
     fn scan(&mut self) -> Result<(), sharedstate::Error> {
-        let monitor = self.state.read()?;
+        let monitor = self.monitor()?;
         let globs = compile(&monitor.globs);
         self.system.refresh_processes_specifics(
             ProcessesToUpdate::All,

@@ -18,19 +18,26 @@
 #             answers, build local ones (scripts/build-test-images.sh, needs
 #             mmdebstrap) and export SHAREDSTATE_ZOOKEEPER_IMAGE /
 #             SHAREDSTATE_ETCD_IMAGE for the tests
+#   kazoo     a Python venv with kazoo (target/kazoo-venv) for the lock
+#             interop tests; exports SHAREDSTATE_KAZOO_PYTHON
 #   cleanup   remove containers and networks labelled sharedstate.test=1
 #             whose test process is gone (the fixtures' reaper missed them)
 #   fmt       cargo fmt --all -- --check
 #   clippy    cargo clippy --workspace --all-targets --all-features -- -D warnings
 #   doc       cargo doc --workspace --no-deps --all-features, warnings denied
+#   package   cargo publish --workspace --dry-run --no-verify: every crate meant
+#             for crates.io packages, each .crate carries LICENSE-MIT,
+#             LICENSE-APACHE and README.md (publish = false crates skipped)
+#   msrv      cargo +<rust-version> check --workspace --all-targets
+#             --all-features --locked (rustup installs that toolchain if missing)
 #   build     cargo test --workspace --all-features --no-run
 #   test      cargo test --workspace --all-features --no-fail-fast
 #   bench     scripts/bench.sh --smoke: every benchmark scenario, briefly
 #
 # Environment:
 #   SHAREDSTATE_TEST_ONLY   comma-separated steps or groups to run
-#                           (provision = packages,protoc,docker,images,cleanup;
-#                           check = fmt,clippy,doc; tests = build,test,bench);
+#                           (provision = packages,protoc,docker,images,kazoo,cleanup;
+#                           check = fmt,clippy,doc,package,msrv; tests = build,test,bench);
 #                           default: everything
 #   SHAREDSTATE_ZOOKEEPER_IMAGE / SHAREDSTATE_ETCD_IMAGE
 #                           use these images (pulled or built by hand)
@@ -47,15 +54,19 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-STEPS=(packages protoc docker images cleanup fmt clippy doc build test bench)
+STEPS=(packages protoc docker images kazoo cleanup fmt clippy doc package msrv build test bench)
 # Selection groups (SHAREDSTATE_TEST_ONLY) and timing phases of each step.
 declare -A GROUP=(
-	[packages]=provision [protoc]=provision [docker]=provision [images]=provision [cleanup]=provision
-	[fmt]=check [clippy]=check [doc]=check [build]=tests [test]=tests [bench]=tests
+	[packages]=provision [protoc]=provision [docker]=provision [images]=provision [kazoo]=provision
+	[cleanup]=provision
+	[fmt]=check [clippy]=check [doc]=check [package]=check [msrv]=check
+	[build]=tests [test]=tests [bench]=tests
 )
 declare -A PHASE=(
-	[packages]=provision [protoc]=provision [docker]=provision [images]=provision [cleanup]=provision
-	[fmt]=build [clippy]=build [doc]=build [build]=build [test]=tests [bench]=tests
+	[packages]=provision [protoc]=provision [docker]=provision [images]=provision [kazoo]=provision
+	[cleanup]=provision
+	[fmt]=build [clippy]=build [doc]=build [package]=build [msrv]=build
+	[build]=build [test]=tests [bench]=tests
 )
 NONFATAL=" fmt " # a failing non-fatal step lets the others run, and fails the run at the end
 
@@ -253,6 +264,24 @@ step_images() {
 	log "images: SHAREDSTATE_ZOOKEEPER_IMAGE=$SHAREDSTATE_ZOOKEEPER_IMAGE SHAREDSTATE_ETCD_IMAGE=$SHAREDSTATE_ETCD_IMAGE"
 }
 
+# Python's kazoo for the lock interop tests (backend-zookeeper/tests/kazoo_interop.rs),
+# in a venv under target/ (gitignored), from PyPI.
+KAZOO_VENV="$ROOT/target/kazoo-venv"
+step_kazoo() {
+	if [[ -x "$KAZOO_VENV/bin/python" ]] && "$KAZOO_VENV/bin/python" -c 'import kazoo' 2>/dev/null; then
+		log "kazoo: present in $KAZOO_VENV"
+	else
+		if ! python3 -m venv "$KAZOO_VENV" 2>/dev/null; then
+			rm -rf "$KAZOO_VENV"
+			apt_install python3-venv python3-pip || return 1
+			python3 -m venv "$KAZOO_VENV" || return 1
+		fi
+		log "kazoo: pip install kazoo into $KAZOO_VENV"
+		"$KAZOO_VENV/bin/pip" install -q kazoo || return 1
+	fi
+	export SHAREDSTATE_KAZOO_PYTHON="$KAZOO_VENV/bin/python"
+}
+
 step_cleanup() {
 	local id pid removed=0 networks=0
 	for id in $(docker ps -aq --filter "label=$TEST_LABEL"); do
@@ -284,6 +313,77 @@ step_fmt() {
 step_clippy() { cargo clippy --workspace --all-targets --all-features -- -D warnings; }
 # Every public item documented, no broken links (the binary's docs are --help).
 step_doc() { RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features; }
+
+# Packages every publishable crate without uploading; internal dependencies
+# not yet on crates.io resolve from the packages made in the same run.
+# --no-verify: building each .crate again would take minutes; the build step
+# compiles the same sources. --allow-dirty: a developer's uncommitted files.
+# Then each packaged crate's file list must hold both licenses and a README.
+step_package() {
+	local log name files file packaged=0 incomplete=0
+	log="$(mktemp)"
+	cargo publish --workspace --dry-run --no-verify --allow-dirty 2>&1 | tee "$log" >&2
+	if ((PIPESTATUS[0] != 0)); then
+		rm -f "$log"
+		return 1
+	fi
+	if grep -q 'already exists on crates.io index' "$log"; then
+		warn "package: a crate name and version is already on crates.io (above): publishing would fail"
+	fi
+	while read -r name; do
+		packaged=$((packaged + 1))
+		files="$(cargo package --list --allow-dirty -p "$name" 2>/dev/null)" || {
+			err "package: cargo package --list -p $name failed"
+			incomplete=1
+			continue
+		}
+		for file in LICENSE-MIT LICENSE-APACHE README.md; do
+			if ! grep -Fqx "$file" <<<"$files"; then
+				err "package: $name does not carry $file"
+				incomplete=1
+			fi
+		done
+	done < <(sed -n 's/^ *Packaging \([^ ]*\) v[^ ]* .*/\1/p' "$log")
+	rm -f "$log"
+	if ((packaged == 0)); then
+		err "package: no 'Packaging <crate> <version>' line in cargo's output"
+		return 1
+	fi
+	((incomplete == 0)) || return 1
+	log "package: $packaged crate(s) packaged, each with both licenses and its README"
+}
+
+# The declared rust-version (workspace.package) really builds, with Cargo.lock:
+# every library and binary with every feature, except the test support
+# (sharedstate-conformance, and the facade's `testing` feature on it), whose
+# testcontainers 0.28 needs Rust 1.88 (conformance-tests/Cargo.toml says
+# why it is pinned); the test targets use it, so they build on stable only.
+MSRV_EXEMPT_PACKAGE=sharedstate-conformance
+MSRV_EXEMPT_FEATURES=" sharedstate/testing "
+step_msrv() {
+	local msrv features
+	msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
+	[[ -n "$msrv" ]] || { err "msrv: no rust-version in Cargo.toml"; return 1; }
+	if ! rustup run "$msrv" rustc --version >/dev/null 2>&1; then
+		log "msrv: installing Rust $msrv (rustup, minimal profile)"
+		rustup toolchain install "$msrv" --profile minimal || return 1
+	fi
+	features="$(cargo metadata --no-deps --format-version 1 | python3 -c '
+import json, sys
+exempt = sys.argv[1].split()
+for package in json.load(sys.stdin)["packages"]:
+    if package["name"] == sys.argv[2]:
+        continue
+    for feature in package["features"]:
+        name = package["name"] + "/" + feature
+        if name not in exempt:
+            print(name)
+' "$MSRV_EXEMPT_FEATURES" "$MSRV_EXEMPT_PACKAGE" | paste -sd, -)" || return 1
+	log "msrv: Rust $msrv, libraries and binaries, every feature, without $MSRV_EXEMPT_PACKAGE and:$MSRV_EXEMPT_FEATURES"
+	cargo "+$msrv" check --workspace --exclude "$MSRV_EXEMPT_PACKAGE" --lib --bins --features "$features" \
+		--locked --target-dir "$ROOT/target/msrv"
+}
+
 step_build() { cargo test --workspace --all-features --no-run; }
 
 # -------------------------------------------------------------------- tests

@@ -32,16 +32,21 @@
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`): badges naming the Cargo feature of each gated item.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
 
 pub use sharedstate_core::*;
 
 #[cfg(feature = "etcd")]
+#[doc(inline)]
 pub use sharedstate_etcd as etcd;
 #[cfg(feature = "memory")]
+#[doc(inline)]
 pub use sharedstate_memory as memory;
 #[cfg(feature = "zookeeper")]
+#[doc(inline)]
 pub use sharedstate_zookeeper as zookeeper;
 
 #[cfg(feature = "testing")]

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
-use sharedstate_core::{Error, ErrorKind, Operation, Result};
+use sharedstate_core::{Error, ErrorKind, Operation, Outcome, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{call_raw, to_error, EtcdError, Retry};
+use crate::error::{call_raw, kind_of, to_error, Retry};
+use crate::members::Members;
 use crate::registration::Registry;
 use crate::session::Session;
 use crate::{EtcdBackend, Inner};
@@ -138,7 +139,16 @@ impl EtcdBuilder {
         }
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            // HTTP/2 pings close a connection whose member stopped
+            // answering (frozen, partitioned): its requests then fail fast.
+            .with_keep_alive(
+                Duration::from_secs(2),
+                self.request_timeout.min(Duration::from_secs(5)),
+            )
+            .with_keep_alive_while_idle(true)
+            // Watches and keep-alives on a member without a leader fail
+            // instead of staying silent.
+            .with_require_leader(true);
         if let Some((name, password)) = &self.user {
             // etcd's auth tokens expire (5 min for simple tokens): refresh
             // them, as sessions and watches live much longer.
@@ -156,18 +166,23 @@ impl EtcdBuilder {
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
         };
-        let client = open_client(&config).await?;
+        let members = Arc::new(Members::new(
+            &config.endpoints,
+            config.options.clone(),
+            config.connect_timeout,
+        ));
         let ttl = i64::try_from(self.session_ttl.as_secs_f64().ceil() as u64)
             .unwrap_or(i64::MAX)
             .max(1);
-        let grant = || {
+        let grant = |client: Client| {
             let mut leases = client.lease_client();
             async move { leases.grant(ttl, None).await }
         };
-        let granted = match call_raw(self.connect_timeout, Retry::Write, grant).await {
+        let granted = match call_raw(&members, self.connect_timeout, Retry::Write, grant).await {
             Ok(granted) => granted,
-            Err(error @ EtcdError::Timeout(_)) => {
+            Err(error) if kind_of(&error) == ErrorKind::Timeout => {
                 return Err(to_error(op, None, error)
+                    .with_outcome(Outcome::NotApplied)
                     .with_message(format!("cannot reach etcd at {:?}", self.endpoints)))
             }
             Err(error) => {
@@ -178,7 +193,7 @@ impl EtcdBuilder {
             }
         };
         let inner = Arc::new(Inner {
-            client,
+            members,
             config,
             session: Session::new(granted.id(), granted.ttl()),
             registry: tokio::sync::Mutex::new(Registry::default()),
@@ -188,25 +203,6 @@ impl EtcdBuilder {
         tokio::spawn(crate::session::run(Arc::clone(&inner)));
         tracing::debug!(lease = granted.id(), ttl = granted.ttl(), endpoints = ?self.endpoints, "etcd session started");
         Ok(EtcdBackend { inner })
-    }
-}
-
-/// Opens an etcd client (no request is sent unless credentials are set).
-pub(crate) async fn open_client(config: &Config) -> Result<Client> {
-    let op = Operation::Connect;
-    match tokio::time::timeout(
-        config.connect_timeout,
-        Client::connect(&config.endpoints, Some(config.options.clone())),
-    )
-    .await
-    {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(error)) => Err(to_error(op, None, EtcdError::Client(error))
-            .with_message(format!("connecting to {:?}", config.endpoints))),
-        Err(_) => Err(
-            to_error(op, None, EtcdError::Timeout(config.connect_timeout))
-                .with_message(format!("cannot reach etcd at {:?}", config.endpoints)),
-        ),
     }
 }
 

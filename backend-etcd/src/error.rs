@@ -3,7 +3,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use sharedstate_core::{Error, ErrorKind, Key, Operation};
+use etcd_client::Client;
+use sharedstate_core::{Error, ErrorKind, Key, Operation, Outcome};
+
+use crate::members::Members;
 
 /// The private error this crate wraps as the `source` of a core [`Error`].
 #[derive(Debug, thiserror::Error)]
@@ -17,14 +20,34 @@ pub(crate) enum EtcdError {
     /// etcd answered with something this backend cannot interpret.
     #[error("unexpected response from etcd: {0}")]
     Protocol(&'static str),
+    /// The request never left this client (no member could be reached):
+    /// nothing was applied.
+    #[error("{0}")]
+    Unsent(Box<EtcdError>),
 }
 
 /// The core kind for an etcd-client error.
 pub(crate) fn kind_of(error: &EtcdError) -> ErrorKind {
     match error {
-        EtcdError::Timeout(_) => ErrorKind::Unavailable,
+        EtcdError::Timeout(_) => ErrorKind::Timeout,
         EtcdError::Protocol(_) => ErrorKind::Other,
         EtcdError::Client(e) => client_kind(e),
+        EtcdError::Unsent(e) => kind_of(e),
+    }
+}
+
+/// Whether a failed request may have been applied.
+pub(crate) fn outcome_of(error: &EtcdError) -> Outcome {
+    match error {
+        EtcdError::Unsent(_) => Outcome::NotApplied,
+        EtcdError::Timeout(_) => Outcome::Unknown,
+        EtcdError::Protocol(_) => Outcome::Unknown,
+        // An answer from etcd (a gRPC status other than a transport
+        // failure) means it was refused.
+        EtcdError::Client(e) => match client_kind(e) {
+            ErrorKind::Unavailable | ErrorKind::Other | ErrorKind::Timeout => Outcome::Unknown,
+            _ => Outcome::NotApplied,
+        },
     }
 }
 
@@ -75,7 +98,7 @@ fn grpc_kind(code: i32, message: &str) -> ErrorKind {
 
 /// Builds the core error for a failed etcd call.
 pub(crate) fn to_error(operation: Operation, key: Option<&Key>, error: EtcdError) -> Error {
-    let mut out = Error::new(kind_of(&error), operation);
+    let mut out = Error::new(kind_of(&error), operation).with_outcome(outcome_of(&error));
     if let Some(key) = key {
         out = out.with_key(key);
     }
@@ -99,15 +122,20 @@ pub(crate) enum Retry {
     /// A read: retried after any transport failure.
     Read,
     /// A write: retried only when it surely never reached a server (its
-    /// outcome would be unknown otherwise).
+    /// outcome would be unknown otherwise). Unconditional overwrites too:
+    /// a retry after an unknown outcome could write our value over a
+    /// newer one written in between.
     Write,
 }
 
-/// Runs one etcd call (`attempt` makes the request) with the request
-/// timeout, retrying as `retry` allows, and maps its failure. With several
-/// endpoints, etcd-client's balancer may route a request to a member that
-/// is down: such a request never left, and goes to another one.
+/// Runs one etcd call (`attempt` makes the request on the client it is
+/// given) within `timeout`, and maps its failure. Each attempt goes to the
+/// member [`Members`] prefers and gets a share of the timeout; a member that
+/// fails or does not answer in time is avoided, and a retry goes to another
+/// one, as `retry` allows: a read after any transport failure or timeout, a
+/// write only when it surely never left.
 pub(crate) async fn call<T, F, Fut>(
+    members: &Members,
     timeout: Duration,
     operation: Operation,
     key: Option<&Key>,
@@ -115,38 +143,88 @@ pub(crate) async fn call<T, F, Fut>(
     attempt: F,
 ) -> Result<T, Error>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
-    call_raw(timeout, retry, attempt)
+    call_raw(members, timeout, retry, attempt)
         .await
         .map_err(|error| to_error(operation, key, error))
 }
 
 /// Like [`call`], keeping the private error (for internal retry loops).
 pub(crate) async fn call_raw<T, F, Fut>(
+    members: &Members,
     timeout: Duration,
     retry: Retry,
     mut attempt: F,
 ) -> Result<T, EtcdError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let share = members.attempt_timeout(timeout);
     let mut pause = Duration::from_millis(5);
+    // Whether any attempt may have reached a member.
+    let mut sent = false;
+    let mut round = 0;
     loop {
-        let error = match tokio::time::timeout_at(deadline, attempt()).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error)) => error,
-            Err(_) => return Err(EtcdError::Timeout(timeout)),
+        let index = members.index_for(round);
+        round += 1;
+        let client = match members.client(index).await {
+            Ok(client) => client,
+            Err(error) => {
+                members.failed(index);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    let error = EtcdError::Client(error);
+                    return Err(if sent {
+                        error
+                    } else {
+                        EtcdError::Unsent(Box::new(error))
+                    });
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+                continue;
+            }
         };
-        let again = never_sent(&error)
-            || (retry == Retry::Read && client_kind(&error) == ErrorKind::Unavailable);
-        if !again || tokio::time::Instant::now() + pause >= deadline {
-            return Err(EtcdError::Client(error));
+        let attempt_deadline = deadline.min(tokio::time::Instant::now() + share);
+        let error = match tokio::time::timeout_at(attempt_deadline, attempt(client)).await {
+            Ok(Ok(value)) => {
+                members.answered(index);
+                return Ok(value);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                members.failed(index);
+                sent = true;
+                let time_left = tokio::time::Instant::now() + pause < deadline;
+                if retry == Retry::Read && time_left {
+                    tracing::debug!(
+                        index,
+                        "an etcd member did not answer in time; asking another"
+                    );
+                    continue;
+                }
+                return Err(EtcdError::Timeout(timeout));
+            }
+        };
+        let unsent = never_sent(&error);
+        let transport = client_kind(&error) == ErrorKind::Unavailable;
+        if transport {
+            members.failed(index);
         }
-        tracing::debug!(%error, "etcd call failed before reaching a server; retrying");
+        sent |= !unsent;
+        let again = unsent || (retry == Retry::Read && transport);
+        if !again || tokio::time::Instant::now() + pause >= deadline {
+            let error = EtcdError::Client(error);
+            return Err(if sent {
+                error
+            } else {
+                EtcdError::Unsent(Box::new(error))
+            });
+        }
+        tracing::debug!(%error, "etcd call failed; retrying on another member");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use etcd_client::{
-    Compare, CompareOp, GetOptions, GetResponse, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, GetOptions, GetResponse, KeyValue, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Version, Versioned};
 
@@ -215,13 +216,13 @@ impl Inner {
         retry: Retry,
         txn: Txn,
     ) -> Result<TxnResponse> {
-        let client = &self.client;
         call(
+            &self.members,
             self.config.request_timeout,
             operation,
             Some(key),
             retry,
-            || {
+            |client: Client| {
                 let mut kv = client.kv_client();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
@@ -237,13 +238,13 @@ impl Inner {
         operation: Operation,
     ) -> Result<(Option<Versioned>, i64)> {
         check_open(self, operation, key)?;
-        let client = &self.client;
         let mut response = call(
+            &self.members,
             self.config.request_timeout,
             operation,
             Some(key),
             Retry::Read,
-            || {
+            |client: Client| {
                 let mut kv = client.kv_client();
                 async move { kv.get(key.as_str(), None).await }
             },
@@ -258,19 +259,42 @@ impl Inner {
         Ok(self.read(key, Operation::Get).await?.0)
     }
 
+    /// The key's version only: a linearizable keys-only range.
+    pub(crate) async fn get_version(&self, key: &Key) -> Result<Option<Version>> {
+        let operation = Operation::Get;
+        check_open(self, operation, key)?;
+        let response = call(
+            &self.members,
+            self.config.request_timeout,
+            operation,
+            Some(key),
+            Retry::Read,
+            |client: Client| {
+                let mut kv = client.kv_client();
+                async move { kv.get(key.as_str(), keys_only()).await }
+            },
+        )
+        .await?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| version_of(kv.mod_revision())))
+    }
+
     pub(crate) async fn put(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
         let op = Operation::Put;
         check_open(self, op, key)?;
         check_size(op, key, &value)?;
         let Some(compare) = mode_compare(key, mode) else {
-            let client = &self.client;
-            // Writing the same value again is harmless: retried like a read.
+            // Retried only when surely never sent: after an unknown outcome
+            // a retry could write this value over a newer one.
             let response = call(
+                &self.members,
                 self.config.request_timeout,
                 op,
                 Some(key),
-                Retry::Read,
-                || {
+                Retry::Write,
+                |client: Client| {
                     let mut kv = client.kv_client();
                     let value = Vec::from(value.clone());
                     async move { kv.put(key.as_str(), value, None).await }
@@ -306,13 +330,13 @@ impl Inner {
         let op = Operation::Delete;
         check_open(self, op, key)?;
         let Some(expected) = expected else {
-            let client = &self.client;
             let response = call(
+                &self.members,
                 self.config.request_timeout,
                 op,
                 Some(key),
                 Retry::Write,
-                || {
+                |client: Client| {
                     let mut kv = client.kv_client();
                     async move { kv.delete(key.as_str(), None).await }
                 },
@@ -347,13 +371,13 @@ impl Inner {
         let op = Operation::List;
         check_open(self, op, key)?;
         let prefix = format!("{}/", key.as_str());
-        let client = &self.client;
         let response = call(
+            &self.members,
             self.config.request_timeout,
             op,
             Some(key),
             Retry::Read,
-            || {
+            |client: Client| {
                 let mut kv = client.kv_client();
                 let options = GetOptions::new().with_prefix().with_keys_only();
                 let prefix = prefix.as_str();

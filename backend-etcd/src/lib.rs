@@ -20,7 +20,8 @@
 //!   (`Create`: `create_revision == 0`; `Update(v)`: `mod_revision == v`,
 //!   the failure branch reads the key so `Conflict` carries the current
 //!   version in the same round trip; `Overwrite`: a plain put). Reads are
-//!   linearizable (etcd's default).
+//!   linearizable (etcd's default; no serializable read is used anywhere),
+//!   so `get_linearizable` is `get`.
 //! - **Hierarchy**: etcd is flat. `put` needs no parents, `list` derives
 //!   the direct children from a keys-only prefix range (`/a/b/c` makes `b`
 //!   a child of `/a`), and deleting a key leaves its children
@@ -32,29 +33,40 @@
 //!   its TTL passed without an answered keep-alive) the session is `Lost`:
 //!   every lock guard's `lost()` fires, a new lease is granted,
 //!   registrations are re-created on it, then `Connected` with epoch + 1.
-//! - **Watches** read the key, then watch from the read's revision + 1 with
-//!   `prev_kv`; a broken stream, a compacted start revision, a suspension
-//!   or a new session leads to a re-read and `Resync`.
+//! - **Watches** read the key, then watch from the read's revision + 1; a
+//!   broken stream, a compacted start revision, a suspension or a new
+//!   session leads to a re-read and `Resync`. A stream quiet for 2 s is
+//!   asked for a progress notification, and one that gives none within the
+//!   request timeout (a frozen or partitioned member) is reopened on
+//!   another member; watches require a leader (`hasleader`), so a member
+//!   cut off from the quorum cancels them instead of staying silent.
 //! - **Locks** use the create-revision recipe of etcd's `concurrency.Mutex`
 //!   (waiter keys `<lock key>/<lease hex>` bound to the lease; callers of
 //!   one client queue locally for it);
 //!   the fencing token is the waiter key's `create_revision`; fenced writes
 //!   are one transaction comparing it.
 //! - **Registrations** are keys bound to the lease.
-//! - **Several endpoints**: a request that could not reach a member is sent
-//!   to another within the request timeout; reads and overwrites are also
-//!   retried after a connection broke mid-call, conditional writes are not
-//!   (their outcome is unknown: `Unavailable`).
+//! - **Several endpoints**: one client per endpoint. Requests go to a
+//!   preferred member and get a share of the request timeout; a member that
+//!   fails or does not answer in time is avoided for a while, and reads (and
+//!   writes that surely never left) are retried on another member within
+//!   the same timeout. Writes whose outcome is unknown are never retried
+//!   (`Timeout` or `Unavailable` with `Outcome::Unknown`), unconditional
+//!   overwrites included. The lease keep-alive moves to another member
+//!   before the session is called `Suspended`.
 //! - [`EtcdBackend::watch_from`] resumes a watch from a known version
 //!   (replaying etcd's history, or `Resync` once it was compacted).
 //!
 //! TLS is behind this crate's `tls` feature (etcd-client's `tls`, rustls).
 #![deny(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`): badges naming the Cargo feature of each gated item.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod error;
 mod kv;
 mod lock;
+mod members;
 mod registration;
 mod session;
 mod watch;
@@ -64,6 +76,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use etcd_client::Client;
 use sharedstate_core::{
     Capabilities, CoordinationBackend, ErrorKind, Key, LockGuard, LockOptions, Operation, PutMode,
     Registration, Result, SessionStatus, Version, Versioned, WatchStream,
@@ -85,7 +98,7 @@ use session::Session;
 
 /// State shared by the backend, its tasks, lock guards and registrations.
 pub(crate) struct Inner {
-    pub(crate) client: etcd_client::Client,
+    pub(crate) members: Arc<members::Members>,
     pub(crate) config: Config,
     pub(crate) session: Session,
     pub(crate) registry: tokio::sync::Mutex<Registry>,
@@ -204,13 +217,26 @@ impl EtcdBackend {
         }
         let mut config = self.inner.config.clone();
         config.endpoints = endpoints.iter().map(|e| e.as_ref().to_owned()).collect();
-        let admin = builder::open_client(&config).await?;
+        let admin = crate::members::Members::new(
+            &config.endpoints,
+            config.options.clone(),
+            config.connect_timeout,
+        );
         let lease = self.lease_id();
-        let revoke = || {
-            let mut leases = admin.lease_client();
+        let revoke = |client: Client| {
+            let mut leases = client.lease_client();
             async move { leases.revoke(lease).await }
         };
-        match error::call(config.request_timeout, op, None, Retry::Read, revoke).await {
+        match error::call(
+            &admin,
+            config.request_timeout,
+            op,
+            None,
+            Retry::Read,
+            revoke,
+        )
+        .await
+        {
             Ok(_) => {}
             // Already gone: the expiry is effective.
             Err(e) if e.kind() == ErrorKind::SessionLost => {}
@@ -233,14 +259,14 @@ impl Drop for EtcdBackend {
         // Revoke the lease in the background when a runtime is there;
         // otherwise it expires after its TTL.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let client = self.inner.client.clone();
+            let members = Arc::clone(&self.inner.members);
             let timeout = self.inner.config.request_timeout;
             runtime.spawn(async move {
-                let revoke = || {
+                let revoke = |client: Client| {
                     let mut leases = client.lease_client();
                     async move { leases.revoke(lease).await }
                 };
-                if let Err(error) = error::call_raw(timeout, Retry::Read, revoke).await {
+                if let Err(error) = error::call_raw(&members, timeout, Retry::Read, revoke).await {
                     tracing::debug!(%error, lease, "revoking the lease of a dropped backend failed");
                 }
             });
@@ -272,6 +298,10 @@ impl CoordinationBackend for EtcdBackend {
 
     async fn get(&self, key: &Key) -> Result<Option<Versioned>> {
         self.inner.get(key).await
+    }
+
+    async fn get_version(&self, key: &Key) -> Result<Option<Version>> {
+        self.inner.get_version(key).await
     }
 
     async fn put(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
@@ -351,13 +381,13 @@ impl CoordinationBackend for EtcdBackend {
         self.inner.closed.cancel();
         self.inner.registry.lock().await.clear();
         let lease = self.inner.session.current().id;
-        let client = &self.inner.client;
         let revoked = error::call(
+            &self.inner.members,
             self.inner.config.request_timeout,
             Operation::Close,
             None,
             Retry::Read,
-            || {
+            |client: Client| {
                 let mut leases = client.lease_client();
                 async move { leases.revoke(lease).await }
             },

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use etcd_client::Client;
 use etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
 };
@@ -80,6 +81,16 @@ pub(crate) async fn lock(
         name: waiter.clone(),
         permit: Some(permit),
     };
+    // Armed before the first request: if this future is dropped anywhere
+    // below, the waiter key is deleted in the background (it would
+    // otherwise become the holder and block every other client).
+    let mut pending = PendingWaiter {
+        inner: Arc::clone(inner),
+        key: key.clone(),
+        waiter: waiter.clone(),
+        lease: lease.clone(),
+        turn: Some(turn),
+    };
 
     // One round trip: create the waiter key and read the oldest waiter.
     let oldest = GetOptions::new()
@@ -110,11 +121,8 @@ pub(crate) async fn lock(
             Ok(response) => response,
             Err(error) => {
                 poke_if_lost(inner, &error);
-                if error.kind() == ErrorKind::Unavailable {
-                    // The waiter key may have been created: remove it once
-                    // etcd answers again, or it would hold the lock for good.
-                    delete_owned_later(inner, Operation::Unlock, key, waiter, lease, turn);
-                }
+                // The waiter key may have been created (outcome unknown):
+                // `pending` removes it once etcd answers again.
                 return Err(error);
             }
         };
@@ -149,12 +157,67 @@ pub(crate) async fn lock(
             Err(_) => Some(timed_out()),
         };
         if let Some(error) = failure {
-            // Best effort: it goes with the lease at the latest.
-            let _ = delete_owned(inner, Operation::Unlock, key, waiter, lease, turn).await;
+            pending.delete_now().await;
             return Err(error);
         }
     }
+    let turn = pending.disarm();
     Ok((guard(inner, key, waiter, token, &lease, turn), value))
+}
+
+/// A waiter key that may exist and is not a held lock yet: deleted (in the
+/// background when dropped) unless disarmed.
+struct PendingWaiter {
+    inner: Arc<Inner>,
+    key: Key,
+    waiter: String,
+    lease: LeaseHandle,
+    turn: Option<Turn>,
+}
+
+impl PendingWaiter {
+    /// The lock was granted: the turn goes to the guard.
+    fn disarm(&mut self) -> Option<Turn> {
+        self.turn.take()
+    }
+
+    /// Deletes the key now (best effort: it goes with the lease at the
+    /// latest, and a failed attempt goes on in the background).
+    async fn delete_now(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            let waiter = self.waiter.clone();
+            let lease = self.lease.clone();
+            let _ = delete_owned(
+                &self.inner,
+                Operation::Unlock,
+                &self.key,
+                waiter,
+                lease,
+                turn,
+            )
+            .await;
+        }
+    }
+}
+
+impl Drop for PendingWaiter {
+    fn drop(&mut self) {
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!(key = %self.key, "a lock waiter was dropped outside a runtime; its key goes with the lease");
+            return;
+        }
+        delete_owned_later(
+            &self.inner,
+            Operation::Unlock,
+            &self.key,
+            self.waiter.clone(),
+            self.lease.clone(),
+            turn,
+        );
+    }
 }
 
 /// Per waiter key name, the local queue of this client's callers.
@@ -211,7 +274,7 @@ fn guard(
     waiter: String,
     token: i64,
     lease: &LeaseHandle,
-    turn: Turn,
+    turn: Option<Turn>,
 ) -> LockGuard {
     LockGuard::new(
         key.clone(),
@@ -277,13 +340,13 @@ async fn wait_for_turn(
         };
         // Watch the predecessor from just after our read: its deletion
         // cannot slip between the read and the watch.
-        let open = || {
-            let mut watcher = inner.client.watch_client();
+        let open = |client: Client| {
+            let mut watcher = client.watch_client();
             let options = WatchOptions::new().with_start_revision(revision + 1);
             let predecessor = predecessor.key().to_vec();
             async move { watcher.watch(predecessor, Some(options)).await }
         };
-        let mut stream = match call_raw(timeout, Retry::Read, open).await {
+        let mut stream = match call_raw(&inner.members, timeout, Retry::Read, open).await {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::debug!(%error, %key, "watching the lock predecessor failed; retrying");
@@ -385,7 +448,7 @@ struct EtcdLockRelease {
     key: Key,
     waiter: String,
     lease: LeaseHandle,
-    turn: Turn,
+    turn: Option<Turn>,
 }
 
 #[async_trait]

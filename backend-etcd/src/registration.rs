@@ -100,7 +100,17 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
             .with_key(key)
             .with_message("the session is lost; a new one is being opened"));
     }
-    match create(inner, key, &value, lease.id).await? {
+    // Armed before the request: if this future is dropped while the create
+    // is in flight, a key it may have made is deleted in the background
+    // (no entry would ever delete it).
+    let mut abandoned = Abandoned {
+        inner: Arc::clone(inner),
+        key: key.clone(),
+        lease: Some(lease.clone()),
+    };
+    let created = create(inner, key, &value, lease.id).await;
+    abandoned.lease = None;
+    match created? {
         Created::Now => {}
         // Also when this client holds it through another registration.
         Created::Ours | Created::Taken { .. } => {
@@ -127,6 +137,33 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
             key: key.clone(),
         }),
     ))
+}
+
+/// The cleanup of a `register` call dropped mid-request.
+struct Abandoned {
+    inner: Arc<Inner>,
+    key: Key,
+    /// `None` once the request was answered.
+    lease: Option<crate::session::LeaseHandle>,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        crate::kv::delete_owned_later(
+            &self.inner,
+            Operation::Deregister,
+            &self.key,
+            self.key.as_str().to_owned(),
+            lease,
+            (),
+        );
+    }
 }
 
 /// Re-creates every registration not bound to `lease` yet (called with the

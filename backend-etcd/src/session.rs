@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use etcd_client::Client;
 use sharedstate_core::{ErrorKind, SessionState, SessionStatus};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -173,8 +174,10 @@ enum Outcome {
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut last_ack = Instant::now();
     let mut backoff = Backoff::new();
+    let mut breaks_in_row = 0;
     loop {
         let lease = inner.session.current();
+        let acked_before = last_ack;
         let outcome = tokio::select! {
             _ = inner.closed.cancelled() => return,
             outcome = keep_alive(&inner, lease.id, &mut last_ack, &mut backoff) => outcome,
@@ -190,6 +193,17 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 backoff.reset();
             }
             Outcome::Broken(error) => {
+                // Another member may answer: try each once before calling
+                // the session suspended (a frozen member must not cost the
+                // session while a quorum answers).
+                if acked_before != last_ack {
+                    breaks_in_row = 0;
+                }
+                breaks_in_row += 1;
+                if breaks_in_row < inner.members.len() && last_ack.elapsed() < inner.session.ttl() {
+                    tracing::debug!(%error, lease = lease.id, "keep-alive failed on one member; trying another");
+                    continue;
+                }
                 if inner.session.status().state == SessionState::Connected {
                     tracing::warn!(%error, lease = lease.id, "etcd connection lost; session suspended");
                 }
@@ -226,15 +240,31 @@ async fn keep_alive(
     backoff: &mut Backoff,
 ) -> Outcome {
     let timeout = inner.config.request_timeout;
-    let open = || {
-        let mut leases = inner.client.lease_client();
-        async move { leases.keep_alive(lease_id).await }
+    // On the preferred member, which the stream stays on: a failure marks
+    // that member, so the next round goes to another one.
+    let member = inner.members.index_for(0);
+    let broken = |error: EtcdError| {
+        inner.members.failed(member);
+        Outcome::Broken(error)
     };
-    let (mut keeper, mut stream) = match call_raw(timeout, Retry::Read, open).await {
-        Ok(pair) => pair,
-        Err(error) if kind_of(&error) == ErrorKind::SessionLost => return Outcome::Lost,
-        Err(error) => return Outcome::Broken(error),
+    let client = match inner.members.client(member).await {
+        Ok(client) => client,
+        Err(error) => return broken(EtcdError::Client(error)),
     };
+    let mut leases = client.lease_client();
+    let limit = inner.members.attempt_timeout(timeout);
+    let (mut keeper, mut stream) =
+        match tokio::time::timeout(limit, leases.keep_alive(lease_id)).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(error)) => {
+                let error = EtcdError::Client(error);
+                if kind_of(&error) == ErrorKind::SessionLost {
+                    return Outcome::Lost;
+                }
+                return broken(error);
+            }
+            Err(_) => return broken(EtcdError::Timeout(limit)),
+        };
     *last_ack = Instant::now();
     backoff.reset();
     if inner.session.status().state == SessionState::Suspended {
@@ -250,26 +280,27 @@ async fn keep_alive(
             _ = inner.session.poke.notified() => {}
         }
         if let Err(error) = keeper.keep_alive().await {
-            return Outcome::Broken(EtcdError::Client(error));
+            return broken(EtcdError::Client(error));
         }
         // Patient enough for a loaded server, short enough that a silent
         // connection shows as Suspended before the lease could expire
         // (ttl/3 + ttl/2 < ttl).
         let answer_within = timeout.min(ttl / 2).max(Duration::from_millis(500));
         match tokio::time::timeout(answer_within, stream.message()).await {
-            Ok(Ok(Some(answer))) if answer.ttl() > 0 => *last_ack = Instant::now(),
-            Ok(Ok(Some(_))) => return Outcome::Lost,
-            Ok(Ok(None)) => {
-                return Outcome::Broken(EtcdError::Protocol("the keep-alive stream ended"))
+            Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                *last_ack = Instant::now();
+                inner.members.answered(member);
             }
+            Ok(Ok(Some(_))) => return Outcome::Lost,
+            Ok(Ok(None)) => return broken(EtcdError::Protocol("the keep-alive stream ended")),
             Ok(Err(error)) => {
                 let error = EtcdError::Client(error);
                 if kind_of(&error) == ErrorKind::SessionLost {
                     return Outcome::Lost;
                 }
-                return Outcome::Broken(error);
+                return broken(error);
             }
-            Err(_) => return Outcome::Broken(EtcdError::Timeout(answer_within)),
+            Err(_) => return broken(EtcdError::Timeout(answer_within)),
         }
         crate::registration::reconcile_pending(inner, lease_id).await;
     }
@@ -287,11 +318,11 @@ async fn renew(inner: &Arc<Inner>, mut stale: Option<i64>) -> bool {
             return false;
         }
         if let Some(old) = stale {
-            let revoke = || {
-                let mut leases = inner.client.lease_client();
+            let revoke = |client: Client| {
+                let mut leases = client.lease_client();
                 async move { leases.revoke(old).await }
             };
-            match call_raw(timeout, Retry::Read, revoke).await {
+            match call_raw(&inner.members, timeout, Retry::Read, revoke).await {
                 Ok(_) => stale = None,
                 Err(error) if kind_of(&error) == ErrorKind::SessionLost => stale = None,
                 Err(error) => {
@@ -300,11 +331,11 @@ async fn renew(inner: &Arc<Inner>, mut stale: Option<i64>) -> bool {
             }
         }
         let ttl = i64::try_from(inner.session.ttl().as_secs()).unwrap_or(i64::MAX);
-        let grant = || {
-            let mut leases = inner.client.lease_client();
+        let grant = |client: Client| {
+            let mut leases = client.lease_client();
             async move { leases.grant(ttl, None).await }
         };
-        match call_raw(timeout, Retry::Write, grant).await {
+        match call_raw(&inner.members, timeout, Retry::Write, grant).await {
             Ok(granted) => {
                 let mut registry = inner.registry.lock().await;
                 inner.session.install(granted.id(), granted.ttl());

@@ -18,12 +18,17 @@ use sharedstate_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::error::{call_raw, Retry};
 use crate::kv::version_of;
 use crate::session::Backoff;
 use crate::Inner;
 
 type Sender = mpsc::UnboundedSender<Result<WatchEvent>>;
+
+/// How long a watch stream may stay quiet before a progress request asks
+/// its member to prove it is alive.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// A stream that ends this soon after opening is refused, not broken.
+const QUICK_END: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Starts watching `key`: reads it (errors surface here), then spawns the
 /// task that follows it.
@@ -42,6 +47,7 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         status,
         last,
         breaks,
+        reopen_backoff: Backoff::new(),
     };
     tokio::spawn(watcher.run(revision + 1));
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
@@ -63,6 +69,7 @@ pub(crate) fn watch_from(inner: &Arc<Inner>, key: &Key, after: i64) -> Result<Wa
         status,
         last,
         breaks,
+        reopen_backoff: Backoff::new(),
     };
     tokio::spawn(watcher.run(after.saturating_add(1)));
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
@@ -85,6 +92,8 @@ struct Watcher {
     last: SessionStatus,
     /// The session's connection breaks counted then.
     breaks: u64,
+    /// Pauses between reopens of a stream that keeps ending at once.
+    reopen_backoff: Backoff,
 }
 
 impl Watcher {
@@ -102,29 +111,52 @@ impl Watcher {
     }
 
     /// Follows the etcd watch from `start` until continuity is lost.
+    ///
+    /// The stream is on the preferred member and must stay provably alive:
+    /// when it has been quiet for [`PROGRESS_EVERY`], a progress request
+    /// asks the member for a (possibly empty) answer; a member that gives
+    /// none within the request timeout (frozen, partitioned, or without a
+    /// leader) is marked suspect, and the watch resyncs on another member.
     async fn follow(&mut self, start: i64) -> End {
         let timeout = self.inner.config.request_timeout;
-        let (inner, key) = (&self.inner, &self.key);
-        let open = || {
-            let mut client = inner.client.watch_client();
-            let options = WatchOptions::new()
-                .with_start_revision(start)
-                .with_prev_key();
-            async move { client.watch(key.as_str(), Some(options)).await }
-        };
-        let opened = tokio::select! {
-            _ = self.inner.closed.cancelled() => return End::Stop,
-            _ = self.tx.closed() => return End::Stop,
-            opened = call_raw(timeout, Retry::Read, open) => opened,
-        };
-        let mut stream = match opened {
-            Ok(stream) => stream,
+        let member = self.inner.members.index_for(0);
+        let opened_at = tokio::time::Instant::now();
+        let client = match self.inner.members.client(member).await {
+            Ok(client) => client,
             Err(error) => {
-                tracing::debug!(%error, key = %self.key, "opening the etcd watch failed");
+                self.inner.members.failed(member);
+                tracing::debug!(%error, key = %self.key, "connecting to the etcd member for a watch failed");
                 return End::Resync;
             }
         };
+        let mut watch_client = client.watch_client();
+        let options = WatchOptions::new().with_start_revision(start);
+        let open = watch_client.watch(self.key.as_str(), Some(options));
+        let opened = tokio::select! {
+            _ = self.inner.closed.cancelled() => return End::Stop,
+            _ = self.tx.closed() => return End::Stop,
+            opened = tokio::time::timeout(self.inner.members.attempt_timeout(timeout), open) => opened,
+        };
+        let (mut watcher, mut stream) = match opened {
+            Ok(Ok(stream)) => stream.split(),
+            Ok(Err(error)) => {
+                self.inner.members.failed(member);
+                tracing::debug!(%error, key = %self.key, "opening the etcd watch failed");
+                return End::Resync;
+            }
+            Err(_) => {
+                self.inner.members.failed(member);
+                tracing::debug!(key = %self.key, "opening the etcd watch timed out");
+                return End::Resync;
+            }
+        };
+        let mut last_message = tokio::time::Instant::now();
+        let mut progress_asked: Option<tokio::time::Instant> = None;
         loop {
+            let check_at = match progress_asked {
+                Some(asked) => asked + timeout,
+                None => last_message + PROGRESS_EVERY,
+            };
             tokio::select! {
                 _ = self.inner.closed.cancelled() => return End::Stop,
                 _ = self.tx.closed() => return End::Stop,
@@ -132,61 +164,112 @@ impl Watcher {
                     if changed.is_err() {
                         return End::Stop;
                     }
-                    let now = *self.status.borrow_and_update();
-                    let last = std::mem::replace(&mut self.last, now);
-                    // A Suspended in between may have been overwritten by
-                    // the Connected that followed: the counter still shows it.
-                    let broke = self.inner.session.breaks() != self.breaks;
-                    match now.state {
-                        SessionState::Closed => return End::Stop,
-                        SessionState::Connected
-                            if broke
-                                || last.state != SessionState::Connected
-                                || last.epoch != now.epoch =>
-                        {
-                            return End::Resync;
-                        }
-                        _ => {}
+                    if let Some(end) = self.session_changed() {
+                        return end;
                     }
                 }
-                message = stream.message() => match message {
-                    Ok(Some(response)) => {
-                        if response.canceled() || response.compact_revision() != 0 {
-                            tracing::debug!(
-                                key = %self.key,
-                                compact_revision = response.compact_revision(),
-                                reason = response.cancel_reason(),
-                                "etcd cancelled the watch; resyncing"
-                            );
-                            return End::Resync;
-                        }
-                        for event in response.events() {
-                            let Some(kv) = event.kv() else { continue };
-                            // A deletion's kv is a tombstone: version 0
-                            // (a put always has version >= 1).
-                            let item = if kv.version() == 0 {
-                                WatchEvent::Deleted
-                            } else {
-                                WatchEvent::Changed(Versioned {
-                                    value: Bytes::copy_from_slice(kv.value()),
-                                    version: version_of(kv.mod_revision()),
-                                })
-                            };
-                            if self.tx.send(Ok(item)).is_err() {
-                                return End::Stop;
+                _ = tokio::time::sleep_until(check_at) => {
+                    if progress_asked.is_some() {
+                        self.inner.members.failed(member);
+                        tracing::info!(key = %self.key, "an etcd watch stayed silent after a progress request; resyncing on another member");
+                        return End::Resync;
+                    }
+                    if let Err(error) = watcher.request_progress().await {
+                        self.inner.members.failed(member);
+                        tracing::debug!(%error, key = %self.key, "a watch progress request failed; resyncing");
+                        return End::Resync;
+                    }
+                    progress_asked = Some(tokio::time::Instant::now());
+                }
+                message = stream.message() => {
+                    last_message = tokio::time::Instant::now();
+                    progress_asked = None;
+                    match message {
+                        Ok(Some(response)) => {
+                            self.inner.members.answered(member);
+                            if let Some(end) = self.deliver(&response) {
+                                return end;
                             }
                         }
+                        Ok(None) => {
+                            tracing::debug!(key = %self.key, "the etcd watch stream ended; resyncing");
+                            return self.ended(opened_at).await;
+                        }
+                        Err(error) => {
+                            self.inner.members.failed(member);
+                            tracing::debug!(%error, key = %self.key, "the etcd watch stream broke; resyncing");
+                            return self.ended(opened_at).await;
+                        }
                     }
-                    Ok(None) => {
-                        tracing::debug!(key = %self.key, "the etcd watch stream ended; resyncing");
-                        return End::Resync;
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, key = %self.key, "the etcd watch stream broke; resyncing");
-                        return End::Resync;
-                    }
-                },
+                }
             }
+        }
+    }
+
+    /// A stream that ended: when it ended right after opening (a member
+    /// that refuses watches), pause before trying again, instead of a hot
+    /// loop of reopens.
+    async fn ended(&mut self, opened_at: tokio::time::Instant) -> End {
+        if opened_at.elapsed() < QUICK_END {
+            let pause = self.reopen_backoff.next();
+            tokio::select! {
+                _ = self.inner.closed.cancelled() => return End::Stop,
+                _ = self.tx.closed() => return End::Stop,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        } else {
+            self.reopen_backoff.reset();
+        }
+        End::Resync
+    }
+
+    /// Sends the events of one response; `Some` when the watch must end or
+    /// resync.
+    fn deliver(&mut self, response: &etcd_client::WatchResponse) -> Option<End> {
+        if response.canceled() || response.compact_revision() != 0 {
+            tracing::debug!(
+                key = %self.key,
+                compact_revision = response.compact_revision(),
+                reason = response.cancel_reason(),
+                "etcd cancelled the watch; resyncing"
+            );
+            return Some(End::Resync);
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            // A deletion's kv is a tombstone: version 0 (a put always has
+            // version >= 1).
+            let item = if kv.version() == 0 {
+                WatchEvent::Deleted
+            } else {
+                WatchEvent::Changed(Versioned {
+                    value: Bytes::copy_from_slice(kv.value()),
+                    version: version_of(kv.mod_revision()),
+                })
+            };
+            if self.tx.send(Ok(item)).is_err() {
+                return Some(End::Stop);
+            }
+        }
+        None
+    }
+
+    /// The session side of following: `Some` when a change of the session
+    /// breaks continuity.
+    fn session_changed(&mut self) -> Option<End> {
+        let now = *self.status.borrow_and_update();
+        let last = std::mem::replace(&mut self.last, now);
+        // A Suspended in between may have been overwritten by the Connected
+        // that followed: the counter still shows it.
+        let broke = self.inner.session.breaks() != self.breaks;
+        match now.state {
+            SessionState::Closed => Some(End::Stop),
+            SessionState::Connected
+                if broke || last.state != SessionState::Connected || last.epoch != now.epoch =>
+            {
+                Some(End::Resync)
+            }
+            _ => None,
         }
     }
 

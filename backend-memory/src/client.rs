@@ -46,16 +46,25 @@ pub struct MemoryBackend {
     shared: Arc<Shared>,
     client: ClientId,
     status: Arc<watch::Sender<SessionStatus>>,
+    stalled: watch::Receiver<bool>,
 }
 
 impl MemoryBackend {
     pub(crate) fn open(shared: Arc<Shared>) -> Self {
-        let (client, status) = shared.lock().open_client();
+        let (client, status, stalled) = shared.lock().open_client();
         MemoryBackend {
             shared,
             client,
             status,
+            stalled,
         }
+    }
+
+    /// Waits while the client is stalled (see [`stall`](Self::stall)).
+    async fn unstalled(&self) {
+        let mut stalled = self.stalled.clone();
+        // Err: the client closed; the call then fails with `Closed`.
+        let _ = stalled.wait_for(|stalled| !*stalled).await;
     }
 
     /// Expires this client's session, as a server does after a session
@@ -96,11 +105,47 @@ impl MemoryBackend {
         self.shared.lock().suspend_client(self.client)
     }
 
+    /// Stalls this client, as a frozen server or a network that holds
+    /// packets would: every call waits (until [`resume`](Self::resume), or
+    /// the caller's own timeout) and watches deliver nothing, while the
+    /// session still reports `Connected`. After `resume`, calls proceed and
+    /// watches deliver what they held back (no `Resync`: nothing was lost).
+    ///
+    /// # Errors
+    ///
+    /// `Closed` when the client is closed.
+    pub fn stall(&self) -> Result<()> {
+        tracing::debug!(client = self.client, "fault: stall");
+        self.shared.lock().stall_client(self.client)
+    }
+
+    /// Makes this client's existing watches silent for good while the
+    /// session keeps reporting `Connected`: no event, no error, no end (the
+    /// failure zookeeper-client 0.11.2 had after every reconnect). Watches
+    /// opened afterwards work. For testing that a consumer does not trust
+    /// a watch it cannot verify.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` when the client is closed.
+    pub fn silence_watches(&self) -> Result<()> {
+        tracing::debug!(client = self.client, "fault: silence watches");
+        let mut state = self.shared.lock();
+        if !state.clients.contains_key(&self.client) {
+            return Err(sharedstate_core::Error::new(
+                ErrorKind::Closed,
+                Operation::FaultInjection,
+            ));
+        }
+        state.silence_watches(self.client);
+        Ok(())
+    }
+
     /// Reconnects a suspended client: `Connected` with the same epoch, and
     /// every watch yields `Resync` with the current state. If the session
     /// was expired meanwhile, a new session starts instead (see
-    /// [`expire_session`](Self::expire_session)). Resuming a connected
-    /// client does nothing.
+    /// [`expire_session`](Self::expire_session)). Also ends a
+    /// [`stall`](Self::stall). Resuming a connected client does nothing.
     ///
     /// # Errors
     ///
@@ -149,12 +194,14 @@ impl CoordinationBackend for MemoryBackend {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Versioned>> {
+        self.unstalled().await;
         let state = self.shared.lock();
         state.session_of(self.client, Operation::Get, Some(key))?;
         Ok(state.get(key.as_str()))
     }
 
     async fn put(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
+        self.unstalled().await;
         self.shared.check_size(&value, Operation::Put, key)?;
         let mut state = self.shared.lock();
         state.session_of(self.client, Operation::Put, Some(key))?;
@@ -162,24 +209,28 @@ impl CoordinationBackend for MemoryBackend {
     }
 
     async fn delete(&self, key: &Key, expected: Option<Version>) -> Result<()> {
+        self.unstalled().await;
         let mut state = self.shared.lock();
         state.session_of(self.client, Operation::Delete, Some(key))?;
         state.delete(key, expected, Operation::Delete)
     }
 
     async fn list(&self, key: &Key) -> Result<Vec<String>> {
+        self.unstalled().await;
         let state = self.shared.lock();
         state.session_of(self.client, Operation::List, Some(key))?;
         Ok(state.children(key.as_str()))
     }
 
     async fn watch(&self, key: &Key) -> Result<WatchStream> {
+        self.unstalled().await;
         let mut state = self.shared.lock();
         state.session_of(self.client, Operation::Watch, Some(key))?;
         Ok(state.add_watch(self.client, key.as_str()))
     }
 
     async fn lock(&self, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        self.unstalled().await;
         let acquired = {
             let mut state = self.shared.lock();
             let session = state.session_of(self.client, Operation::Lock, Some(key))?;
@@ -207,6 +258,7 @@ impl CoordinationBackend for MemoryBackend {
         mode: PutMode,
         guard: &LockGuard,
     ) -> Result<Version> {
+        self.unstalled().await;
         self.shared.check_size(&value, Operation::FencedPut, key)?;
         let mut state = self.shared.lock();
         let session = state.session_of(self.client, Operation::FencedPut, Some(key))?;
@@ -224,6 +276,7 @@ impl CoordinationBackend for MemoryBackend {
         mode: PutMode,
         guard: LockGuard,
     ) -> Result<Version> {
+        self.unstalled().await;
         self.shared.check_size(&value, Operation::FencedPut, key)?;
         let mut state = self.shared.lock();
         let session = state.session_of(self.client, Operation::FencedPut, Some(key))?;
@@ -240,6 +293,7 @@ impl CoordinationBackend for MemoryBackend {
     }
 
     async fn register(&self, key: &Key, value: Bytes) -> Result<Registration> {
+        self.unstalled().await;
         self.shared.check_size(&value, Operation::Register, key)?;
         let id = self.shared.lock().register(self.client, key, value)?;
         let closer = MemoryRegistration {

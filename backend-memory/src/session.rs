@@ -20,6 +20,10 @@ pub(crate) struct ClientRecord {
     session: Option<SessionId>,
     epoch: u64,
     suspended: bool,
+    /// Stalled: calls wait and watches deliver nothing, while the session
+    /// still looks connected (a frozen server or a network that holds
+    /// packets).
+    stalled: Arc<watch::Sender<bool>>,
     status: Arc<watch::Sender<SessionStatus>>,
     /// Registrations to keep alive, by id: key and value.
     registrations: BTreeMap<u64, (Key, Bytes)>,
@@ -42,23 +46,31 @@ impl ClientRecord {
 
 impl State {
     /// Adds a client with a new session (epoch 0).
-    pub(crate) fn open_client(&mut self) -> (ClientId, Arc<watch::Sender<SessionStatus>>) {
+    pub(crate) fn open_client(
+        &mut self,
+    ) -> (
+        ClientId,
+        Arc<watch::Sender<SessionStatus>>,
+        watch::Receiver<bool>,
+    ) {
         let client = self.next_id();
         let session = self.next_id();
         let (status, _) = watch::channel(SessionStatus::connected(0));
         let status = Arc::new(status);
+        let (stalled, stall_rx) = watch::channel(false);
         self.clients.insert(
             client,
             ClientRecord {
                 session: Some(session),
                 epoch: 0,
                 suspended: false,
+                stalled: Arc::new(stalled),
                 status: Arc::clone(&status),
                 registrations: BTreeMap::new(),
             },
         );
         tracing::debug!(client, session, "memory client opened");
-        (client, status)
+        (client, status, stall_rx)
     }
 
     /// The client's live session, or the error a call gets instead:
@@ -126,7 +138,8 @@ impl State {
                 tracing::warn!(%error, %key, "re-creating a registration on the new session failed");
             }
         }
-        self.resync_watches(client);
+        // Connected on the new epoch first, then the watches' Resync: the
+        // order the real backends have.
         if let Some(record) = self.clients.get(&client) {
             record.publish(SessionState::Connected);
             tracing::debug!(
@@ -136,6 +149,7 @@ impl State {
                 "memory session started"
             );
         }
+        self.resync_watches(client);
     }
 
     /// Expires the client's session now; a new one follows at once unless
@@ -174,12 +188,32 @@ impl State {
         Ok(())
     }
 
+    /// Stalls the client: calls wait and watches deliver nothing until
+    /// [`resume_client`](Self::resume_client), and the session still looks
+    /// connected.
+    pub(crate) fn stall_client(&mut self, client: ClientId) -> Result<()> {
+        let Some(record) = self.clients.get_mut(&client) else {
+            return Err(closed(Operation::FaultInjection));
+        };
+        record.stalled.send_replace(true);
+        self.pause_watches(client);
+        Ok(())
+    }
+
     /// Reconnects a suspended client: same session if it survived, else a
-    /// new one.
+    /// new one. A stalled client gets what was held back.
     pub(crate) fn resume_client(&mut self, client: ClientId) -> Result<()> {
         let Some(record) = self.clients.get_mut(&client) else {
             return Err(closed(Operation::FaultInjection));
         };
+        if *record.stalled.borrow() {
+            record.stalled.send_replace(false);
+            if !record.suspended {
+                // Held bytes flow again: no loss, no resync.
+                self.unpause_watches(client);
+                return Ok(());
+            }
+        }
         if !record.suspended {
             return Ok(());
         }

@@ -29,6 +29,8 @@ pub(crate) struct WatchLevel {
 pub(crate) struct Watcher {
     client: ClientId,
     tx: watch::Sender<WatchLevel>,
+    /// Silenced by fault injection: never delivers again, and no error.
+    silent: bool,
 }
 
 impl State {
@@ -42,7 +44,11 @@ impl State {
         });
         let watchers = self.watchers.entry(key.to_owned()).or_default();
         watchers.retain(|w| !w.tx.is_closed());
-        watchers.push(Watcher { client, tx });
+        watchers.push(Watcher {
+            client,
+            tx,
+            silent: false,
+        });
         stream(initial, rx)
     }
 
@@ -54,7 +60,7 @@ impl State {
         };
         watchers.retain(|w| !w.tx.is_closed());
         let current = self.nodes.get(key).map(|n| n.versioned());
-        for watcher in watchers.iter() {
+        for watcher in watchers.iter().filter(|w| !w.silent) {
             let live = self
                 .clients
                 .get(&watcher.client)
@@ -79,11 +85,35 @@ impl State {
         }
     }
 
+    /// Delivery resumes after a stall: the latest state, no resync.
+    pub(crate) fn unpause_watches(&mut self, client: ClientId) {
+        for (key, watchers) in &self.watchers {
+            let current = self.nodes.get(key).map(|n| n.versioned());
+            for watcher in watchers.iter().filter(|w| w.client == client && !w.silent) {
+                watcher.tx.send_modify(|level| {
+                    level.state = current.clone();
+                    level.suspended = false;
+                });
+            }
+        }
+    }
+
+    /// Makes every existing watch of `client` silent for good, while the
+    /// session looks healthy: the failure zookeeper-client 0.11.2 had after
+    /// a reconnect. Watches opened later work.
+    pub(crate) fn silence_watches(&mut self, client: ClientId) {
+        for watcher in self.watchers.values_mut().flatten() {
+            if watcher.client == client {
+                watcher.silent = true;
+            }
+        }
+    }
+
     /// Makes every watch of `client` yield `Resync` with the current state.
     pub(crate) fn resync_watches(&mut self, client: ClientId) {
         for (key, watchers) in &self.watchers {
             let current = self.nodes.get(key).map(|n| n.versioned());
-            for watcher in watchers.iter().filter(|w| w.client == client) {
+            for watcher in watchers.iter().filter(|w| w.client == client && !w.silent) {
                 watcher.tx.send_modify(|level| {
                     level.state = current.clone();
                     level.resync += 1;

@@ -26,6 +26,14 @@ impl FaultInjector for MemoryFaults {
     async fn resume(&self) -> Result<()> {
         self.0.resume()
     }
+
+    async fn stall(&self) -> Result<()> {
+        self.0.stall()
+    }
+
+    async fn silence_watches(&self) -> Result<()> {
+        self.0.silence_watches()
+    }
 }
 
 #[async_trait]

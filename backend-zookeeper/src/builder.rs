@@ -121,13 +121,28 @@ impl Config {
 /// The connect string lists one or more `host:port` separated by commas,
 /// optionally followed by a chroot path (`/app`) that is created when
 /// missing; every key then lives under it.
-#[derive(Debug, Clone)]
+///
+/// `Debug` never shows the password.
+#[derive(Clone)]
 pub struct ZooKeeperBuilder {
     connect_string: String,
     session_timeout: Duration,
     connect_timeout: Duration,
     auth: Option<(String, String)>,
     acl: AclPolicy,
+}
+
+impl std::fmt::Debug for ZooKeeperBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperBuilder")
+            .field("connect_string", &self.connect_string)
+            .field("session_timeout", &self.session_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("user", &self.auth.as_ref().map(|(user, _)| user))
+            .field("password", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("acl", &self.acl)
+            .finish()
+    }
 }
 
 impl ZooKeeperBuilder {
@@ -350,5 +365,13 @@ mod tests {
             .into_config()
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let b = ZooKeeperBuilder::new("h:2181").with_auth("alice", "s3cr3t-pw");
+        let shown = format!("{b:?} {:?}", b.clone().into_config().unwrap());
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
     }
 }

@@ -17,38 +17,49 @@
 //! Mapping of the contract onto ZooKeeper:
 //!
 //! - a key is a znode; `put` creates missing parents as empty persistent
-//!   znodes; `get` is `sync` then `getData`, pipelined;
+//!   znodes; `get` is `sync` then `getData`, pipelined: sequentially
+//!   consistent, not linearizable (`Capabilities::linearizable_reads` is
+//!   false, ZOOKEEPER-1675); `get_linearizable` pipelines a quorum-ordered
+//!   `multi` (a check of the root) before the read;
 //! - a [`Version`] is the znode's `mzxid` (never repeats, even across delete
-//!   and re-create); conditional writes translate it into the znode's data
-//!   version through a per-key cache fed by every observation, reading the
-//!   stat first on a miss;
+//!   and re-create). Conditional writes are exact: one `multi` that also
+//!   proves the znode was not deleted and re-created since its stat was read
+//!   (a fence on the parent's children version, see the `kv` module), so an
+//!   `Update` at an old version never succeeds against a re-created key;
 //! - `watch` uses a persistent watch (ZooKeeper 3.6+) and re-reads the znode
-//!   on each notification (level-triggered), with `Resync` after every
-//!   reconnect and new session;
-//! - locks are the ephemeral-sequential recipe (`<key>/lock-<guid>-<seq>`),
-//!   the fencing token is the lock znode's `czxid`, and fenced writes are one
-//!   `multi` (check the lock znode + write);
+//!   on each notification (level-triggered). After every reconnect, also one
+//!   that kept the session, the watch is registered again and the stream
+//!   yields `Resync`: zookeeper-client 0.11.2 does not resend persistent
+//!   watches itself (`resend_watches` computes `index.max(index)`, so its
+//!   SetWatches2 request is never sent), which left every watch silently
+//!   dead after a reconnect;
+//! - locks are the ephemeral-sequential recipe with Curator's node names
+//!   (`<key>/_c_<guid>-lock-<seq>`), ordered by sequence together with the
+//!   nodes of Curator's `InterProcessMutex` and kazoo's `Lock`
+//!   (`<guid>__lock__<seq>`), so the three exclude each other at the same
+//!   path (kazoo sees ours with `extra_lock_patterns=("-lock-",)`); the
+//!   fencing token is the lock znode's `czxid`, and fenced writes are one
+//!   `multi` (check the lock znode + fence + write);
 //! - an expired session is replaced by a new one (epoch + 1), registrations
 //!   are re-created, and held locks report `lost()`.
 //!
-//! Round trips: `get` and `list` are one (sync and read pipelined); `put`
-//! `Create`/`Overwrite` one (plus one per missing parent level); `Update` one
-//! when the key is watched by this client (its mzxid -> data version is
-//! known), else two (stat, then conditional set); a fenced write one `multi`;
-//! an uncontended `lock` one (create and children listing pipelined).
+//! Round trips: `get`, `get_linearizable` and `list` are one (pipelined);
+//! `put` `Create`/`Overwrite` one (plus one per missing parent level);
+//! `Update` one when this client has read the key's current version, else
+//! two (stats, then the fenced write); a fenced write one `multi`; an
+//! uncontended `lock` one (create and children listing pipelined).
 //!
-//! Caveats: ZooKeeper conditions writes on the data version only, which
-//! restarts at 0 when a znode is deleted and re-created; an `Update` on an
-//! unwatched key therefore reads the stat first and keeps a window of one
-//! round trip in which a concurrent delete + re-create with the same number
-//! of writes would go unnoticed. Calls made while the connection is lost
-//! fail fast with `Unavailable` instead of queueing until the reconnect.
-//! Nodes created implicitly (parents) get the client's [`AclPolicy`] too.
-//! Watches need ZooKeeper 3.6 or later (persistent watches).
+//! Errors: connection-level failures are `Unavailable`, requests without an
+//! answer in time `Timeout`; both leave a write's outcome `Unknown`, while
+//! every answer from the server (and a call refused because the connection
+//! is lost, which fails fast instead of queueing) is `NotApplied`. Nodes
+//! created implicitly (parents) get the client's [`AclPolicy`] too. Watches
+//! need ZooKeeper 3.6 or later (persistent watches).
 #![deny(missing_docs)]
 
 mod builder;
 mod error;
+mod fenced;
 mod kv;
 mod lock;
 mod registration;
@@ -118,8 +129,7 @@ impl Inner {
         // Requests made while disconnected would wait for the reconnect (or
         // the expiry): fail fast instead, the caller retries.
         if session.client.state() == zk::SessionState::Disconnected {
-            return Err(Error::new(ErrorKind::Unavailable, operation)
-                .with_message("the ZooKeeper connection is lost (session suspended)"));
+            return Err(error::suspended(operation));
         }
         Ok(session)
     }
@@ -296,7 +306,9 @@ impl CoordinationBackend for ZooKeeperBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_value_bytes: MAX_VALUE_BYTES,
-            linearizable_reads: true,
+            // `sync` then read is sequentially consistent, not linearizable
+            // (ZOOKEEPER-1675); `get_linearizable` is.
+            linearizable_reads: false,
             watch: true,
             locks: true,
             fenced_writes: true,
@@ -311,6 +323,14 @@ impl CoordinationBackend for ZooKeeperBackend {
 
     async fn get(&self, key: &Key) -> Result<Option<Versioned>> {
         kv::get(&self.inner, key).await
+    }
+
+    async fn get_version(&self, key: &Key) -> Result<Option<Version>> {
+        kv::get_version(&self.inner, key).await
+    }
+
+    async fn get_linearizable(&self, key: &Key) -> Result<Option<Versioned>> {
+        kv::get_linearizable(&self.inner, key).await
     }
 
     async fn put(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
@@ -351,7 +371,7 @@ impl CoordinationBackend for ZooKeeperBackend {
         guard: &LockGuard,
     ) -> Result<Version> {
         check_size(Operation::FencedPut, key, &value)?;
-        lock::fenced_put(&self.inner, key, value, mode, guard, false).await
+        fenced::fenced_put(&self.inner, key, value, mode, guard, false).await
     }
 
     async fn fenced_put_and_release(
@@ -365,7 +385,7 @@ impl CoordinationBackend for ZooKeeperBackend {
             guard.release_or_warn("a refused write").await;
             return Err(e);
         }
-        match lock::fenced_put(&self.inner, key, value, mode, &guard, true).await {
+        match fenced::fenced_put(&self.inner, key, value, mode, &guard, true).await {
             Ok(version) => {
                 // The lock node went in the same multi.
                 drop(guard.disarm());

@@ -1,12 +1,25 @@
-//! The lock recipe and fenced writes.
+//! The lock recipe.
 //!
-//! A waiter creates the ephemeral-sequential child `<key>/lock-<guid>-<seq>`
-//! and lists the children in the same pipelined round trip; the lowest
-//! sequence holds the lock, every other waiter watches only its
-//! predecessor. The guid finds our node again when the create's response
-//! is lost. The fencing token is the child's `czxid`, which grows with every
-//! acquisition. A fenced write is one `multi`: check that the child still
-//! exists, then write.
+//! A waiter creates the ephemeral-sequential child
+//! `<key>/_c_<guid>-lock-<seq>` (Curator's `InterProcessMutex` name in its
+//! protected mode) and lists the children in the same pipelined round trip;
+//! the lowest sequence among every lock contender holds the lock, and every
+//! other waiter watches only its predecessor. Contenders are our nodes,
+//! Curator's (`...lock-<seq>`) and kazoo's (`<guid>__lock__<seq>`, and
+//! `__rlock__` read locks): sequence numbers come from the parent's
+//! children version, so they order across recipes, and the three exclude
+//! each other at the same path. kazoo's `Lock` sees our nodes when given
+//! `extra_lock_patterns=("-lock-",)`.
+//!
+//! The guid finds our node again when the create's answer is lost; every
+//! child carrying it is ours (a retried create may have left a second one):
+//! we wait with the lowest and delete the others. The fencing token is the
+//! node's `czxid`, which grows with every acquisition.
+//!
+//! Cancellation: the cleanup that deletes our nodes is armed before the
+//! first request ([`WaiterCleanup`]) and runs in the background, bounded,
+//! when the `lock` future is dropped before it returned a guard, so a
+//! dropped waiter never becomes the holder.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
@@ -16,23 +29,36 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
 use sharedstate_core::{
-    Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, PutMode,
-    Result, Version, Versioned,
+    ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, Result, Versioned,
 };
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 use crate::{error, kv, plain, version_of, Inner, Session};
 
-const PREFIX: &str = "lock-";
+/// Our node names: Curator's protected-mode `InterProcessMutex` names.
+const PROTECTED_PREFIX: &str = "_c_";
+const LOCK_NAME: &str = "-lock-";
+/// The markers of lock contenders of every recipe we order against.
+const CONTENDER_MARKERS: [&str; 3] = ["lock-", "__lock__", "__rlock__"];
+/// ZooKeeper's sequence suffix: ten decimal digits.
+const SEQUENCE_DIGITS: usize = 10;
 const RETRY_DELAY: Duration = Duration::from_millis(50);
 const CLEANUP_WAIT: Duration = Duration::from_secs(2);
-const MULTI_ATTEMPTS: usize = 8;
+const ATTEMPTS: usize = 8;
 
-/// The sequence number at the end of a lock child's name.
-fn sequence(name: &str) -> Option<u64> {
-    let rest = name.strip_prefix(PREFIX)?;
-    rest.rsplit('-').next()?.parse().ok()
+/// The sequence number of a lock contender's node (ours, Curator's or
+/// kazoo's), `None` for other children.
+pub(crate) fn sequence(name: &str) -> Option<u64> {
+    if !CONTENDER_MARKERS.iter().any(|m| name.contains(m)) {
+        return None;
+    }
+    let split = name.len().checked_sub(SEQUENCE_DIGITS)?;
+    let digits = name.get(split..)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Our lock child, once known.
@@ -49,12 +75,15 @@ pub(crate) async fn lock(inner: &Arc<Inner>, key: &Key, options: LockOptions) ->
         .map(|(guard, _)| guard)
 }
 
+/// A read pipelined with the lock's first round trip.
+type PipelinedRead = std::result::Result<(Vec<u8>, zk::Stat), zk::Error>;
+
 /// The lock, then `read`'s value. When the lock is free, the read travels in
 /// the same pipelined flight as the lock node's create and the children
 /// listing: the server answers a session's requests in order, so a read
 /// that follows a listing with no predecessor sees every write the previous
 /// holder made before releasing. Two round trips for a locked update instead
-/// of four. When we had to wait, the read is a fresh linearizable get.
+/// of four. When we had to wait, the read is a fresh get.
 pub(crate) async fn lock_and_get(
     inner: &Arc<Inner>,
     key: &Key,
@@ -83,9 +112,6 @@ pub(crate) async fn lock_and_get(
     }
 }
 
-/// A read pipelined with the lock's first round trip.
-type PipelinedRead = std::result::Result<(Vec<u8>, zk::Stat), zk::Error>;
-
 async fn lock_reading(
     inner: &Arc<Inner>,
     key: &Key,
@@ -99,6 +125,9 @@ async fn lock_reading(
         return Err(plain(ErrorKind::SessionLost, op, key));
     }
     let guid = uuid::Uuid::new_v4().simple().to_string();
+    // Armed before the first request: dropping this future anywhere below
+    // removes whatever node we may have created.
+    let mut cleanup = WaiterCleanup::armed(inner, &session, key, &guid);
     let attempt = acquire(inner, &session, key, &guid, &lost, read);
     let outcome = tokio::select! {
         _ = inner.closed.cancelled() => Err(error::closed(op)),
@@ -110,6 +139,7 @@ async fn lock_reading(
     };
     match outcome {
         Ok((held, pipelined)) => {
+            cleanup.disarm();
             let releaser = Releaser {
                 inner: Arc::downgrade(inner),
                 key: key.clone(),
@@ -126,42 +156,104 @@ async fn lock_reading(
             Ok((guard, pipelined))
         }
         Err(e) => {
-            cleanup(inner, session, key, guid).await;
+            cleanup.run_now().await;
             Err(e)
         }
     }
 }
 
-/// Removes a waiter's child after a timeout or failure: found by its guid,
-/// so that a create still in flight (requests are ordered) is found too.
-async fn cleanup(inner: &Arc<Inner>, session: Arc<Session>, key: &Key, guid: String) {
-    let key = key.clone();
-    let work = async move {
-        for _ in 0..MULTI_ATTEMPTS {
-            let children = match session.client.list_children(key.as_str()).await {
-                Ok(children) => children,
-                Err(zk::Error::ConnectionLoss) => {
-                    tokio::time::sleep(RETRY_DELAY).await;
-                    continue;
-                }
-                Err(_) => return,
-            };
-            let Some(name) = children.iter().find(|c| c.contains(&guid)) else {
-                return;
-            };
+/// Deletes every lock child carrying a waiter's guid unless disarmed: run
+/// on error paths, and in the background when the future that owns it is
+/// dropped.
+struct WaiterCleanup {
+    inner: Weak<Inner>,
+    session: Arc<Session>,
+    key: Key,
+    guid: String,
+    armed: bool,
+}
+
+impl WaiterCleanup {
+    fn armed(inner: &Arc<Inner>, session: &Arc<Session>, key: &Key, guid: &str) -> Self {
+        WaiterCleanup {
+            inner: Arc::downgrade(inner),
+            session: Arc::clone(session),
+            key: key.clone(),
+            guid: guid.to_owned(),
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Runs the cleanup now, waiting for it a bounded time (it goes on in
+    /// the background after that).
+    async fn run_now(&mut self) {
+        self.armed = false;
+        let mut task = tokio::spawn(delete_ours(
+            self.session.clone(),
+            self.key.clone(),
+            self.guid.clone(),
+        ));
+        if tokio::time::timeout(CLEANUP_WAIT, &mut task).await.is_err() {
+            tracing::debug!(key = %self.key, "lock waiter cleanup continues in the background");
+        }
+    }
+}
+
+impl Drop for WaiterCleanup {
+    fn drop(&mut self) {
+        if !self.armed || self.inner.upgrade().is_none() {
+            return;
+        }
+        let work = delete_ours(self.session.clone(), self.key.clone(), self.guid.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::debug!(key = %self.key, "a lock waiter was dropped; removing its node");
+                runtime.spawn(work);
+            }
+            Err(_) => tracing::warn!(
+                key = %self.key,
+                "a lock waiter was dropped outside a tokio runtime; its node goes with the session"
+            ),
+        }
+    }
+}
+
+/// Deletes every child of `key` carrying `guid` (found by it, so a create
+/// still in flight is found too: requests are ordered), bounded.
+async fn delete_ours(session: Arc<Session>, key: Key, guid: String) {
+    for _ in 0..ATTEMPTS {
+        let children = match session.client.list_children(key.as_str()).await {
+            Ok(children) => children,
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
+                tokio::time::sleep(RETRY_DELAY).await;
+                continue;
+            }
+            // No node, or the session is gone (the ephemerals with it).
+            Err(_) => return,
+        };
+        let ours: Vec<&String> = children.iter().filter(|c| c.contains(&guid)).collect();
+        if ours.is_empty() {
+            return;
+        }
+        let mut again = false;
+        for name in ours {
             match session.client.delete(&format!("{key}/{name}"), None).await {
-                Ok(()) | Err(zk::Error::NoNode) => return,
-                Err(zk::Error::ConnectionLoss) => tokio::time::sleep(RETRY_DELAY).await,
+                Ok(()) | Err(zk::Error::NoNode) => {}
+                Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => again = true,
                 Err(error) => {
                     tracing::warn!(%error, %key, "removing an abandoned lock waiter failed");
                     return;
                 }
             }
         }
-    };
-    let mut task = tokio::spawn(work);
-    if tokio::time::timeout(CLEANUP_WAIT, &mut task).await.is_err() {
-        tracing::debug!(?inner.config.hosts, "lock waiter cleanup continues in the background");
+        if !again {
+            return;
+        }
+        tokio::time::sleep(RETRY_DELAY).await;
     }
 }
 
@@ -175,12 +267,11 @@ async fn acquire(
 ) -> Result<(Held, Option<PipelinedRead>)> {
     let op = Operation::Lock;
     let client = &session.client;
-    let prefix = format!("{key}/{PREFIX}{guid}-");
+    let prefix = format!("{key}/{PROTECTED_PREFIX}{guid}{LOCK_NAME}");
     let options = zk::CreateMode::EphemeralSequential.with_acls(inner.acls());
-    let mut held = None;
-    let mut children = Vec::new();
+    let mut children = None;
     let mut pipelined = None;
-    for _ in 0..MULTI_ATTEMPTS {
+    for _ in 0..ATTEMPTS {
         // Create and list in one pipelined round trip: the server handles
         // them in order, so the listing includes our child.
         let create = client.create(&prefix, &[], &options);
@@ -193,23 +284,12 @@ async fn acquire(
             None => None,
         };
         match created {
-            Ok((stat, seq)) => {
+            Ok(_) => {
                 // Only valid if the listing below shows no predecessor.
                 pipelined = if listed.is_ok() { got } else { None };
-                let name = format!("{PREFIX}{guid}-{seq}");
-                children = match listed {
+                children = Some(match listed {
                     Ok(children) => children,
                     Err(_) => list_children(client, key).await?,
-                };
-                let czxid = if stat.czxid > 0 {
-                    stat.czxid
-                } else {
-                    czxid_of(client, key, &name).await?
-                };
-                held = Some(Held {
-                    path: format!("{key}/{name}"),
-                    name,
-                    czxid,
                 });
                 break;
             }
@@ -220,17 +300,12 @@ async fn acquire(
                     .await
                     .map_err(|e| error::map(e, op, key))?;
             }
-            Err(zk::Error::ConnectionLoss) => {
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
                 // The create may have happened: look for our guid.
                 tokio::time::sleep(RETRY_DELAY).await;
-                children = list_children(client, key).await?;
-                if let Some(name) = children.iter().find(|c| c.contains(guid)).cloned() {
-                    let czxid = czxid_of(client, key, &name).await?;
-                    held = Some(Held {
-                        path: format!("{key}/{name}"),
-                        name,
-                        czxid,
-                    });
+                let listed = list_children(client, key).await?;
+                if listed.iter().any(|c| c.contains(guid)) {
+                    children = Some(listed);
                     break;
                 }
             }
@@ -238,30 +313,49 @@ async fn acquire(
             Err(e) => return Err(error::map(e, op, key)),
         }
     }
-    let held = held.ok_or_else(|| {
-        plain(ErrorKind::Unavailable, op, key).with_message("could not create the lock node")
-    })?;
-    let my_seq = sequence(&held.name).unwrap_or(u64::MAX);
+    let Some(mut children) = children else {
+        return Err(
+            plain(ErrorKind::Unavailable, op, key).with_message("could not create the lock node")
+        );
+    };
+    let mut held: Option<Held> = None;
     loop {
         if lost.is_cancelled() {
             return Err(plain(ErrorKind::SessionLost, op, key));
         }
-        let mut waiting: Vec<(u64, &String)> = children
+        let mut contenders: Vec<(u64, &String)> = children
             .iter()
             .filter_map(|c| sequence(c).map(|s| (s, c)))
             .collect();
-        waiting.sort_unstable();
-        if !waiting.iter().any(|(_, c)| **c == held.name) {
+        contenders.sort_unstable();
+        // Every node with our guid is ours; we wait with the lowest.
+        let mut ours = contenders.iter().filter(|(_, c)| c.contains(guid));
+        let Some(&(my_seq, my_name)) = ours.next() else {
             // Our ephemeral child is gone: the session ended under us.
             return Err(plain(ErrorKind::SessionLost, op, key)
                 .with_message("the lock node vanished while waiting"));
+        };
+        for (_, orphan) in ours {
+            tracing::debug!(%key, orphan, "deleting a second lock node of this waiter");
+            if let Err(e) = client.delete(&format!("{key}/{orphan}"), None).await {
+                tracing::debug!(error = %e, %key, "deleting our orphan lock node failed");
+            }
         }
-        let predecessor = waiting
+        if held.as_ref().is_none_or(|h| h.name != *my_name) {
+            let czxid = czxid_of(client, key, my_name).await?;
+            held = Some(Held {
+                path: format!("{key}/{my_name}"),
+                name: my_name.clone(),
+                czxid,
+            });
+        }
+        let predecessor = contenders
             .iter()
-            .take_while(|(s, c)| *s < my_seq && **c != held.name)
+            .take_while(|(s, _)| *s < my_seq)
             .last()
             .map(|(_, c)| format!("{key}/{c}"));
         let Some(predecessor) = predecessor else {
+            let held = held.ok_or_else(|| plain(ErrorKind::Other, op, key))?;
             return Ok((held, pipelined));
         };
         // We wait: whatever was read with the create may be overwritten by
@@ -281,7 +375,9 @@ async fn acquire(
                     }
                 }
             }
-            Err(zk::Error::ConnectionLoss) => tokio::time::sleep(RETRY_DELAY).await,
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
+                tokio::time::sleep(RETRY_DELAY).await
+            }
             Err(zk::Error::SessionExpired) => return Err(plain(ErrorKind::SessionLost, op, key)),
             Err(e) => return Err(error::map(e, op, key)),
         }
@@ -294,7 +390,9 @@ async fn list_children(client: &zk::Client, key: &Key) -> Result<Vec<String>> {
     loop {
         match client.list_children(key.as_str()).await {
             Ok(children) => return Ok(children),
-            Err(zk::Error::ConnectionLoss) => tokio::time::sleep(RETRY_DELAY).await,
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
+                tokio::time::sleep(RETRY_DELAY).await
+            }
             Err(zk::Error::SessionExpired) => return Err(plain(ErrorKind::SessionLost, op, key)),
             Err(e) => return Err(error::map(e, op, key)),
         }
@@ -334,10 +432,12 @@ impl LockRelease for Releaser {
             // The session that held it is gone, and the node with it.
             return Ok(());
         }
-        for _ in 0..MULTI_ATTEMPTS {
+        for _ in 0..ATTEMPTS {
             match session.client.delete(&self.path, None).await {
                 Ok(()) | Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
-                Err(zk::Error::ConnectionLoss) => tokio::time::sleep(RETRY_DELAY).await,
+                Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
+                    tokio::time::sleep(RETRY_DELAY).await
+                }
                 Err(e) => return Err(error::map(e, op, &self.key)),
             }
         }
@@ -346,122 +446,22 @@ impl LockRelease for Releaser {
     }
 }
 
-/// One `multi`: check the guard's node, write, and (with `release`) delete
-/// the guard's node.
-pub(crate) async fn fenced_put(
-    inner: &Inner,
-    key: &Key,
-    value: Bytes,
-    mode: PutMode,
-    guard: &LockGuard,
-    release: bool,
-) -> Result<Version> {
-    let op = Operation::FencedPut;
-    let lock_lost = || {
-        Error::new(ErrorKind::LockLost, op)
-            .with_key(key)
-            .with_message(format!("the lock {} is no longer held", guard.owner()))
-    };
-    if guard.is_lost() {
-        return Err(lock_lost());
-    }
-    let session = inner.session(op)?;
-    let client = &session.client;
-    let owner = guard.owner();
-    let mut create = matches!(mode, PutMode::Create);
-    for _ in 0..MULTI_ATTEMPTS {
-        let expected = match mode {
-            PutMode::Update(expected) => {
-                Some(kv::data_version(inner, client, key, expected, op).await?)
-            }
-            _ => None,
-        };
-        let mut writer = client
-            .new_check_writer(owner, None)
-            .map_err(|e| error::map(e, op, key))?;
-        let added = if create {
-            writer.add_create(
-                key.as_str(),
-                &value,
-                &zk::CreateMode::Persistent.with_acls(inner.acls()),
-            )
-        } else {
-            writer.add_set_data(key.as_str(), &value, expected)
-        };
-        added.map_err(|e| error::map(e, op, key))?;
-        if release {
-            writer
-                .add_delete(owner, None)
-                .map_err(|e| error::map(e, op, key))?;
-        }
-        match writer.commit().await {
-            Ok(mut results) => {
-                if results.is_empty() {
-                    return Err(plain(ErrorKind::Other, op, key).with_message("empty multi result"));
-                }
-                return match results.swap_remove(0) {
-                    zk::MultiWriteResult::SetData { stat } => {
-                        inner.versions.observe(key.as_str(), &stat);
-                        Ok(version_of(stat.mzxid))
-                    }
-                    zk::MultiWriteResult::Create { stat, .. } => {
-                        kv::created(inner, client, key, stat, op).await
-                    }
-                    _ => {
-                        Err(plain(ErrorKind::Other, op, key)
-                            .with_message("unexpected multi result"))
-                    }
-                };
-            }
-            Err(zk::CheckWriteError::CheckFailed { .. }) => return Err(lock_lost()),
-            Err(zk::CheckWriteError::RequestFailed {
-                source: zk::Error::SessionExpired | zk::Error::SessionMoved,
-            }) => return Err(lock_lost()),
-            Err(zk::CheckWriteError::RequestFailed { source }) => {
-                return Err(error::map(source, op, key))
-            }
-            Err(zk::CheckWriteError::OperationFailed { index, source }) => {
-                if index > 0 {
-                    // The release (delete of the lock node) failed.
-                    return Err(error::map(source, op, key));
-                }
-                match (mode, source) {
-                    (PutMode::Create, zk::Error::NodeExists) => {
-                        return Err(plain(ErrorKind::AlreadyExists, op, key))
-                    }
-                    (PutMode::Create | PutMode::Overwrite, zk::Error::NoNode) if create => {
-                        let Some(parent) = key.parent() else {
-                            return Err(error::map(zk::Error::NoNode, op, key));
-                        };
-                        let dir = zk::CreateMode::Persistent.with_acls(inner.acls());
-                        client
-                            .mkdir(parent.as_str(), &dir)
-                            .await
-                            .map_err(|e| error::map(e, op, key))?;
-                    }
-                    (PutMode::Overwrite, zk::Error::NoNode) => create = true,
-                    (PutMode::Overwrite, zk::Error::NodeExists) => create = false,
-                    (PutMode::Update(_), zk::Error::BadVersion | zk::Error::NoNode) => {
-                        return Err(kv::conflict_now(inner, client, key, op).await)
-                    }
-                    (_, source) => return Err(error::map(source, op, key)),
-                }
-            }
-        }
-    }
-    Err(plain(ErrorKind::Conflict, op, key)
-        .with_message("the key kept being created and deleted by others"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sequences() {
-        assert_eq!(sequence("lock-abc-0000000012"), Some(12));
+    fn sequences_of_every_recipe() {
+        // Ours (Curator's protected InterProcessMutex names).
+        assert_eq!(sequence("_c_0f3a-lock-0000000012"), Some(12));
+        // Curator unprotected, kazoo's Lock and read lock, our 0.1 names.
+        assert_eq!(sequence("lock-0000000007"), Some(7));
+        assert_eq!(sequence("9f1c2b__lock__0000000003"), Some(3));
+        assert_eq!(sequence("9f1c2b__rlock__0000000004"), Some(4));
         assert_eq!(sequence("lock-abc-2147483648"), Some(2147483648));
+        // Not contenders.
         assert_eq!(sequence("other-0000000001"), None);
-        assert_eq!(sequence("lock-abc-x"), None);
+        assert_eq!(sequence("_c_0f3a-lock-x"), None);
+        assert_eq!(sequence("lock-12"), None);
     }
 }

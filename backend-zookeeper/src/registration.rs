@@ -21,12 +21,20 @@ pub(crate) struct Entry {
     value: Bytes,
 }
 
-/// Creates the ephemeral node; after a lost response, a node already there
-/// that belongs to this session is the one we created.
-async fn create(inner: &Inner, session: &Session, key: &Key, value: &Bytes) -> Result<()> {
+/// Creates the ephemeral node; after a lost response (or with
+/// `ours_if_exists`, when the supervisor may have re-created it on this
+/// session meanwhile), a node already there that belongs to this session is
+/// the one we want.
+async fn create(
+    inner: &Inner,
+    session: &Session,
+    key: &Key,
+    value: &Bytes,
+    ours_if_exists: bool,
+) -> Result<()> {
     let op = Operation::Register;
     let client = &session.client;
-    let mut retried = false;
+    let mut retried = ours_if_exists;
     for _ in 0..ATTEMPTS {
         match kv::create_with_parents(inner, client, key, value, zk::CreateMode::Ephemeral).await {
             Ok(_) => return Ok(()),
@@ -67,12 +75,44 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
                 value: value.clone(),
             },
         );
-    if let Err(e) = create(inner, &session, key, &value).await {
+    // Armed before the first request: if this future is dropped before it
+    // returns, the entry goes and the node with it (in the background).
+    let mut abandoned = Abandoned {
+        inner: Arc::downgrade(inner),
+        key: key.clone(),
+        id,
+        armed: true,
+    };
+    let mut attempted = session;
+    let mut outcome = create(inner, &attempted, key, &value, false).await;
+    // A new session replaced the one we created on: the supervisor
+    // re-creates registered keys on it, possibly before ours was recorded.
+    // Make sure it exists there (it may already, as ours).
+    for _ in 0..ATTEMPTS {
+        let Err(error) = &outcome else { break };
+        let Some(current) = inner.current_session() else {
+            break;
+        };
+        if current.epoch == attempted.epoch
+            || !matches!(
+                error.kind(),
+                ErrorKind::SessionLost | ErrorKind::Unavailable
+            )
+        {
+            break;
+        }
+        attempted = current;
+        outcome = create(inner, &attempted, key, &value, true).await;
+    }
+    abandoned.armed = false;
+    if let Err(e) = outcome {
         inner
             .registrations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        // A re-creation by the supervisor may have raced the removal.
+        delete_if_owned(inner, key).await;
         return Err(e);
     }
     Ok(Registration::new(
@@ -98,7 +138,7 @@ pub(crate) async fn recreate_all(inner: &Arc<Inner>, session: &Session) {
         .map(|(id, entry)| (*id, entry.clone()))
         .collect();
     for (id, entry) in entries {
-        match create(inner, session, &entry.key, &entry.value).await {
+        match create(inner, session, &entry.key, &entry.value, false).await {
             Ok(()) => {
                 tracing::info!(key = %entry.key, "registration re-created on the new session")
             }
@@ -131,7 +171,7 @@ async fn retry(inner: Weak<Inner>, epoch: u64, id: u64, entry: Entry) {
         if !live || session.epoch != epoch {
             return;
         }
-        match create(&inner, &session, &entry.key, &entry.value).await {
+        match create(&inner, &session, &entry.key, &entry.value, false).await {
             Ok(()) => {
                 tracing::info!(key = %entry.key, "registration re-created on the new session");
                 return;
@@ -144,6 +184,60 @@ async fn retry(inner: Weak<Inner>, epoch: u64, id: u64, entry: Entry) {
                 return;
             }
             Err(error) => tracing::debug!(%error, key = %entry.key, "registration retry failed"),
+        }
+    }
+}
+
+/// The cleanup of a `register` call dropped before it returned: removes its
+/// entry (so no new session re-creates it) and deletes the node if it was
+/// created.
+struct Abandoned {
+    inner: Weak<Inner>,
+    key: Key,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        inner
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        let key = self.key.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    // A create still in flight is answered before this
+                    // check: requests are ordered.
+                    delete_if_owned(&inner, &key).await;
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%key, "a register call was dropped outside a runtime; the key goes with the session")
+            }
+        }
+    }
+}
+
+/// Deletes `key` if the current session owns it (best effort, bounded).
+async fn delete_if_owned(inner: &Inner, key: &Key) {
+    let Some(session) = inner.current_session() else {
+        return;
+    };
+    let client = &session.client;
+    if let Ok(Some(stat)) = client.check_stat(key.as_str()).await {
+        if stat.ephemeral_owner == client.session_id().0 {
+            if let Err(error) = client.delete(key.as_str(), Some(stat.version)).await {
+                tracing::debug!(%error, %key, "removing a registration that failed to register");
+            }
         }
     }
 }

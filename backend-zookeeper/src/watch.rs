@@ -1,6 +1,16 @@
 //! `watch`: a persistent ZooKeeper watch per stream, re-reading the znode on
 //! each notification (level-triggered), with `Resync` after a reconnect or a
 //! new session.
+//!
+//! After every reconnect the persistent watch is registered again before
+//! the `Resync` read: zookeeper-client 0.11.2 drops persistent watches on a
+//! reconnect that keeps the session (its `resend_watches` computes
+//! `index.max(index)` instead of `index.max(i)`, so the SetWatches2 request
+//! that would carry them is never sent). `AddWatch` is idempotent on the
+//! server, and the new registration goes out before the read on the same
+//! session, so no change between the two is missed. The old watcher is
+//! dropped only after the new one is registered (dropping the last watcher
+//! of a path sends `RemoveWatches`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -32,7 +42,6 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         .map_err(|e| error::map(e, op, key))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Task {
-        _watched: crate::kv::VersionCache::watching(inner, key.as_str()),
         inner: inner.clone(),
         key: key.clone(),
         last: current.as_ref().map(|v| v.version),
@@ -46,33 +55,27 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
     Ok(UnboundedReceiverStream::new(rx).boxed())
 }
 
-/// Reads the znode (after a `sync` when `linearizable`), feeding the
-/// version cache.
+/// Reads the znode (after a `sync` when `sync`), feeding the version cache.
 async fn read(
     inner: &Inner,
     client: &zk::Client,
     key: &Key,
-    linearizable: bool,
+    sync: bool,
 ) -> std::result::Result<Option<Versioned>, zk::Error> {
-    let sync = linearizable.then(|| client.sync(key.as_str()));
-    let data = client.get_data(key.as_str());
-    if let Some(sync) = sync {
-        sync.await?;
-    }
-    match data.await {
-        Ok((data, stat)) => {
-            inner.versions.observe(key.as_str(), &stat);
-            Ok(Some(Versioned {
-                value: Bytes::from(data),
-                version: version_of(stat.mzxid),
-            }))
-        }
-        Err(zk::Error::NoNode) => {
-            inner.versions.forget(key.as_str());
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    Ok(crate::kv::read(inner, client, key, sync, true)
+        .await?
+        .map(|(data, stat)| Versioned {
+            value: Bytes::from(data.unwrap_or_default()),
+            version: version_of(stat.mzxid),
+        }))
+}
+
+/// What re-registering a watch after a reconnect gave.
+enum Rearmed {
+    Watching(zk::PersistentWatcher),
+    LostAgain,
+    NewSession,
+    Stop,
 }
 
 /// What a batch of notifications asks for, weakest first.
@@ -101,8 +104,6 @@ fn need_of(event: &zk::WatchedEvent) -> Need {
 }
 
 struct Task {
-    /// Lets conditional writes trust the version cache for this key.
-    _watched: crate::kv::WatchedKey,
     inner: Arc<Inner>,
     key: Key,
     /// The version last emitted (`None`: absent).
@@ -114,6 +115,9 @@ struct Task {
 
 enum Outcome {
     Continue,
+    /// The connection came back on the same session: register the watch
+    /// again, then resync.
+    Reconnected,
     NewSession,
     Stop,
 }
@@ -129,6 +133,20 @@ impl Task {
             match outcome {
                 Outcome::Continue => {}
                 Outcome::Stop => return,
+                Outcome::Reconnected => match self.rearm().await {
+                    Rearmed::Watching(w) => {
+                        // The old watcher goes only now: see the module docs.
+                        watcher = Some(w);
+                        match self.refresh(true).await {
+                            Outcome::Stop => return,
+                            Outcome::NewSession => drop(watcher.take()),
+                            _ => {}
+                        }
+                    }
+                    Rearmed::LostAgain => {}
+                    Rearmed::NewSession => drop(watcher.take()),
+                    Rearmed::Stop => return,
+                },
                 Outcome::NewSession => {
                     // The old watcher died with its session; never poll it again.
                     drop(watcher.take());
@@ -168,7 +186,8 @@ impl Task {
         match need {
             Need::Nothing => Outcome::Continue,
             Need::NewSession => Outcome::NewSession,
-            Need::Read | Need::Resync => self.refresh(need == Need::Resync).await,
+            Need::Resync => Outcome::Reconnected,
+            Need::Read => self.refresh(false).await,
         }
     }
 
@@ -210,6 +229,39 @@ impl Task {
                 self.send(WatchEvent::Deleted)
             }
             _ => Outcome::Continue,
+        }
+    }
+
+    /// Registers the persistent watch again on the current session (see
+    /// the module docs).
+    async fn rearm(&mut self) -> Rearmed {
+        let Some(session) = self.inner.current_session() else {
+            return Rearmed::Stop;
+        };
+        if session.epoch != self.epoch {
+            return Rearmed::NewSession;
+        }
+        match session
+            .client
+            .watch(self.key.as_str(), zk::AddWatchMode::Persistent)
+            .await
+        {
+            Ok(watcher) => {
+                tracing::debug!(key = %self.key, "persistent watch registered again after a reconnect");
+                Rearmed::Watching(watcher)
+            }
+            Err(zk::Error::SessionExpired | zk::Error::SessionMoved | zk::Error::AuthFailed) => {
+                Rearmed::NewSession
+            }
+            Err(zk::Error::ClientClosed) => Rearmed::Stop,
+            // Lost again: the next reconnect notification re-arms.
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => Rearmed::LostAgain,
+            Err(e) => {
+                let _ = self
+                    .tx
+                    .send(Err(error::map(e, Operation::Watch, &self.key)));
+                Rearmed::Stop
+            }
         }
     }
 
@@ -262,7 +314,7 @@ impl Task {
             self.epoch = session.epoch;
             drop(session);
             return match self.refresh(true).await {
-                Outcome::Continue => Some(watcher),
+                Outcome::Continue | Outcome::Reconnected => Some(watcher),
                 Outcome::Stop => None,
                 // The new session died already: wait for the next one. A
                 // failed read after a lost connection is resynced by the

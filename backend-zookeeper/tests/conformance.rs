@@ -114,6 +114,11 @@ impl FaultInjector for ZkFaults {
         self.proxy.resume();
         Ok(())
     }
+
+    async fn stall(&self) -> Result<()> {
+        self.proxy.stall();
+        Ok(())
+    }
 }
 
 sharedstate_conformance::conformance_tests!(factory);

@@ -1,6 +1,6 @@
 //! The target comparisons measured interleaved: each round does one raw
-//! CAS, one optimistic and one locked engine update, one raw propagation and
-//! one engine propagation, so the floor and ours see the same machine load
+//! CAS, one optimistic and one locked engine update, one raw propagation,
+//! one engine propagation, one raw read and one `read_consistent()`, so the floor and ours see the same machine load
 //! (the cores are shared with other builds; suites run minutes apart would
 //! compare different moments, not different code).
 
@@ -86,6 +86,25 @@ impl Raw {
         Ok(t0.elapsed())
     }
 
+    /// The plain read of each client: ZooKeeper `sync` + `getData`
+    /// pipelined (sequentially consistent), etcd's default (linearizable)
+    /// range.
+    async fn read(&mut self) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        match self {
+            Raw::Zk { client, cas, .. } => {
+                let sync = client.sync(&cas.0);
+                let get = client.get_data(&cas.0);
+                sync.await?;
+                get.await?;
+            }
+            Raw::Etcd { client, cas, .. } => {
+                client.get(cas.0.as_str(), None).await?;
+            }
+        }
+        Ok(t0.elapsed())
+    }
+
     async fn propagate(&mut self, data: &[u8]) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         let at = match self {
@@ -155,6 +174,8 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
         ("sharedstate", "locked update"),
         ("raw", "raw watch"),
         ("sharedstate", "propagation"),
+        ("raw", "raw read"),
+        ("sharedstate", "read_consistent()"),
     ];
     let mut hists: Vec<_> = names.iter().map(|_| histogram()).collect();
     let mut errors = vec![0u64; names.len()];
@@ -166,7 +187,7 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
             notes.push(format!("stopped by the {budget:?} budget"));
             break;
         }
-        let results: [anyhow::Result<Duration>; 5] = [
+        let results: [anyhow::Result<Duration>; 7] = [
             raw.cas(&data).await,
             timed(optimistic.1.update(|v| v.counter += 1)).await,
             timed(locked.1.update(|v| v.counter += 1)).await,
@@ -184,6 +205,8 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
                 Ok(at.saturating_duration_since(t0))
             }
             .await,
+            raw.read().await,
+            timed(optimistic.1.read_consistent()).await,
         ];
         for (k, result) in results.into_iter().enumerate() {
             match result {
@@ -203,8 +226,8 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
     for (k, (implementation, variant)) in names.iter().enumerate() {
         let mut record = Record::new(&ctx.label, implementation, "paired", variant)
             .with_histogram(&hists[k], wall)
-            .note("interleaved with the other four, round by round");
-        record.ops_per_sec = 0.0; // rounds interleave five operations
+            .note("interleaved with the other six, round by round");
+        record.ops_per_sec = 0.0; // rounds interleave seven operations
         record.errors = errors[k];
         record.notes.extend(notes.clone());
         announce(&record);

@@ -468,12 +468,15 @@ fn measured_pair(paired: Option<f64>, separate: Option<f64>) -> String {
 fn paired_table(md: &mut String, res: &Results, backend: &str) {
     let floor_cas = res.p50(backend, "raw", "paired", "raw CAS");
     let floor_watch = res.p50(backend, "raw", "paired", "raw watch");
+    let floor_read = res.p50(backend, "raw", "paired", "raw read");
     let rows = [
         ("raw", "raw CAS", None),
         ("sharedstate", "optimistic update", floor_cas),
         ("sharedstate", "locked update", floor_cas),
         ("raw", "raw watch", None),
         ("sharedstate", "propagation", floor_watch),
+        ("raw", "raw read", None),
+        ("sharedstate", "read_consistent()", floor_read),
     ];
     if rows
         .iter()
@@ -481,7 +484,7 @@ fn paired_table(md: &mut String, res: &Results, backend: &str) {
     {
         return;
     }
-    let _ = writeln!(md, "Interleaved (each round runs all five, so they share the same moment's load; these ratios are the ones in the targets table):\n");
+    let _ = writeln!(md, "Interleaved (each round runs all seven, so they share the same moment's load; these ratios are the ones in the targets table):\n");
     let _ = writeln!(md, "| operation | n | p50 / p99 | ours / floor (p50) |");
     let _ = writeln!(md, "|---|---|---|---|");
     for (implementation, variant, floor) in rows {
@@ -496,6 +499,17 @@ fn paired_table(md: &mut String, res: &Results, backend: &str) {
             } else {
                 "floor".into()
             },
+        );
+    }
+    if let (Some(read), Some(cas)) = (
+        res.find(backend, "sharedstate", "paired", "read_consistent()"),
+        floor_cas,
+    ) {
+        let _ = writeln!(
+            md,
+            "\n`read_consistent()` against one raw CAS (a write, which is what a linearizable \
+             ZooKeeper read costs at least): {} (p50).",
+            cell_ratio(ratio(read.p50(), Some(cas))),
         );
     }
     let _ = writeln!(

@@ -4,49 +4,66 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Exit codes, shown at the end of `--help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0  success
-  1  other failure (backend error, undecodable payload, patch does not apply, editor failed)
-  2  usage: bad arguments, invalid path, invalid JSON input
-  3  not found: the path has no payload
-  4  conflict: stale --version, concurrent edits, payload already exists (init)
-  5  unavailable: server unreachable, timed out, lock not acquired in time
+  0    success
+  1    other failure (backend error, undecodable payload, patch does not apply, editor failed)
+  2    usage: bad arguments, no or invalid backend URL, invalid path, invalid JSON input,
+       payload over the backend's size limit
+  3    not found: the path has no payload
+  4    conflict: stale --version, concurrent edits, payload already exists (init)
+  5    unavailable: server unreachable, timed out, lock not acquired in time
+  130  interrupted (Ctrl-C); 128+N for signal N
 
 Paths are state paths such as /app/flags; the JSON lives at <PATH>/payload,
-live instances under <PATH>/listeners, the write lock at <PATH>/lock.";
+live instances under <PATH>/listeners, the write lock at <PATH>/lock.
+
+Versions are ZooKeeper's mzxid of <PATH>/payload (zkCli's mZxid, shown in hex
+there and after the version here) or etcd's mod_revision (etcdctl -w json).
+
+Environment: SHAREDSTATE_BACKEND, SHAREDSTATE_TIMEOUT, SHAREDSTATE_LOCK_TIMEOUT,
+SHAREDSTATE_OUTPUT, SHAREDSTATE_COLOR stand for the flags of the same name;
+NO_COLOR and CLICOLOR_FORCE are honoured; VISUAL / EDITOR for `edit`.";
 
 /// Inspect and change a sharedstate value from outside the application.
 ///
-/// Backends: memory:// (this process only, for self-tests),
-/// zk://host:2181[,host2:2181][/chroot], etcd://host:2379[,host2:2379].
+/// Backends: zk://host:2181[,host2:2181][/chroot], etcd://host:2379[,host2:2379],
+/// memory:// (this process only: for self-tests, nothing outlives the command).
 #[derive(Debug, Parser)]
 #[command(name = "sharedstate", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Backend URL.
-    #[arg(
-        long,
-        global = true,
-        env = "SHAREDSTATE_BACKEND",
-        default_value = "memory://",
-        value_name = "URL"
-    )]
-    pub backend: String,
+    /// Backend URL (required, here or in SHAREDSTATE_BACKEND).
+    #[arg(long, global = true, env = "SHAREDSTATE_BACKEND", value_name = "URL")]
+    pub backend: Option<String>,
+
+    /// Set after parsing: whether --backend came from the command line (so
+    /// suggested commands repeat it) rather than the environment.
+    #[arg(skip)]
+    pub backend_from_flag: bool,
 
     /// Bound on connecting and on each command's round trips (not on
     /// `watch` streaming or the time spent in an editor), e.g. 10s, 500ms, 2m.
-    #[arg(long, global = true, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, env = "SHAREDSTATE_TIMEOUT", default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// How long `set` and `patch` wait for the state's write lock.
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, env = "SHAREDSTATE_LOCK_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_timeout: Duration,
 
+    /// Output format of every command: text for people, json for scripts
+    /// (one JSON document; `watch`: one JSON object per line).
+    #[arg(long, global = true, env = "SHAREDSTATE_OUTPUT", value_enum, default_value_t = OutputFormat::Text, value_name = "FORMAT")]
+    pub output: OutputFormat,
+
+    /// Short for --output json.
+    #[arg(long, global = true)]
+    pub json: bool,
+
     /// Colour output (also honours NO_COLOR and CLICOLOR_FORCE).
-    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    #[arg(long, global = true, env = "SHAREDSTATE_COLOR", value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
     pub color: ColorWhen,
 
     /// The action.
@@ -54,10 +71,51 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the process's arguments and environment (exits on a usage
+    /// error or --help, as clap does).
+    pub fn from_env() -> Cli {
+        let matches = Cli::command().get_matches();
+        let mut cli = match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(error) => error.exit(),
+        };
+        cli.backend_from_flag = backend_from_flag(&matches);
+        cli
+    }
+
+    /// The output format, --json included.
+    pub fn format(&self) -> OutputFormat {
+        if self.json {
+            OutputFormat::Json
+        } else {
+            self.output
+        }
+    }
+}
+
+/// Whether --backend was given on the command line (at the top or after
+/// the subcommand).
+pub fn backend_from_flag(matches: &clap::ArgMatches) -> bool {
+    let from_line = |m: &clap::ArgMatches| {
+        m.value_source("backend") == Some(clap::parser::ValueSource::CommandLine)
+    };
+    from_line(matches) || matches.subcommand().is_some_and(|(_, sub)| from_line(sub))
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
+}
+
 /// When to colour output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorWhen {
-    /// When stdout is a terminal.
+    /// When the stream is a terminal.
     Auto,
     /// Always.
     Always,
@@ -70,8 +128,8 @@ pub enum ColorWhen {
 pub enum Command {
     /// Print the payload as pretty JSON
     ///
-    /// The JSON goes to stdout and `version N` to stderr (or both in one
-    /// object with --with-version).
+    /// The JSON goes to stdout and `version N` to stderr; with --json, one
+    /// object {"path", "version", "value"} on stdout.
     Get(GetArgs),
     /// Replace the payload
     ///
@@ -84,33 +142,65 @@ pub enum Command {
     /// Apply a JSON merge patch (RFC 7396) or a JSON Patch (RFC 6902)
     ///
     /// The patch is applied under the state's lock to the latest value and
-    /// written with a fenced conditional update. A JSON object is taken as a
-    /// merge patch and an array as a JSON Patch unless --merge or
-    /// --json-patch says otherwise. A JSON Patch that does not apply (failed
-    /// `test`, missing path) changes nothing (exit 1).
+    /// written with a fenced conditional update. A JSON object is a merge
+    /// patch and an array a JSON Patch unless --merge or --json-patch says
+    /// otherwise; anything else (a number, a string, null) is refused
+    /// unless --merge says to replace the whole payload with it. A JSON
+    /// Patch that does not apply (failed `test`, missing path) changes
+    /// nothing (exit 1).
     Patch(PatchArgs),
     /// Edit the payload in $VISUAL or $EDITOR
     ///
     /// The edit is written back with a conditional update on the version
-    /// that was opened. If someone else changed the payload meanwhile, you
-    /// are told, your edit is kept in a file, and the editor re-opens on
-    /// the new value; invalid JSON re-opens the editor on your text.
+    /// that was opened; an edit that changes nothing writes nothing. If
+    /// someone else changed the payload meanwhile, you are told, your edit
+    /// is kept in a file until the command ends, and the editor re-opens on
+    /// the new value; invalid JSON re-opens the editor on your text. Ctrl-C
+    /// (or an editor killed by a signal) writes nothing and removes the
+    /// drafts.
     Edit(EditArgs),
     /// Stream change sets, one line each
     ///
     /// Lines look like `v123 remote Added /globs/2 "firefox*"` (several
     /// changes of one version are joined with `; `), coloured on a
     /// terminal; --json prints one JSON object per line instead. Runs until
-    /// Ctrl-C or --count. The watch does not register as a listener.
+    /// Ctrl-C (exit 130) or --count. The watch does not register as a
+    /// listener.
     Watch(WatchArgs),
     /// List the live instances of the state
     Listeners(ListenersArgs),
-    /// Show payload version and size, listeners, lock and session
+    /// Show the payload's version and size, the instances, the lock, and
+    /// this command's own connection
     Status(StatusArgs),
     /// Create the payload
     ///
-    /// Fails (exit 4) when it exists already, unless --if-missing.
+    /// Fails (exit 4) when it exists already, unless --if-missing. Refuses
+    /// a path inside another state (a `payload` segment, or a state above).
     Init(InitArgs),
+    /// Print a shell completion script
+    ///
+    /// e.g. `sharedstate completions bash > /etc/bash_completion.d/sharedstate`,
+    /// or `source <(sharedstate completions zsh)`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff)
+    ///
+    /// e.g. `sharedstate man > /usr/local/share/man/man1/sharedstate.1`.
+    Man,
+}
+
+impl Command {
+    /// Whether the command talks to a backend (and so needs --backend).
+    pub fn needs_backend(&self) -> bool {
+        !matches!(self, Command::Completions(_) | Command::Man)
+    }
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `get`.
@@ -118,9 +208,6 @@ pub enum Command {
 pub struct GetArgs {
     /// State path, e.g. /app/flags.
     pub path: String,
-    /// Print {"version": V, "value": ...} instead of the bare value.
-    #[arg(long)]
-    pub with_version: bool,
 }
 
 /// `set`.
@@ -170,6 +257,11 @@ pub struct EditArgs {
     /// changes) before giving up.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// Edit a payload that is not UTF-8 text: its invalid bytes are shown,
+    /// and written back if you save a change, as U+FFFD. Without this,
+    /// `edit` refuses such a payload rather than change bytes it cannot show.
+    #[arg(long)]
+    pub lossy: bool,
 }
 
 /// `watch`.
@@ -177,9 +269,6 @@ pub struct EditArgs {
 pub struct WatchArgs {
     /// State path, e.g. /app/flags.
     pub path: String,
-    /// One JSON object per line instead of text.
-    #[arg(long)]
-    pub json: bool,
     /// Exit after N change sets (and payload notices).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
@@ -197,9 +286,6 @@ pub struct WatchArgs {
 pub struct ListenersArgs {
     /// State path, e.g. /app/flags.
     pub path: String,
-    /// A JSON array instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `status`.
@@ -207,9 +293,6 @@ pub struct ListenersArgs {
 pub struct StatusArgs {
     /// State path, e.g. /app/flags.
     pub path: String,
-    /// A JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `init`.
@@ -291,7 +374,7 @@ mod tests {
             "3s",
         ])
         .expect("parses");
-        assert_eq!(cli.backend, "zk://h:2181");
+        assert_eq!(cli.backend.as_deref(), Some("zk://h:2181"));
         assert_eq!(cli.timeout, Duration::from_secs(3));
         match cli.command {
             Command::Set(set) => {
@@ -327,9 +410,10 @@ mod tests {
     #[test]
     fn watch_options() {
         let cli = parse(&["watch", "/a", "--json", "--count", "2", "--wait", "1s"]).expect("ok");
+        assert_eq!(cli.format(), OutputFormat::Json);
         match cli.command {
             Command::Watch(w) => {
-                assert!(w.json && !w.initial);
+                assert!(!w.initial);
                 assert_eq!(w.count, Some(2));
                 assert_eq!(w.wait, Some(Duration::from_secs(1)));
             }
@@ -346,9 +430,36 @@ mod tests {
     }
 
     #[test]
+    fn json_and_output_are_one_rule_for_every_command() {
+        for command in ["get", "status", "listeners", "watch"] {
+            let cli = parse(&[command, "/a", "--json"]).expect("--json everywhere");
+            assert_eq!(cli.format(), OutputFormat::Json, "{command}");
+            let cli = parse(&["--output", "json", command, "/a"]).expect("--output everywhere");
+            assert_eq!(cli.format(), OutputFormat::Json, "{command}");
+        }
+        assert_eq!(
+            parse(&["get", "/a"]).expect("ok").format(),
+            OutputFormat::Text
+        );
+    }
+
+    #[test]
+    fn backend_source_is_known() {
+        let matches = Cli::command()
+            .try_get_matches_from(["sharedstate", "get", "/a", "--backend", "zk://h:1"])
+            .expect("parses");
+        assert!(backend_from_flag(&matches));
+        let matches = Cli::command()
+            .try_get_matches_from(["sharedstate", "get", "/a"])
+            .expect("parses");
+        assert!(!backend_from_flag(&matches));
+    }
+
+    #[test]
     fn help_lists_the_exit_codes() {
         let help = Cli::command().render_help().to_string();
         assert!(help.contains("Exit codes:"), "{help}");
-        assert!(help.contains("3  not found"), "{help}");
+        assert!(help.contains("3    not found"), "{help}");
+        assert!(help.contains("SHAREDSTATE_BACKEND"), "{help}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anstyle::{AnsiColor, Style};
 use serde_json::{json, Value};
-use sharedstate::{Change, ChangeSet, ListenerInfo, Origin, StateEvent};
+use sharedstate::{Change, ChangeSet, ListenerInfo, Origin, StateEvent, Version};
 
 const VERSION: Style = Style::new().bold();
 const ORIGIN: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Cyan)));
@@ -78,7 +78,7 @@ pub fn event_text(event: &StateEvent) -> String {
         StateEvent::Rejected { version, error } => format!(
             "{} {}",
             paint(VERSION, format!("v{version}")),
-            paint(NOTICE, format!("rejected: {}", one_line(error)))
+            paint(NOTICE, format!("rejected: {}", rejection_reason(error)))
         ),
         StateEvent::PayloadDeleted => paint(NOTICE, "payload deleted"),
         _ => paint(NOTICE, "unknown event"),
@@ -96,7 +96,7 @@ pub fn event_json(event: &StateEvent) -> Value {
         }),
         StateEvent::Lagged { missed } => json!({"event": "lagged", "missed": missed}),
         StateEvent::Rejected { version, error } => {
-            json!({"event": "rejected", "version": version, "error": error})
+            json!({"event": "rejected", "version": version, "error": rejection_reason(error)})
         }
         StateEvent::PayloadDeleted => json!({"event": "deleted"}),
         _ => json!({"event": "unknown"}),
@@ -109,8 +109,54 @@ pub fn counts(event: &StateEvent) -> bool {
     !matches!(event, StateEvent::Lagged { .. })
 }
 
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+use crate::errors::one_line;
+
+/// Why the engine rejected a payload, without the engine's operation
+/// prefix (`decode failed: cannot decode value (key ...): `) and without
+/// serde's location repeated after the engine's own `(line L, column C)`.
+/// Text in another shape is kept as it is (one line).
+pub fn rejection_reason(error: &str) -> String {
+    let error = one_line(error);
+    let reason = ["payload is not valid JSON", "payload does not match"]
+        .iter()
+        .find_map(|start| error.find(start).map(|at| &error[at..]))
+        .unwrap_or(&error);
+    // "(line 1, column 2): key must be a string at line 1 column 2"
+    if let Some(open) = reason.find("(line ") {
+        let location = &reason[open + 1..];
+        if let Some(close) = location.find(')') {
+            let repeated = format!(" at {}", location[..close].replace(',', ""));
+            if let Some(stripped) = reason.strip_suffix(&repeated) {
+                return stripped.to_owned();
+            }
+        }
+    }
+    reason.to_owned()
+}
+
+/// `version 12`; on ZooKeeper `version 4294967310 (mZxid 0x10000000e)`:
+/// the version is the payload node's mzxid, which zkCli prints in hex.
+pub fn version_text(backend: &str, version: Version) -> String {
+    match mzxid_hex(backend, version) {
+        Some(hex) => format!("version {version} (mZxid {hex})"),
+        None => format!("version {version}"),
+    }
+}
+
+/// Adds `"version": N` and, on ZooKeeper, `"mzxid": "0x..."` to `object`.
+pub fn version_fields(
+    backend: &str,
+    version: Version,
+    object: &mut serde_json::Map<String, Value>,
+) {
+    object.insert("version".into(), json!(version));
+    if let Some(hex) = mzxid_hex(backend, version) {
+        object.insert("mzxid".into(), json!(hex));
+    }
+}
+
+fn mzxid_hex(backend: &str, version: Version) -> Option<String> {
+    (backend == "zookeeper").then(|| format!("{:#x}", version.as_u64()))
 }
 
 /// `v12 initial {...}` for `watch --initial`.
@@ -208,7 +254,6 @@ pub fn listeners_table(listeners: &[ListenerInfo], now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sharedstate::Version;
 
     fn strip(text: &str) -> String {
         let mut out = Vec::new();
@@ -304,6 +349,38 @@ mod tests {
             strip(&initial_text(4, &json!({"a": [1]}))),
             "v4 initial {\"a\":[1]}"
         );
+    }
+
+    #[test]
+    fn zookeeper_versions_also_show_the_mzxid_as_zkcli_prints_it() {
+        let v = Version::new(4_294_967_310);
+        assert_eq!(
+            version_text("zookeeper", v),
+            "version 4294967310 (mZxid 0x10000000e)"
+        );
+        assert_eq!(version_text("etcd", Version::new(12)), "version 12");
+        let mut object = serde_json::Map::new();
+        version_fields("zookeeper", v, &mut object);
+        assert_eq!(
+            Value::Object(object),
+            json!({"version": 4_294_967_310u64, "mzxid": "0x10000000e"})
+        );
+    }
+
+    #[test]
+    fn rejections_say_each_thing_once() {
+        // As the engine words it (with and without its source's text).
+        let with_source = "decode failed: cannot decode value (key /p/payload): payload is not valid JSON (line 1, column 2): key must be a string at line 1 column 2";
+        assert_eq!(
+            rejection_reason(with_source),
+            "payload is not valid JSON (line 1, column 2): key must be a string"
+        );
+        let without = "decode failed: cannot decode value (key /p/payload): payload is not valid JSON (line 1, column 2)";
+        assert_eq!(
+            rejection_reason(without),
+            "payload is not valid JSON (line 1, column 2)"
+        );
+        assert_eq!(rejection_reason("something\nelse"), "something else");
     }
 
     #[test]

@@ -46,11 +46,15 @@ fn agent_reports_a_glob_added_by_the_cli() {
     let url = format!("zk://{}", sharedstate_conformance::fixtures::zookeeper());
     let path = unique("process-monitor");
     let binary = process_monitor_binary();
-    let mut agent = Watch::start_program(
-        &binary,
-        &["--backend", &url, "--path", &path],
-        "listening as",
-    );
+    // Colour decisions must come from the stream, not from the caller's
+    // NO_COLOR: stderr is a pipe here.
+    let mut command = Command::new(&binary);
+    command
+        .args(["--backend", &url, "--path", &path])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG");
+    let mut agent = Watch::spawn(command);
+    agent.wait_for_stdout("listening as", Duration::from_secs(60));
     agent.wait_for_stdout(
         r#"globs ["systemd*", "rsync*"] match"#,
         Duration::from_secs(30),
@@ -84,7 +88,43 @@ fn agent_reports_a_glob_added_by_the_cli() {
         Duration::from_secs(30),
     );
 
-    let (status, stdout) = agent.interrupt(Duration::from_secs(30));
+    // An outside writer breaks the payload, then deletes it: the agent
+    // keeps its globs and says so readably (no Debug format), and the
+    // engine's WARN on stderr carries no colour codes on a pipe.
+    let payload = sharedstate::Key::new(format!("{path}/payload")).expect("key");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backend = rt.block_on(sharedstate::connect(&url)).expect("connect");
+    rt.block_on(backend.put(
+        &payload,
+        sharedstate::Bytes::from_static(b"{globs"),
+        sharedstate::PutMode::Overwrite,
+    ))
+    .expect("outside write");
+    agent.wait_for_stdout(
+        "rejected, keeping the last good globs",
+        Duration::from_secs(30),
+    );
+    rt.block_on(backend.delete(&payload, None))
+        .expect("outside delete");
+    agent.wait_for_stdout(
+        "[agent] payload deleted, keeping the last good globs until it is written again",
+        Duration::from_secs(30),
+    );
+    let _ = rt.block_on(backend.close());
+
+    let (status, stdout, stderr) = agent.interrupt_all(Duration::from_secs(30));
+    assert!(
+        stderr.contains("WARN"),
+        "the rejection is logged: {stderr:?}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI codes on a pipe: {stderr:?}"
+    );
+    assert!(!stdout.contains("PayloadDeleted"), "{stdout}");
     assert!(
         status.success(),
         "the agent exits 0 on Ctrl-C: {status:?}\n{stdout}"
@@ -102,4 +142,71 @@ fn agent_reports_a_glob_added_by_the_cli() {
         "listener removed: {}",
         after.stdout
     );
+}
+
+/// The agent rides out a 60 s outage of its ZooKeeper (longer than its
+/// session, which expires): it says once that it cannot verify its
+/// settings and keeps using the last known globs, then recovers by itself,
+/// reports the change an operator made during the outage and the one made
+/// after, and says its settings are verified again.
+#[test]
+fn agent_rides_out_a_60s_outage() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let server = sharedstate_conformance::fixtures::zookeeper();
+    let direct = format!("zk://{server}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let proxy = rt
+        .block_on(sharedstate_conformance::fixtures::TcpProxy::start(server))
+        .expect("proxy");
+    let through_proxy = format!("zk://{}?session_timeout_ms=6000", proxy.endpoint());
+    let path = unique("process-monitor-outage");
+    let mut command = Command::new(process_monitor_binary());
+    command
+        .args(["--backend", &through_proxy, "--path", &path])
+        .env_remove("RUST_LOG");
+    let mut agent = Watch::spawn(command);
+    agent.wait_for_stdout("listening as", Duration::from_secs(60));
+
+    proxy.suspend();
+    let started = std::time::Instant::now();
+    agent.wait_for_stdout("cannot verify the settings with the service", OUTAGE);
+    run(
+        &direct,
+        &[
+            "patch",
+            &path,
+            "--merge",
+            r#"{"globs": ["during-outage*"]}"#,
+        ],
+        None,
+    )
+    .ok();
+    if let Some(rest) = OUTAGE.checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    proxy.resume();
+    agent.wait_for_stdout(r#""during-outage*""#, Duration::from_secs(60));
+    agent.wait_for_stdout(
+        "settings verified again with the service",
+        Duration::from_secs(60),
+    );
+    run(
+        &direct,
+        &["patch", &path, "--merge", r#"{"globs": ["after-outage*"]}"#],
+        None,
+    )
+    .ok();
+    agent.wait_for_stdout(r#""after-outage*""#, Duration::from_secs(30));
+    let (status, stdout, _) = agent.interrupt_all(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{stdout}");
+    assert_eq!(
+        stdout.matches("cannot verify the settings").count(),
+        1,
+        "the outage is reported once: {stdout}"
+    );
+    drop(proxy);
 }

@@ -31,6 +31,8 @@
 //! Behaviours never skip: a behaviour whose capability a backend lacks
 //! asserts that the call fails with `ErrorKind::Unsupported` instead.
 #![deny(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`): badges naming the Cargo feature of each gated item.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
 
@@ -80,12 +82,45 @@ pub trait FaultInjector: Send + Sync + 'static {
     /// When the fault cannot be injected.
     async fn suspend(&self) -> Result<()>;
 
-    /// Restores a suspended connection.
+    /// Restores a suspended or stalled connection.
     ///
     /// # Errors
     ///
     /// When the fault cannot be lifted.
     async fn resume(&self) -> Result<()>;
+
+    /// Holds this client's traffic without closing anything (a frozen
+    /// server, a network that drops packets): calls hang, watches deliver
+    /// nothing, and the session still looks `Connected` until the client's
+    /// own timeouts notice, until [`resume`](Self::resume). The default
+    /// says `Unsupported`.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` when the injector cannot do it.
+    async fn stall(&self) -> Result<()> {
+        Err(unsupported_fault("stall"))
+    }
+
+    /// Makes this client's existing watches silent for good while the
+    /// session looks healthy (no event, no error, no end), as a dependency
+    /// bug would. The default says `Unsupported` (only the in-memory
+    /// backend can inject it; real servers get real cuts instead).
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` when the injector cannot do it.
+    async fn silence_watches(&self) -> Result<()> {
+        Err(unsupported_fault("silence_watches"))
+    }
+}
+
+fn unsupported_fault(fault: &str) -> sharedstate_core::Error {
+    sharedstate_core::Error::new(
+        sharedstate_core::ErrorKind::Unsupported,
+        sharedstate_core::Operation::FaultInjection,
+    )
+    .with_message(format!("this fault injector cannot {fault}"))
 }
 
 /// A fresh client with its own session, and the handle to inject faults
@@ -223,6 +258,19 @@ macro_rules! for_each_behaviour {
             engine::engine_failed_update_changes_nothing,
             engine::engine_subscribers_ordered_and_lagged,
             engine::engine_close_and_read_consistent,
+            engine::engine_fresh_after_reconnect,
+            engine::engine_stale_while_unverifiable,
+            engine::engine_silent_watch_is_caught,
+            engine::engine_read_consistent_sees_acknowledged_writes,
+            engine::engine_dropped_updates_leave_the_lock_free,
+            engine::engine_lagged_subscriber_gets_each_notice_once,
+            contract::contract_update_never_lands_on_a_recreated_key,
+            contract::contract_tricky_keys,
+            contract::contract_refusals_are_not_applied,
+            contract::contract_dropped_lock_waiter_does_not_block,
+            contract::contract_lock_cancelled_at_any_point,
+            contract::contract_watch_survives_reconnects,
+            contract::contract_writes_while_cut_say_their_outcome,
         );
     };
 }

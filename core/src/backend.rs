@@ -35,7 +35,12 @@ pub struct Capabilities {
     /// Largest value accepted by `put` and `register`, inclusive; larger
     /// ones fail with `ValueTooLarge` before anything is sent.
     pub max_value_bytes: usize,
-    /// `get` is linearizable (sees every write acknowledged before it).
+    /// [`get`](CoordinationBackend::get) is linearizable: it sees every
+    /// write acknowledged before it was called (etcd's default read, the
+    /// memory cluster). When false (ZooKeeper: `sync` then read is
+    /// sequentially consistent, ZOOKEEPER-1675), use
+    /// [`get_linearizable`](CoordinationBackend::get_linearizable) where it
+    /// matters; it is linearizable on every backend.
     pub linearizable_reads: bool,
     /// `watch` is available.
     pub watch: bool,
@@ -132,7 +137,39 @@ impl Default for LockOptions {
 ///
 /// Object safe; share it as `Arc<dyn CoordinationBackend>`. Every method
 /// validates nothing about keys beyond [`Key`]'s own rules, and every error
-/// carries an [`ErrorKind`](crate::ErrorKind) tests can match.
+/// carries an [`ErrorKind`](crate::ErrorKind) tests can match and an
+/// [`Outcome`](crate::Outcome): whether a failed write may have happened.
+/// A backend never retries a non-idempotent write whose outcome is unknown.
+///
+/// # Cancellation safety
+///
+/// Every future of this trait may be dropped at any await point (a
+/// `tokio::time::timeout`, a `select!`, an aborted request handler) without
+/// leaving a lock node, a waiter key or a registration behind: a backend
+/// arms the cleanup before it sends the first request and runs it in the
+/// background, bounded, unless the operation completed. A dropped `lock`
+/// never becomes the holder; a dropped
+/// [`fenced_put_and_release`](Self::fenced_put_and_release) releases the
+/// lock (its guard drops); a dropped `register` leaves no key once the
+/// cleanup ran. A dropped write may still have been applied (its outcome is
+/// unknown), like any write whose answer was lost.
+///
+/// # What the engine relies on
+///
+/// [`SharedState`](crate::SharedState) proves freshness with its own
+/// requests (a periodic [`get_version`](Self::get_version), reads and
+/// conditional writes, each stamped with the instant it was sent), so it
+/// relies on little ordering between [`session`](Self::session) and
+/// [`watch`](Self::watch):
+///
+/// - a watch stream's first item is `Initial`, read after the watch was
+///   registered, so no change after that read is missed;
+/// - where continuity is lost (reconnect, new session, compaction), a
+///   stream yields `Resync` with a state read after the loss, or ends;
+///   a silently dead stream is caught by the engine's verification;
+/// - `get_version` and `get` see at least every write acknowledged before
+///   they were called on a connected session (up to the read consistency
+///   stated by [`Capabilities::linearizable_reads`]).
 #[async_trait]
 pub trait CoordinationBackend: Send + Sync + Debug + 'static {
     /// Short backend name: `"memory"`, `"zookeeper"`, `"etcd"`.
@@ -151,6 +188,32 @@ pub trait CoordinationBackend: Send + Sync + Debug + 'static {
     /// `Unavailable`, `SessionLost`, `Closed` and backend failures; a missing
     /// key is `Ok(None)`.
     async fn get(&self, key: &Key) -> Result<Option<Versioned>>;
+
+    /// The key's current version only (`None` when missing), as fresh as
+    /// [`get`](Self::get): what the engine's periodic verification reads.
+    /// Backends that can read the version without the value override this
+    /// (ZooKeeper: `sync` + `exists`; etcd: a keys-only range).
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    async fn get_version(&self, key: &Key) -> Result<Option<Version>> {
+        Ok(self.get(key).await?.map(|found| found.version))
+    }
+
+    /// A linearizable read: the value includes every write acknowledged
+    /// before the call, and was current at some instant between the call
+    /// and its return. The default is [`get`](Self::get), for backends whose
+    /// `get` is linearizable ([`Capabilities::linearizable_reads`]);
+    /// others override it (ZooKeeper proves the version read with an
+    /// operation ordered through the leader).
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    async fn get_linearizable(&self, key: &Key) -> Result<Option<Versioned>> {
+        self.get(key).await
+    }
 
     /// Writes a value; missing parents are created as empty persistent
     /// keys. Returns the new version.

@@ -26,10 +26,11 @@ pub enum ErrorKind {
     /// The session expired during the operation: its locks and ephemeral
     /// registrations are gone.
     SessionLost,
-    /// The service could not be reached, or the connection broke mid-call;
-    /// the outcome of a write may be unknown.
+    /// The service could not be reached, or the connection broke mid-call.
+    /// [`Error::outcome`] says whether a write may have happened.
     Unavailable,
-    /// The operation did not finish in time.
+    /// A request was sent and no answer came within its deadline; a write's
+    /// outcome is [`Outcome::Unknown`].
     Timeout,
     /// A value is larger than the backend's `max_value_bytes`.
     ValueTooLarge,
@@ -162,15 +163,50 @@ impl Operation {
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Whether a failed call may have changed anything on the service.
+///
+/// Every [`Error`] says it: [`Error::outcome`]. A write that failed with
+/// [`Outcome::NotApplied`] changed nothing and can be retried as it is. A
+/// write that failed with [`Outcome::Unknown`] was sent and no answer came
+/// back: it may have been applied, now or later. Retry it blindly only when
+/// it is idempotent (a conditional write is: a second attempt fails with
+/// `Conflict` if the first one landed); otherwise read back first. No backend
+/// retries a non-idempotent write whose outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Nothing was applied: the request was refused, or never sent.
+    NotApplied,
+    /// The request was sent and no answer came: it may have been applied.
+    Unknown,
+}
+
+impl Outcome {
+    /// The default for an error of `kind`: connection-level failures and
+    /// timeouts are `Unknown` (the request may have reached the service),
+    /// every refusal is `NotApplied`.
+    pub fn default_for(kind: ErrorKind) -> Outcome {
+        match kind {
+            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Other => Outcome::Unknown,
+            _ => Outcome::NotApplied,
+        }
+    }
+}
+
 /// The error every sharedstate call returns: a [`ErrorKind`], the operation
 /// and key as context, an optional message, the version found by a failed
-/// conditional write, and the backend's own error as `source`.
+/// conditional write, whether the call may have changed anything
+/// ([`Outcome`]), and the backend's own error as `source`.
+///
+/// `Display` prints this error's own context only; the backend's error is
+/// available through [`std::error::Error::source`] (so a report that walks
+/// the chain prints each cause once).
 pub struct Error {
     kind: ErrorKind,
     operation: Operation,
     key: Option<String>,
     message: Option<String>,
     current_version: Option<Version>,
+    outcome: Option<Outcome>,
     source: Option<Source>,
 }
 
@@ -186,8 +222,16 @@ impl Error {
             key: None,
             message: None,
             current_version: None,
+            outcome: None,
             source: None,
         }
+    }
+
+    /// States whether the call may have changed anything (default:
+    /// [`Outcome::default_for`] the kind).
+    pub fn with_outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = Some(outcome);
+        self
     }
 
     /// Attaches the key the operation was about.
@@ -245,6 +289,47 @@ impl Error {
     pub fn current_version(&self) -> Option<Version> {
         self.current_version
     }
+
+    /// Whether the failed call may have changed anything on the service:
+    /// [`Outcome::NotApplied`] or [`Outcome::Unknown`]. Reads, and writes
+    /// refused by the service or never sent, are `NotApplied`.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+            .unwrap_or_else(|| Outcome::default_for(self.kind))
+    }
+
+    /// Whether the failure is transient: the same call, retried later, may
+    /// succeed (`Unavailable`, `Timeout`, `LockTimeout`, `SessionLost`,
+    /// `Stale`). Before retrying a write, check [`outcome`](Self::outcome):
+    /// an `Unknown` outcome may mean the first attempt landed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::LockTimeout
+                | ErrorKind::SessionLost
+                | ErrorKind::Stale
+        )
+    }
+}
+
+impl Operation {
+    /// Whether the operation changes the service (its outcome matters).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Operation::Put
+                | Operation::Delete
+                | Operation::Lock
+                | Operation::Unlock
+                | Operation::FencedPut
+                | Operation::Register
+                | Operation::Deregister
+                | Operation::Open
+                | Operation::Update
+        )
+    }
 }
 
 impl fmt::Display for Error {
@@ -262,8 +347,8 @@ impl fmt::Display for Error {
                 None => write!(f, "; the key does not exist now")?,
             }
         }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+        if self.operation.is_write() && self.outcome() == Outcome::Unknown {
+            write!(f, "; it may or may not have been applied")?;
         }
         Ok(())
     }
@@ -277,6 +362,7 @@ impl fmt::Debug for Error {
             .field("key", &self.key)
             .field("message", &self.message)
             .field("current_version", &self.current_version)
+            .field("outcome", &self.outcome())
             .field("source", &self.source)
             .finish()
     }
@@ -287,5 +373,60 @@ impl std::error::Error for Error {
         self.source
             .as_ref()
             .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Cause;
+    impl fmt::Display for Cause {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("connection reset by peer")
+        }
+    }
+    impl std::error::Error for Cause {}
+
+    #[test]
+    fn outcome_defaults_follow_the_kind() {
+        let unknown = Error::new(ErrorKind::Unavailable, Operation::Put);
+        assert_eq!(unknown.outcome(), Outcome::Unknown);
+        assert_eq!(
+            Error::new(ErrorKind::Timeout, Operation::Put).outcome(),
+            Outcome::Unknown
+        );
+        for kind in [
+            ErrorKind::Conflict,
+            ErrorKind::ValueTooLarge,
+            ErrorKind::Stale,
+        ] {
+            assert_eq!(
+                Error::new(kind, Operation::Put).outcome(),
+                Outcome::NotApplied
+            );
+        }
+        let never_sent = unknown.with_outcome(Outcome::NotApplied);
+        assert_eq!(never_sent.outcome(), Outcome::NotApplied);
+        assert!(never_sent.is_retryable());
+        assert!(!Error::new(ErrorKind::Conflict, Operation::Put).is_retryable());
+    }
+
+    #[test]
+    fn display_prints_the_source_once_through_the_chain() {
+        let e = Error::new(ErrorKind::Unavailable, Operation::Put)
+            .with_message("no answer")
+            .with_source(Cause);
+        let shown = e.to_string();
+        assert!(!shown.contains("connection reset"), "{shown}");
+        assert!(
+            shown.contains("may or may not have been applied"),
+            "{shown}"
+        );
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("connection reset by peer"));
+        let read = Error::new(ErrorKind::Unavailable, Operation::Get);
+        assert!(!read.to_string().contains("applied"));
     }
 }

@@ -10,10 +10,25 @@ pub const MAX_KEY_BYTES: usize = 1024;
 
 /// A validated key: an absolute, `/`-separated path such as `/app/flags`.
 ///
-/// Rules, identical on every backend: starts with `/`; is not `/` alone; no
-/// empty segment (`//`, trailing `/`); no `.` or `..` segment; no control
-/// characters; at most [`MAX_KEY_BYTES`] bytes. ZooKeeper's reserved
-/// `/zookeeper` subtree is rejected too so a state can never land there.
+/// One rule list for every backend, so that a key never works on one backend
+/// and fails on another: `Key` refuses what any backend would refuse, with
+/// the reason in the error.
+///
+/// - starts with `/`; is not `/` alone; no empty segment (`//`, trailing
+///   `/`); no `.` or `..` segment; at most [`MAX_KEY_BYTES`] bytes;
+/// - no control characters (U+0000-U+001F, U+007F-U+009F);
+/// - no private-use characters (U+E000-U+F8FF), no specials
+///   (U+FFF0-U+FFFF, which includes U+FFFD and the non-characters U+FFFE,
+///   U+FFFF), and no characters outside the Basic Multilingual Plane
+///   (above U+FFFF: emoji, mathematical alphanumerics): ZooKeeper checks
+///   paths as UTF-16 and refuses U+D800-U+F8FF and U+FFF0-U+FFFF, which
+///   takes in every surrogate pair;
+/// - not ZooKeeper's reserved `/zookeeper` subtree, and no segment starting
+///   with `sharedstate-fence-` (the ZooKeeper backend's conditional writes
+///   create and delete such a sibling in the same transaction).
+///
+/// Letters of every script, combining marks, spaces and punctuation are
+/// fine.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key(String);
 
@@ -81,6 +96,9 @@ impl Key {
     }
 }
 
+/// Segment prefix reserved for the ZooKeeper backend's fence nodes.
+pub(crate) const RESERVED_SEGMENT_PREFIX: &str = "sharedstate-fence-";
+
 fn validate(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err("a key must start with '/'".into());
@@ -94,9 +112,10 @@ fn validate(path: &str) -> Result<(), String> {
             path.len()
         ));
     }
-    if let Some(c) = path.chars().find(|c| c.is_control()) {
+    if let Some(c) = path.chars().find(|c| refused_char(*c).is_some()) {
+        let why = refused_char(c).unwrap_or("refused");
         return Err(format!(
-            "a key must not contain control characters (found U+{:04X})",
+            "a key must not contain {why} (found U+{:04X}); ZooKeeper refuses it",
             c as u32
         ));
     }
@@ -104,6 +123,12 @@ fn validate(path: &str) -> Result<(), String> {
         match segment {
             "" => return Err("a key must not have empty segments ('//' or a trailing '/')".into()),
             "." | ".." => return Err("a key must not have '.' or '..' segments".into()),
+            s if s.starts_with(RESERVED_SEGMENT_PREFIX) => {
+                return Err(format!(
+                    "segments starting with {RESERVED_SEGMENT_PREFIX:?} are reserved for the \
+                     ZooKeeper backend's conditional writes"
+                ))
+            }
             _ => {}
         }
     }
@@ -111,6 +136,17 @@ fn validate(path: &str) -> Result<(), String> {
         return Err("'/zookeeper' is reserved by ZooKeeper".into());
     }
     Ok(())
+}
+
+/// Why a character is refused in keys, or `None` when it is fine.
+fn refused_char(c: char) -> Option<&'static str> {
+    match u32::from(c) {
+        _ if c.is_control() => Some("control characters"),
+        0xE000..=0xF8FF => Some("private-use characters"),
+        0xFFF0..=0xFFFF => Some("special characters (U+FFF0-U+FFFF)"),
+        0x10000.. => Some("characters outside the Basic Multilingual Plane"),
+        _ => None,
+    }
 }
 
 impl fmt::Display for Key {
@@ -151,7 +187,16 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_paths() {
-        for ok in ["/a", "/app/state/payload", "/a-b_c.d/e:f", "/ünïcode/ключ"] {
+        for ok in [
+            "/a",
+            "/app/state/payload",
+            "/a-b_c.d/e:f",
+            "/ünïcode/ключ",
+            "/e\u{0301}t\u{00E9}",
+            "/with space/and,punct;!",
+            "/\u{D7FF}\u{F900}\u{FFEF}",
+            "/p/x-sharedstate-fence-1",
+        ] {
             assert!(Key::new(ok).is_ok(), "{ok} should be valid");
         }
     }
@@ -172,6 +217,15 @@ mod tests {
             "/a\0b",
             "/zookeeper",
             "/zookeeper/quota",
+            "/p/rocket-\u{1F680}",
+            "/p/math-\u{1D518}",
+            "/p/\u{E000}",
+            "/p/\u{F8FF}",
+            "/p/\u{FFFD}",
+            "/p/\u{FFFE}",
+            "/p/\u{FFFF}",
+            "/p/\u{0085}",
+            "/p/sharedstate-fence-0000000001",
         ] {
             let err = Key::new(bad).expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::InvalidKey, "{bad:?}");

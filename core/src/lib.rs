@@ -14,7 +14,7 @@ pub use backend::{
     Capabilities, CoordinationBackend, LockOptions, PutMode, SessionState, SessionStatus,
     WatchEvent, WatchStream,
 };
-pub use error::{Error, ErrorKind, Operation, Result};
+pub use error::{Error, ErrorKind, Operation, Outcome, Result};
 pub use key::{Key, MAX_KEY_BYTES};
 pub use lock::{LockGuard, LockRelease};
 pub use registration::{Registration, RegistrationClose};

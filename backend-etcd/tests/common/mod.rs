@@ -125,6 +125,11 @@ impl FaultInjector for EtcdFaults {
         self.proxy.resume();
         Ok(())
     }
+
+    async fn stall(&self) -> Result<()> {
+        self.proxy.stall();
+        Ok(())
+    }
 }
 
 pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {

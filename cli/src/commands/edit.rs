@@ -3,7 +3,7 @@
 //! is told, and the editor re-opens on the new value.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use sharedstate::{ErrorKind, PutMode, Version, Versioned};
@@ -12,6 +12,7 @@ use super::info::pretty;
 use super::{encode, Env, Global, Written};
 use crate::args::EditArgs;
 use crate::errors::{json_error, CliError, CliResult, Exit};
+use crate::interrupt::{killed_by, Interrupted, Interrupts, SIGINT};
 
 /// `$VISUAL`, then `$EDITOR`, then `vi`.
 fn default_editor() -> String {
@@ -23,7 +24,10 @@ fn default_editor() -> String {
 }
 
 /// Runs `editor FILE` through the shell (so `EDITOR="code --wait"` works),
-/// with the terminal attached, and waits for it.
+/// with the terminal attached, and waits for it. Signals are not taken from
+/// the editor meanwhile: Ctrl-C in a terminal reaches the editor too, and
+/// editors such as vi use it themselves. An editor that a signal ended
+/// (or whose shell reports 128 + N) ends the edit.
 async fn run_editor(editor: &str, file: &Path) -> CliResult {
     let status = tokio::process::Command::new("sh")
         .arg("-c")
@@ -33,6 +37,16 @@ async fn run_editor(editor: &str, file: &Path) -> CliResult {
         .status()
         .await
         .map_err(|e| CliError::failure(format!("cannot start the editor {editor:?}: {e}")))?;
+    if let Some(signal) = killed_by(status).or_else(|| {
+        // sh reports a child killed by SIGINT, SIGTERM, SIGHUP as 128 + N.
+        status.code().and_then(|code| {
+            [130, 143, 129]
+                .contains(&code)
+                .then(|| Interrupted((code - 128) as u8))
+        })
+    }) {
+        return Err(interrupted(signal));
+    }
     if status.success() {
         Ok(())
     } else {
@@ -42,7 +56,13 @@ async fn run_editor(editor: &str, file: &Path) -> CliResult {
     }
 }
 
-/// The text to put in front of the user, kept in a temporary file.
+fn interrupted(signal: Interrupted) -> CliError {
+    signal.exit_with("interrupted; nothing was written")
+}
+
+/// The text put in front of the user, in a temporary file that is removed
+/// when this value drops (on every way out, Ctrl-C included, since the
+/// signals are handled rather than killing the process).
 struct Draft {
     file: tempfile::NamedTempFile,
 }
@@ -69,22 +89,24 @@ impl Draft {
             ))
         })
     }
-
-    /// Keeps the file after exit and returns its path.
-    fn keep(self) -> Option<PathBuf> {
-        self.file.keep().ok().map(|(_, path)| path)
-    }
 }
 
 /// What the user's edit turned out to be.
 enum Outcome {
+    /// The text is the payload's, as it was opened: nothing to write.
+    Untouched,
     /// Valid JSON to write.
     Value(Value),
     /// Invalid JSON: reopen with this text.
     Invalid(String),
 }
 
-fn judge(text: &str) -> CliResult<Outcome> {
+/// `opened`: the payload's text as first put in front of the user (not
+/// the user's own invalid text that a re-opened editor shows).
+fn judge(opened: &str, text: &str) -> CliResult<Outcome> {
+    if text == opened {
+        return Ok(Outcome::Untouched);
+    }
     if text.trim().is_empty() {
         return Err(CliError::failure(
             "the file was emptied; nothing was written",
@@ -102,75 +124,165 @@ fn judge(text: &str) -> CliResult<Outcome> {
 /// `edit PATH`.
 pub async fn edit(global: &Global, args: EditArgs, out: &mut (dyn Write + Send)) -> CliResult {
     let editor = args.editor.clone().unwrap_or_else(default_editor);
-    let env = global.open(&args.path).await?;
-    let result = edit_loop(&env, &editor, args.max_attempts).await;
+    let mut interrupts = Interrupts::install()?;
+    let env = tokio::select! {
+        env = global.open(&args.path) => env?,
+        signal = interrupts.next() => return Err(interrupted(signal)),
+    };
+    let mut session = Editing {
+        env: &env,
+        editor,
+        lossy: args.lossy,
+        interrupts,
+        saved: Vec::new(),
+    };
+    let result = session.run(args.max_attempts).await;
+    // The drafts kept after conflicts go now (the last one stays only when
+    // the command gave up on conflicts, and says where it is).
+    drop(session);
     env.close().await;
     env.report(out, result?)
 }
 
-async fn edit_loop(env: &Env, editor: &str, max_attempts: u32) -> CliResult<Written> {
-    let mut base = env.payload().await?;
-    let (mut base_value, mut text) = starting_point(env, &base);
-    let mut last_was_invalid = false;
-    for _ in 0..max_attempts {
-        let draft = Draft::new(&env.cx.path, &text)?;
-        run_editor(editor, draft.file.path()).await?;
-        let edited = draft.read()?;
-        let value = match judge(&edited)? {
-            Outcome::Value(value) => value,
-            Outcome::Invalid(edited) => {
-                text = edited;
-                last_was_invalid = true;
-                continue;
-            }
-        };
-        last_was_invalid = false;
-        if base_value.as_ref() == Some(&value) {
-            return Ok(Written::Unchanged(base.version));
-        }
-        match conditional_put(env, &value, base.version).await? {
-            Ok(version) => return Ok(Written::Changed(version)),
-            Err(Some(current)) => {
-                let saved = draft
-                    .keep()
-                    .map(|path| format!("your edit is saved in {}; ", path.display()))
-                    .unwrap_or_default();
-                eprintln!(
-                    "{} changed while you were editing (version {} -> {current}); {saved}re-opening the editor on the new value",
-                    env.cx.path, base.version
-                );
-                base = env.payload().await?;
-                (base_value, text) = starting_point(env, &base);
-            }
-            Err(None) => return Err(env.cx.no_payload()),
+/// One `edit` command's state.
+struct Editing<'a> {
+    env: &'a Env,
+    editor: String,
+    lossy: bool,
+    interrupts: Interrupts,
+    /// Edits that lost a conflict, kept for the user until the end.
+    saved: Vec<tempfile::TempPath>,
+}
+
+impl Editing<'_> {
+    /// Runs `step` unless a signal comes first.
+    async fn unless_interrupted<T>(
+        &mut self,
+        step: impl std::future::Future<Output = CliResult<T>>,
+    ) -> CliResult<T> {
+        tokio::select! {
+            result = step => result,
+            signal = self.interrupts.next() => Err(interrupted(signal)),
         }
     }
-    let (exit, why) = if last_was_invalid {
-        (Exit::Usage, "the edit is still not valid JSON")
-    } else {
-        (Exit::Conflict, "the payload kept changing while you edited")
-    };
-    Err(CliError::new(
-        exit,
-        format!(
-            "gave up editing {} after {max_attempts} attempts: {why}; nothing was written",
-            env.cx.path
-        ),
-    ))
+
+    /// A SIGTERM or SIGHUP that came while the editor ran ends the edit;
+    /// a Ctrl-C that the editor survived was the editor's.
+    fn after_editor(&mut self) -> CliResult {
+        while let Some(signal) = self.interrupts.pending() {
+            if signal.0 != SIGINT {
+                return Err(interrupted(signal));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, max_attempts: u32) -> CliResult<Written> {
+        let env = self.env;
+        let mut base = self.unless_interrupted(env.payload()).await?;
+        let (mut base_value, mut opened) = starting_point(env, &base, self.lossy)?;
+        let mut text = opened.clone();
+        let mut last_was_invalid = false;
+        for _ in 0..max_attempts {
+            let draft = Draft::new(&env.cx.path, &text)?;
+            run_editor(&self.editor, draft.file.path()).await?;
+            self.after_editor()?;
+            let edited = draft.read()?;
+            let value = match judge(&opened, &edited)? {
+                Outcome::Untouched => return Ok(Written::Unchanged(base.version)),
+                Outcome::Value(value) => value,
+                Outcome::Invalid(edited) => {
+                    text = edited;
+                    last_was_invalid = true;
+                    continue;
+                }
+            };
+            last_was_invalid = false;
+            if base_value.as_ref() == Some(&value) {
+                return Ok(Written::Unchanged(base.version));
+            }
+            // Not cut short by a signal: a write in flight may land anyway,
+            // and the user is told what happened to it either way.
+            match conditional_put(env, &value, base.version).await? {
+                Ok(version) => return Ok(Written::Changed(version)),
+                Err(Some(current)) => {
+                    let kept = draft.file.into_temp_path();
+                    eprintln!(
+                        "{} changed while you were editing (version {} -> {current}); your edit is saved in {} until this command ends; re-opening the editor on the new value",
+                        env.cx.path,
+                        base.version,
+                        kept.display()
+                    );
+                    self.saved.push(kept);
+                    base = self.unless_interrupted(env.payload()).await?;
+                    (base_value, opened) = starting_point(env, &base, self.lossy)?;
+                    text = opened.clone();
+                }
+                Err(None) => return Err(env.cx.no_payload()),
+            }
+        }
+        if last_was_invalid {
+            return Err(self.gave_up(
+                max_attempts,
+                Exit::Usage,
+                "the edit is still not valid JSON",
+            ));
+        }
+        let mut error = self.gave_up(
+            max_attempts,
+            Exit::Conflict,
+            "the payload kept changing while you edited",
+        );
+        if let Some(last) = self.saved.pop() {
+            if let Ok(path) = last.keep() {
+                error
+                    .message
+                    .push_str(&format!("; your last edit is in {}", path.display()));
+            }
+        }
+        Err(error)
+    }
+
+    fn gave_up(&self, attempts: u32, exit: Exit, why: &str) -> CliError {
+        CliError::new(
+            exit,
+            format!(
+                "gave up editing {} after {attempts} attempts: {why}; nothing was written",
+                self.env.cx.path
+            ),
+        )
+    }
 }
 
 /// The value and the text to edit. A payload that is not JSON (an outside
-/// writer's mistake) is opened as it is, so `edit` can repair it.
-fn starting_point(env: &Env, found: &Versioned) -> (Option<Value>, String) {
+/// writer's mistake) is opened as it is, so `edit` can repair it; one that
+/// is not even UTF-8 only with --lossy, since the editor cannot show its
+/// bytes and saving would replace them.
+fn starting_point(env: &Env, found: &Versioned, lossy: bool) -> CliResult<(Option<Value>, String)> {
+    let what = format!("the payload of {} (version {})", env.cx.path, found.version);
+    if let Err(e) = std::str::from_utf8(&found.value) {
+        let at = e.valid_up_to();
+        let byte = found.value.get(at).copied().unwrap_or_default();
+        let problem = format!("{what} is not UTF-8 text (byte {byte:#04x} at offset {at})");
+        if !lossy {
+            return Err(CliError::failure(format!(
+                "{problem}, so an editor cannot show it as it is; nothing was written. Replace it with {}, or pass --lossy to edit it with every invalid byte shown, and saved, as U+FFFD",
+                env.cx.suggest.command(&["set", &env.cx.path, "JSON"])
+            )));
+        }
+        eprintln!(
+            "{problem}; --lossy: invalid bytes are shown as U+FFFD, and saved as U+FFFD if you change anything"
+        );
+        return Ok((None, String::from_utf8_lossy(&found.value).into_owned()));
+    }
     match serde_json::from_slice::<Value>(&found.value) {
         Ok(value) => {
             let text = format!("{}\n", pretty(&value));
-            (Some(value), text)
+            Ok((Some(value), text))
         }
         Err(error) => {
-            let what = format!("the payload of {} (version {})", env.cx.path, found.version);
             eprintln!("{}; opening it as it is", json_error(&error, &what));
-            (None, String::from_utf8_lossy(&found.value).into_owned())
+            Ok((None, String::from_utf8_lossy(&found.value).into_owned()))
         }
     }
 }
@@ -182,15 +294,16 @@ async fn conditional_put(
     value: &Value,
     expected: Version,
 ) -> CliResult<Result<Version, Option<Version>>> {
-    let put = env.backend.put(
-        &env.paths.payload,
-        encode(value).into(),
-        PutMode::Update(expected),
-    );
+    let bytes = encode(value);
+    env.check_size(&bytes)?;
+    let size = bytes.len();
+    let put = env
+        .backend
+        .put(&env.paths.payload, bytes.into(), PutMode::Update(expected));
     match tokio::time::timeout(env.timeout, put).await {
         Ok(Ok(version)) => Ok(Ok(version)),
         Ok(Err(error)) if error.kind() == ErrorKind::Conflict => Ok(Err(error.current_version())),
-        Ok(Err(error)) => Err(env.cx.backend(error)),
+        Ok(Err(error)) => Err(env.write_error(error, size)),
         Err(_) => Err(env.cx.timed_out("writing the payload", env.timeout)),
     }
 }

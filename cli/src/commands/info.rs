@@ -3,16 +3,16 @@
 use std::io::Write;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sharedstate::{listeners_of, ErrorKind, LockOptions, SessionState};
 
 use super::{emit, Env, Global};
-use crate::args::{GetArgs, ListenersArgs, StatusArgs};
+use crate::args::{GetArgs, ListenersArgs, OutputFormat, StatusArgs};
 use crate::errors::{json_error, CliError, CliResult};
 use crate::output;
 
-/// `get PATH`: pretty JSON on stdout, `version N` on stderr (or both in
-/// one object with `--with-version`).
+/// `get PATH`: pretty JSON on stdout, `version N` on stderr; with --json
+/// one object `{"path", "version", "value"}` on stdout.
 pub async fn get(global: &Global, args: GetArgs, out: &mut (dyn Write + Send)) -> CliResult {
     let env = global.open(&args.path).await?;
     let found = env.payload().await;
@@ -21,18 +21,27 @@ pub async fn get(global: &Global, args: GetArgs, out: &mut (dyn Write + Send)) -
     let value = match env.decode(&found) {
         Ok(value) => value,
         Err(error) => {
-            // Show the broken payload anyway: the operator needs it to fix it.
-            emit(out, &String::from_utf8_lossy(&found.value))?;
+            // Show the broken payload anyway (text output only: JSON output
+            // stays JSON): the operator needs it to fix it.
+            if env.format == OutputFormat::Text {
+                emit(out, &String::from_utf8_lossy(&found.value))?;
+            }
             return Err(error);
         }
     };
-    if args.with_version {
-        let wrapped = json!({"version": found.version, "value": value});
-        emit(out, &pretty(&wrapped))
-    } else {
-        emit(out, &pretty(&value))?;
-        eprintln!("version {}", found.version);
-        Ok(())
+    match env.format {
+        OutputFormat::Json => {
+            let mut object = Map::new();
+            object.insert("path".into(), Value::from(env.cx.path.as_str()));
+            env.version_fields(&mut object, found.version);
+            object.insert("value".into(), value);
+            emit(out, &pretty(&Value::Object(object)))
+        }
+        OutputFormat::Text => {
+            emit(out, &pretty(&value))?;
+            eprintln!("{}", env.version_text(found.version));
+            Ok(())
+        }
     }
 }
 
@@ -56,7 +65,7 @@ pub async fn listeners(
         .await;
     env.close().await;
     let found = found?;
-    if args.json {
+    if env.format == OutputFormat::Json {
         let value = serde_json::to_value(&found)
             .map_err(|e| CliError::failure(format!("cannot encode the listeners: {e}")))?;
         emit(out, &pretty(&value))
@@ -118,13 +127,14 @@ fn session_name(state: SessionState) -> &'static str {
 }
 
 /// `status PATH`: payload version, size and validity, listener count, lock,
-/// this tool's session.
+/// and this command's own session (not the instances': each of them has its
+/// own, which `status` cannot see).
 pub async fn status(global: &Global, args: StatusArgs, out: &mut (dyn Write + Send)) -> CliResult {
     let env = global.open(&args.path).await?;
     let gathered = gather_status(&env).await;
     env.close().await;
     let status = gathered?;
-    if args.json {
+    if env.format == OutputFormat::Json {
         emit(out, &pretty(&status))
     } else {
         emit(out, &status_text(&status))
@@ -155,12 +165,12 @@ async fn gather_status(env: &Env) -> CliResult<Value> {
         let problem = serde_json::from_slice::<Value>(&found.value)
             .err()
             .map(|e| json_error(&e, "the payload"));
-        json!({
-            "version": found.version,
-            "bytes": found.value.len(),
-            "valid_json": problem.is_none(),
-            "problem": problem,
-        })
+        let mut object = Map::new();
+        env.version_fields(&mut object, found.version);
+        object.insert("bytes".into(), json!(found.value.len()));
+        object.insert("valid_json".into(), json!(problem.is_none()));
+        object.insert("problem".into(), json!(problem));
+        Value::Object(object)
     });
     let (held, waiting) = match lock {
         LockState::Free => (false, Some(0)),
@@ -173,19 +183,25 @@ async fn gather_status(env: &Env) -> CliResult<Value> {
         "payload": payload,
         "listeners": listeners,
         "lock": {"held": held, "waiting": waiting},
-        "session": {"state": session_name(session.state), "epoch": session.epoch},
+        // This command's own connection: a fresh session (epoch 0 unless it
+        // was replaced mid-command), nothing about the instances' sessions.
+        "cli_session": {"state": session_name(session.state), "epoch": session.epoch},
     }))
 }
 
 fn status_text(status: &Value) -> String {
     let payload = match &status["payload"] {
-        Value::Null => "none (create it with `sharedstate init`)".to_owned(),
+        Value::Null => "none (create it with `sharedstate init PATH JSON`)".to_owned(),
         p => {
             let validity = match p["problem"].as_str() {
                 None => "valid JSON".to_owned(),
                 Some(problem) => problem.to_owned(),
             };
-            format!("version {}, {} bytes, {validity}", p["version"], p["bytes"])
+            let version = match p["mzxid"].as_str() {
+                Some(hex) => format!("version {} (mZxid {hex})", p["version"]),
+                None => format!("version {}", p["version"]),
+            };
+            format!("{version}, {} bytes, {validity}", p["bytes"])
         }
     };
     let listeners = match &status["listeners"] {
@@ -199,7 +215,7 @@ fn status_text(status: &Value) -> String {
         (Some(true), None) => "held".to_owned(),
         _ => "free".to_owned(),
     };
-    let session = &status["session"];
+    let session = &status["cli_session"];
     let rows = [
         (
             "path",
@@ -217,16 +233,15 @@ fn status_text(status: &Value) -> String {
         ("listeners", listeners),
         ("lock", lock),
         (
-            "session",
+            "cli session",
             format!(
-                "{} (epoch {})",
+                "{} (this command's own connection, not the instances')",
                 session["state"].as_str().unwrap_or_default(),
-                session["epoch"]
             ),
         ),
     ];
     rows.iter()
-        .map(|(name, value)| format!("{:<10} {value}", format!("{name}:")))
+        .map(|(name, value)| format!("{:<12} {value}", format!("{name}:")))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -245,28 +260,37 @@ mod tests {
         ok(&[b[0], b[1], "init", "/app", r#"{"globs":["a"],"n":1}"#]).await;
         let out = ok(&[b[0], b[1], "get", "/app"]).await;
         assert_eq!(out, "{\n  \"globs\": [\n    \"a\"\n  ],\n  \"n\": 1\n}\n");
-        let out = ok(&[b[0], b[1], "get", "/app", "--with-version"]).await;
+        let out = ok(&[b[0], b[1], "get", "/app", "--json"]).await;
         let wrapped: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert!(wrapped["version"].as_u64().is_some(), "{out}");
+        assert_eq!(wrapped["path"], "/app");
         assert_eq!(wrapped["value"]["n"], 1);
+        assert!(wrapped.get("mzxid").is_none(), "memory has no zxid: {out}");
     }
 
     #[tokio::test]
     async fn status_and_listeners_on_a_fresh_state() {
         let b = ["--backend", "memory://info-status"];
         let out = ok(&[b[0], b[1], "status", "/s"]).await;
-        assert!(out.contains("payload:   none"), "{out}");
+        assert!(out.contains("payload:     none"), "{out}");
         ok(&[b[0], b[1], "init", "/s", "[1,2]"]).await;
         let out = ok(&[b[0], b[1], "status", "/s"]).await;
         assert!(out.contains("bytes, valid JSON"), "{out}");
-        assert!(out.contains("listeners: 0"), "{out}");
-        assert!(out.contains("lock:      free"), "{out}");
-        assert!(out.contains("session:   connected"), "{out}");
+        assert!(out.contains("listeners:   0"), "{out}");
+        assert!(out.contains("lock:        free"), "{out}");
+        assert!(
+            out.contains(
+                "cli session: connected (this command's own connection, not the instances')"
+            ),
+            "{out}"
+        );
         let out = ok(&[b[0], b[1], "status", "/s", "--json"]).await;
         let status: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(status["payload"]["bytes"], 5);
         assert_eq!(status["lock"]["held"], false);
         assert_eq!(status["backend"], "memory");
+        assert_eq!(status["cli_session"]["state"], "connected");
+        assert!(status.get("session").is_none(), "{out}");
         let out = ok(&[b[0], b[1], "listeners", "/s"]).await;
         assert_eq!(out, "no live instances\n");
         let out = ok(&[b[0], b[1], "listeners", "/s", "--json"]).await;

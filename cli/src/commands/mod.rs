@@ -14,8 +14,10 @@ use std::time::Duration;
 use serde_json::Value;
 use sharedstate::{CoordinationBackend, Key, Version, Versioned};
 
-use crate::args::{Cli, Command};
-use crate::errors::{json_error, parse_json, CliError, CliResult, Context, Exit};
+use crate::args::{Cli, Command, OutputFormat};
+use crate::endpoint::{self, Endpoint};
+use crate::errors::{self, json_error, parse_json, CliError, CliResult, Context, Exit, Suggest};
+use crate::output;
 
 /// Runs the parsed command line, writing results to `out` (stdout) and
 /// progress notices to stderr.
@@ -24,10 +26,20 @@ use crate::errors::{json_error, parse_json, CliError, CliResult, Context, Exit};
 ///
 /// The command's failure, as one line and an exit code.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> CliResult {
+    let format = cli.format();
+    let url = match cli.backend.as_deref().map(str::trim) {
+        Some(url) if !url.is_empty() => url.to_owned(),
+        _ if !cli.command.needs_backend() => String::new(),
+        _ => return Err(no_backend()),
+    };
     let global = Global {
-        url: cli.backend,
+        endpoint: endpoint::parse(&url)?,
+        suggest: Suggest {
+            backend_flag: cli.backend_from_flag.then(|| url.clone()),
+        },
         timeout: cli.timeout,
         lock_timeout: cli.lock_timeout,
+        format,
     };
     match cli.command {
         Command::Get(args) => info::get(&global, args, out).await,
@@ -38,15 +50,50 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> CliResult {
         Command::Patch(args) => write::patch(&global, args, out).await,
         Command::Edit(args) => edit::edit(&global, args, out).await,
         Command::Watch(args) => watch::watch(&global, args, out).await,
+        Command::Completions(args) => completions(args.shell, out),
+        Command::Man => man(out),
     }
+}
+
+/// Exit 2: the command never guesses where to write.
+fn no_backend() -> CliError {
+    CliError::usage(
+        "no backend given: pass --backend URL or set SHAREDSTATE_BACKEND, \
+         e.g. --backend zk://127.0.0.1:2181 or --backend etcd://127.0.0.1:2379 \
+         (memory:// only if you mean a store that ends with this command)",
+    )
+}
+
+/// `completions SHELL`: the script on stdout.
+pub fn completions(shell: clap_complete::Shell, out: &mut (dyn Write + Send)) -> CliResult {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut buffer = Vec::new();
+    clap_complete::generate(shell, &mut command, "sharedstate", &mut buffer);
+    out.write_all(&buffer)
+        .and_then(|()| out.flush())
+        .map_err(|e| output_error(&e))
+}
+
+/// `man`: the roff page on stdout.
+pub fn man(out: &mut (dyn Write + Send)) -> CliResult {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut buffer = Vec::new();
+    clap_mangen::Man::new(command)
+        .render(&mut buffer)
+        .map_err(|e| CliError::failure(format!("cannot render the manual page: {e}")))?;
+    out.write_all(&buffer)
+        .and_then(|()| out.flush())
+        .map_err(|e| output_error(&e))
 }
 
 /// Options every command shares.
 #[derive(Debug, Clone)]
 pub struct Global {
-    url: String,
+    endpoint: Endpoint,
+    suggest: Suggest,
     timeout: Duration,
     lock_timeout: Duration,
+    format: OutputFormat,
 }
 
 /// The keys under a state's path (the engine's layout).
@@ -79,13 +126,22 @@ pub struct Env {
     paths: Paths,
     timeout: Duration,
     lock_timeout: Duration,
+    format: OutputFormat,
 }
+
+/// How long a connect may take before the hosts are probed for a plain
+/// "connection refused" (a healthy server answers well within it).
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Bound on each probe's TCP connect.
+const PROBE_BOUND: Duration = Duration::from_secs(1);
 
 impl Global {
     fn context(&self, path: &str) -> Context {
         Context {
-            url: self.url.clone(),
+            url: self.endpoint.url.clone(),
             path: path.to_owned(),
+            suggest: self.suggest.clone(),
         }
     }
 
@@ -93,19 +149,92 @@ impl Global {
     async fn open(&self, path: &str) -> CliResult<Env> {
         let cx = self.context(path);
         let paths = Paths::new(&cx)?;
-        let backend =
-            match tokio::time::timeout(self.timeout, sharedstate::connect(&self.url)).await {
-                Err(_) => return Err(cx.timed_out("connecting", self.timeout)),
-                Ok(Err(error)) => return Err(cx.backend(error)),
-                Ok(Ok(backend)) => backend,
-            };
+        let backend = self.connect(&cx).await?;
         Ok(Env {
             backend,
             cx,
             paths,
             timeout: self.timeout,
             lock_timeout: self.lock_timeout,
+            format: self.format,
         })
+    }
+
+    /// Connects within `--timeout`. A connect still pending after
+    /// [`PROBE_AFTER`] probes the hosts: when every one refuses the
+    /// connection the answer is clear now, rather than after the client's
+    /// own connect timeout. A failed connect says what the probe found
+    /// instead of the client's internals.
+    async fn connect(&self, cx: &Context) -> CliResult<Arc<dyn CoordinationBackend>> {
+        let connecting = tokio::time::timeout(self.timeout, sharedstate::connect(&cx.url));
+        tokio::pin!(connecting);
+        let early_probe = async {
+            tokio::time::sleep(PROBE_AFTER).await;
+            endpoint::probe(&self.endpoint, PROBE_BOUND).await
+        };
+        let outcome = tokio::select! {
+            outcome = &mut connecting => outcome,
+            probe = early_probe => {
+                if probe.hopeless() {
+                    return Err(endpoint::unreachable(&self.endpoint, &probe.describe(PROBE_BOUND)));
+                }
+                connecting.await
+            }
+        };
+        match outcome {
+            Ok(Ok(backend)) => Ok(backend),
+            Ok(Err(error))
+                // `Other` at connect: something answered that is not the
+                // service (a proxy, another protocol).
+                if matches!(
+                    error.kind(),
+                    sharedstate::ErrorKind::Unavailable
+                        | sharedstate::ErrorKind::Timeout
+                        | sharedstate::ErrorKind::Other
+                ) =>
+            {
+                let reason = format!(
+                    "no {} session: {}",
+                    self.endpoint.service.name(),
+                    errors::describe(&error)
+                );
+                Err(self.diagnose(&reason).await)
+            }
+            Ok(Err(error)) => Err(cx.backend(error)),
+            Err(_) => {
+                let reason = format!(
+                    "no {} session within {:?} (raise --timeout if the server is slow)",
+                    self.endpoint.service.name(),
+                    self.timeout
+                );
+                Err(self.diagnose(&reason).await)
+            }
+        }
+    }
+
+    /// Exit 5 for a failed connect: the probe's findings, or (when a host
+    /// accepts TCP connections, so the service itself did not answer) the
+    /// client's reason.
+    async fn diagnose(&self, reason: &str) -> CliError {
+        let probe = endpoint::probe(&self.endpoint, PROBE_BOUND).await;
+        let detail = if probe.any_open() {
+            format!(
+                "{}, but {reason}",
+                endpoint::Probe(
+                    probe
+                        .0
+                        .into_iter()
+                        .filter(|(_, r)| *r == endpoint::Reach::Open)
+                        .collect()
+                )
+                .describe(PROBE_BOUND)
+            )
+        } else if probe.0.is_empty() {
+            reason.to_owned()
+        } else {
+            probe.describe(PROBE_BOUND)
+        };
+        endpoint::unreachable(&self.endpoint, &detail)
     }
 }
 
@@ -133,7 +262,7 @@ impl Env {
     fn decode(&self, found: &Versioned) -> CliResult<Value> {
         serde_json::from_slice(&found.value).map_err(|e| {
             CliError::failure(format!(
-                "{}; fix it with `sharedstate set {} JSON`",
+                "{}; fix it with {} or {}",
                 json_error(
                     &e,
                     &format!(
@@ -141,7 +270,8 @@ impl Env {
                         self.cx.path, found.version
                     )
                 ),
-                self.cx.path
+                self.cx.suggest.command(&["set", &self.cx.path, "JSON"]),
+                self.cx.suggest.command(&["edit", &self.cx.path]),
             ))
         })
     }
@@ -156,16 +286,69 @@ impl Env {
         }
     }
 
-    /// `PATH: version N` or `PATH: unchanged at version N`.
+    /// `version 12`, or `version 4294967310 (mZxid 0x10000000e)` on
+    /// ZooKeeper, where zkCli shows the same number in hex.
+    fn version_text(&self, version: Version) -> String {
+        output::version_text(self.backend.name(), version)
+    }
+
+    /// Adds `version` (and `mzxid` on ZooKeeper) to a JSON object.
+    fn version_fields(&self, object: &mut serde_json::Map<String, Value>, version: Version) {
+        output::version_fields(self.backend.name(), version, object);
+    }
+
+    /// `PATH: version N`, `PATH: created at version N` or
+    /// `PATH: unchanged at version N`; with --json one object
+    /// `{"path", "result", "version"}`.
     fn report(&self, out: &mut (dyn Write + Send), written: Written) -> CliResult {
-        let line = match written {
-            Written::Changed(version) => format!("{}: version {version}", self.cx.path),
-            Written::Created(version) => format!("{}: created at version {version}", self.cx.path),
-            Written::Unchanged(version) => {
-                format!("{}: unchanged at version {version}", self.cx.path)
-            }
+        let (result, version) = match written {
+            Written::Changed(version) => ("changed", version),
+            Written::Created(version) => ("created", version),
+            Written::Unchanged(version) => ("unchanged", version),
         };
-        emit(out, &line)
+        match self.format {
+            OutputFormat::Json => {
+                let mut object = serde_json::Map::new();
+                object.insert("path".into(), Value::from(self.cx.path.as_str()));
+                object.insert("result".into(), Value::from(result));
+                self.version_fields(&mut object, version);
+                emit(out, &info::pretty(&Value::Object(object)))
+            }
+            OutputFormat::Text => {
+                let version = self.version_text(version);
+                let line = match written {
+                    Written::Changed(_) => format!("{}: {version}", self.cx.path),
+                    Written::Created(_) => format!("{}: created at {version}", self.cx.path),
+                    Written::Unchanged(_) => format!("{}: unchanged at {version}", self.cx.path),
+                };
+                emit(out, &line)
+            }
+        }
+    }
+
+    /// A failed write of `size` bytes: a size refusal names the size (the
+    /// backend's own limit was checked before sending, so it is the
+    /// server's smaller one).
+    fn write_error(&self, error: sharedstate::Error, size: usize) -> CliError {
+        if error.kind() == sharedstate::ErrorKind::ValueTooLarge {
+            return CliError::usage(format!(
+                "the new payload of {} ({size} bytes) is too large for {}: {}; nothing was written",
+                self.cx.path,
+                self.cx.url,
+                errors::describe(&error)
+            ));
+        }
+        self.cx.backend(error)
+    }
+
+    /// Exit 2 before anything is sent when `bytes` exceed the backend's
+    /// limit (the backend would refuse them with internal words).
+    fn check_size(&self, bytes: &[u8]) -> CliResult {
+        let limit = self.backend.capabilities().max_value_bytes;
+        if bytes.len() > limit {
+            return Err(self.cx.too_large(bytes.len(), limit));
+        }
+        Ok(())
     }
 }
 

@@ -8,14 +8,21 @@ use serde_json::Value;
 use sharedstate::{SessionState, SharedState};
 
 use super::{emit, Env, Global};
-use crate::args::WatchArgs;
+use crate::args::{OutputFormat, WatchArgs};
 use crate::errors::{CliError, CliResult, Exit};
+use crate::interrupt::Interrupts;
 use crate::output;
 
 /// `watch PATH [--json] [--count N] [--initial] [--wait DURATION]`.
+/// Ctrl-C ends it with exit 130 (SIGTERM 143, SIGHUP 129), after closing
+/// the session.
 pub async fn watch(global: &Global, args: WatchArgs, out: &mut (dyn Write + Send)) -> CliResult {
-    let env = global.open(&args.path).await?;
-    let result = follow(&env, &args, out).await;
+    let mut interrupts = Interrupts::install()?;
+    let env = tokio::select! {
+        env = global.open(&args.path) => env?,
+        signal = interrupts.next() => return Err(signal.exit()),
+    };
+    let result = follow(&env, &args, out, &mut interrupts).await;
     env.close().await;
     result
 }
@@ -34,14 +41,23 @@ async fn open_state(env: &Env, args: &WatchArgs) -> CliResult<SharedState<Value>
     }
 }
 
-async fn follow(env: &Env, args: &WatchArgs, out: &mut (dyn Write + Send)) -> CliResult {
-    let state = open_state(env, args).await?;
+async fn follow(
+    env: &Env,
+    args: &WatchArgs,
+    out: &mut (dyn Write + Send),
+    interrupts: &mut Interrupts,
+) -> CliResult {
+    let json = env.format == OutputFormat::Json;
+    let state = tokio::select! {
+        state = open_state(env, args) => state?,
+        signal = interrupts.next() => return Err(signal.exit()),
+    };
     let mut events = state.subscribe();
     let start = state.version();
     if args.initial {
         match state.read() {
             Ok(value) => {
-                if args.json {
+                if json {
                     let line =
                         serde_json::json!({"event": "initial", "version": start, "value": *value});
                     emit(out, &line.to_string())?;
@@ -68,7 +84,7 @@ async fn follow(env: &Env, args: &WatchArgs, out: &mut (dyn Write + Send)) -> Cl
                         format!("the watch on {} at {} ended", env.cx.path, env.cx.url),
                     ));
                 };
-                let line = if args.json {
+                let line = if json {
                     output::event_json(&event).to_string()
                 } else {
                     output::event_text(&event)
@@ -92,14 +108,14 @@ async fn follow(env: &Env, args: &WatchArgs, out: &mut (dyn Write + Send)) -> Cl
                 }
                 let status = *session.borrow_and_update();
                 let note = match status.state {
-                    SessionState::Connected => format!("session connected (epoch {})", status.epoch),
+                    SessionState::Connected => format!("this watch's session connected again (epoch {})", status.epoch),
                     SessionState::Suspended => format!("connection to {} lost; retrying", env.cx.url),
                     SessionState::Lost => "session expired; resyncing when a new one starts".to_owned(),
                     SessionState::Closed => "session closed".to_owned(),
                 };
                 eprintln!("{note}");
             }
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            signal = interrupts.next() => break Err(signal.exit()),
         }
     };
     state.close().await;

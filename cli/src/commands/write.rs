@@ -8,7 +8,7 @@ use sharedstate::{ErrorKind, LockGuard, LockOptions, PutMode, Version, Versioned
 
 use super::{encode, parse_json, read_json_arg, read_stdin, Env, Global, Written};
 use crate::args::{InitArgs, PatchArgs, SetArgs};
-use crate::errors::{CliError, CliResult, Exit};
+use crate::errors::{state_above, CliError, CliResult, Exit, Suggest};
 
 /// How often a locked write re-reads and retries when a writer that
 /// ignores the lock (a conditional `set --version`, `edit`, zkCli) changes
@@ -38,18 +38,19 @@ pub async fn set(global: &Global, args: SetArgs, out: &mut (dyn Write + Send)) -
 /// One `put(Update(expected))`: no lock, fails with exit 4 naming the
 /// current version when the payload moved on.
 async fn conditional_set(env: &Env, value: &Value, expected: Version) -> CliResult<Written> {
-    let put = env.backend.put(
-        &env.paths.payload,
-        encode(value).into(),
-        PutMode::Update(expected),
-    );
+    let bytes = encode(value);
+    env.check_size(&bytes)?;
+    let size = bytes.len();
+    let put = env
+        .backend
+        .put(&env.paths.payload, bytes.into(), PutMode::Update(expected));
     match tokio::time::timeout(env.timeout, put).await {
         Err(_) => Err(env.cx.timed_out("writing the payload", env.timeout)),
         Ok(Ok(version)) => Ok(Written::Changed(version)),
         Ok(Err(error)) if error.kind() == ErrorKind::Conflict => {
             Err(env.cx.conflict(Some(expected), error.current_version()))
         }
-        Ok(Err(error)) => Err(env.cx.backend(error)),
+        Ok(Err(error)) => Err(env.write_error(error, size)),
     }
 }
 
@@ -74,9 +75,14 @@ pub(super) async fn locked_write(
             }
             Err(error) => return Err(release_after(guard, error).await),
         };
+        let bytes = encode(&new);
+        if let Err(error) = env.check_size(&bytes) {
+            return Err(release_after(guard, error).await);
+        }
+        let size = bytes.len();
         let write = env.backend.fenced_put_and_release(
             &env.paths.payload,
-            encode(&new).into(),
+            bytes.into(),
             PutMode::Update(current.version),
             guard,
         );
@@ -90,12 +96,12 @@ pub(super) async fn locked_write(
                 return Err(CliError::new(
                     Exit::Unavailable,
                     format!(
-                        "lost the lock {}/lock before writing (session expired?); nothing was written: {error}",
+                        "lost the lock {}/lock before writing (session expired?); nothing was written; retry",
                         env.cx.path
                     ),
                 ));
             }
-            Ok(Err(error)) => return Err(env.cx.backend(error)),
+            Ok(Err(error)) => return Err(env.write_error(error, size)),
         }
     }
     Err(CliError::new(
@@ -137,31 +143,91 @@ async fn release_after(guard: LockGuard, error: CliError) -> CliError {
 /// `init PATH JSON|-`.
 pub async fn init(global: &Global, args: InitArgs, out: &mut (dyn Write + Send)) -> CliResult {
     let value = read_json_arg(&args.value, "value")?;
+    refuse_reserved_segment(&args.path, &global.suggest)?;
     let env = global.open(&args.path).await?;
-    let created = env
-        .backend
-        .put(&env.paths.payload, encode(&value).into(), PutMode::Create);
-    let result =
-        match tokio::time::timeout(env.timeout, created).await {
-            Err(_) => Err(env.cx.timed_out("creating the payload", env.timeout)),
-            Ok(Ok(version)) => Ok(Written::Created(version)),
-            Ok(Err(error)) if error.kind() == ErrorKind::AlreadyExists => {
-                match env.payload().await {
-                Ok(existing) if args.if_missing => Ok(Written::Unchanged(existing.version)),
-                Ok(existing) => Err(CliError::new(
-                    Exit::Conflict,
-                    format!(
-                        "{} already has a payload (version {}); change it with `sharedstate set`, or pass --if-missing",
-                        env.cx.path, existing.version
-                    ),
-                )),
-                Err(error) => Err(error),
-            }
-            }
-            Ok(Err(error)) => Err(env.cx.backend(error)),
-        };
+    let result = create(&env, &value, args.if_missing).await;
     env.close().await;
     env.report(out, result?)
+}
+
+/// A `payload` segment would put this state's keys among another state's
+/// (`/app/payload/payload`): refused before connecting.
+fn refuse_reserved_segment(path: &str, suggest: &Suggest) -> CliResult {
+    if !path.split('/').any(|segment| segment == "payload") {
+        return Ok(());
+    }
+    let hint = match state_above(path) {
+        Some(state) => format!(
+            "; the state itself is {state}, e.g. {}",
+            suggest.command(&["get", &state])
+        ),
+        None => String::new(),
+    };
+    Err(CliError::usage(format!(
+        "{path} has a `payload` segment, the key where a state keeps its JSON: a state cannot live there{hint}"
+    )))
+}
+
+async fn create(env: &Env, value: &Value, if_missing: bool) -> CliResult<Written> {
+    refuse_state_above(env).await?;
+    let bytes = encode(value);
+    env.check_size(&bytes)?;
+    let size = bytes.len();
+    let created = env
+        .backend
+        .put(&env.paths.payload, bytes.into(), PutMode::Create);
+    match tokio::time::timeout(env.timeout, created).await {
+        Err(_) => Err(env.cx.timed_out("creating the payload", env.timeout)),
+        Ok(Ok(version)) => Ok(Written::Created(version)),
+        Ok(Err(error)) if error.kind() == ErrorKind::AlreadyExists => {
+            let existing = env.payload().await?;
+            if if_missing {
+                Ok(Written::Unchanged(existing.version))
+            } else {
+                Err(CliError::new(
+                    Exit::Conflict,
+                    format!(
+                        "{} already has a payload at {}; change it with {}, or pass --if-missing",
+                        env.cx.path,
+                        env.version_text(existing.version),
+                        env.cx.suggest.command(&["set", &env.cx.path, "JSON"]),
+                    ),
+                ))
+            }
+        }
+        Ok(Err(error)) => Err(env.write_error(error, size)),
+    }
+}
+
+/// Exit 2 when a state exists above the path (`/app` for `/app/x`): its
+/// directory holds only its own keys, and a state nested inside would be
+/// listed among them (and, under `lock`, among the lock's contenders).
+async fn refuse_state_above(env: &Env) -> CliResult {
+    let root = &env.paths.root;
+    let mut ancestors = Vec::new();
+    let mut at = root.parent();
+    while let Some(ancestor) = at {
+        if ancestor.as_str() != "/" {
+            ancestors.push(ancestor.clone());
+        }
+        at = ancestor.parent();
+    }
+    let reads = ancestors.iter().map(|ancestor| async move {
+        let payload = ancestor.child("payload").map_err(|e| env.cx.backend(e))?;
+        let found = env
+            .bounded("looking for a state above", env.backend.get(&payload))
+            .await?;
+        Ok::<_, CliError>(found.map(|_| ancestor.as_str().to_owned()))
+    });
+    let found = futures::future::try_join_all(reads).await?;
+    // The nearest state above is the one to name.
+    match found.into_iter().flatten().next() {
+        None => Ok(()),
+        Some(state) => Err(CliError::usage(format!(
+            "{} is inside the state {state} (it has {state}/payload): a state cannot hold another; choose a path outside it",
+            env.cx.path
+        ))),
+    }
 }
 
 /// Which RFC a patch follows.
@@ -205,12 +271,29 @@ impl Patch {
     }
 }
 
-fn patch_kind(args: &PatchArgs, value: &Value) -> PatchKind {
-    if args.json_patch || (!args.merge && value.is_array()) {
-        PatchKind::JsonPatch
-    } else {
-        PatchKind::Merge
+/// Object: merge patch; array: JSON Patch; anything else only with an
+/// explicit --merge (RFC 7396 then replaces the whole payload with it).
+fn patch_kind(args: &PatchArgs, value: &Value, suggest: &Suggest) -> CliResult<PatchKind> {
+    if args.json_patch {
+        return Ok(PatchKind::JsonPatch);
     }
+    if args.merge || value.is_object() {
+        return Ok(PatchKind::Merge);
+    }
+    if value.is_array() {
+        return Ok(PatchKind::JsonPatch);
+    }
+    let what = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        _ => "a string",
+    };
+    let text = value.to_string();
+    Err(CliError::usage(format!(
+        "the patch is {what}, neither a merge patch (a JSON object) nor a JSON Patch (an array); nothing was written. To replace the whole payload, use {}, or pass --merge",
+        suggest.command(&["set", &args.path, &text]),
+    )))
 }
 
 fn read_patch(args: &PatchArgs) -> CliResult<Value> {
@@ -232,7 +315,7 @@ fn read_patch(args: &PatchArgs) -> CliResult<Value> {
 /// `patch PATH [PATCH|-] [--file FILE] [--merge|--json-patch]`.
 pub async fn patch(global: &Global, args: PatchArgs, out: &mut (dyn Write + Send)) -> CliResult {
     let value = read_patch(&args)?;
-    let patch = Patch::parse(value.clone(), patch_kind(&args, &value))?;
+    let patch = Patch::parse(value.clone(), patch_kind(&args, &value, &global.suggest)?)?;
     let env = global.open(&args.path).await?;
     let written = locked_write(&env, |current| {
         let doc = env.decode(current)?;

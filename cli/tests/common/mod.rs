@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod first_hour;
 pub mod scenarios;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -51,16 +52,21 @@ impl Output {
         self.expect_code(0)
     }
 
-    /// The version at the end of `PATH: version N` / `created at version N`.
+    /// N of `PATH: version N`, `created at version N [(mZxid 0x..)]`.
     #[track_caller]
     pub fn version(&self) -> u64 {
-        self.stdout
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no version in {:?}", self.stdout))
+        version_in(&self.stdout)
     }
+}
+
+/// The number after the first `version ` in `text`.
+#[track_caller]
+pub fn version_in(text: &str) -> u64 {
+    text.split("version ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {text:?}"))
 }
 
 /// A fresh state path for one test.
@@ -84,37 +90,113 @@ pub fn run(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
 /// As [`run`], with an explicit bound.
 #[track_caller]
 pub fn run_bounded(url: &str, args: &[&str], stdin: Option<&str>, bound: Duration) -> Output {
-    let mut command = Command::new(BIN);
-    command
-        .arg("--backend")
-        .arg(url)
-        .args(args)
-        .env_remove("SHAREDSTATE_BACKEND")
-        .env("NO_COLOR", "1")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Guard(command.spawn().expect("the sharedstate binary starts"));
-    if let Some(text) = stdin {
-        let mut pipe = child.0.stdin.take().expect("piped stdin");
-        pipe.write_all(text.as_bytes()).expect("write stdin");
+    Run::new(args)
+        .backend(url)
+        .stdin(stdin)
+        .bound(bound)
+        .output()
+}
+
+/// One run of the binary, set up step by step: no `SHAREDSTATE_*`
+/// variable from the test's own environment, `NO_COLOR=1` unless changed.
+pub struct Run {
+    command: Command,
+    stdin: Option<String>,
+    bound: Duration,
+    label: String,
+}
+
+impl Run {
+    pub fn new(args: &[&str]) -> Run {
+        let mut command = Command::new(BIN);
+        command.args(args).env("NO_COLOR", "1");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SHAREDSTATE_") {
+                command.env_remove(name);
+            }
+        }
+        Run {
+            command,
+            stdin: None,
+            bound: COMMAND_BOUND,
+            label: args.join(" "),
+        }
     }
-    let stdout = drain(child.0.stdout.take());
-    let stderr = drain(child.0.stderr.take());
-    let status = wait(&mut child.0, bound).unwrap_or_else(|| {
-        panic!(
-            "`sharedstate {}` did not finish within {bound:?}",
-            args.join(" ")
-        )
-    });
-    Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+
+    /// `--backend URL` in front of the arguments.
+    pub fn backend(mut self, url: &str) -> Run {
+        let args: Vec<_> = self.command.get_args().map(|a| a.to_owned()).collect();
+        let mut command = Command::new(BIN);
+        command.arg("--backend").arg(url).args(args);
+        for (name, value) in self.command.get_envs() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        self.command = command;
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Run {
+        self.command.env(name, value);
+        self
+    }
+
+    pub fn env_remove(mut self, name: &str) -> Run {
+        self.command.env_remove(name);
+        self
+    }
+
+    pub fn stdin(mut self, text: Option<&str>) -> Run {
+        self.stdin = text.map(str::to_owned);
+        self
+    }
+
+    pub fn bound(mut self, bound: Duration) -> Run {
+        self.bound = bound;
+        self
+    }
+
+    #[track_caller]
+    pub fn output(mut self) -> Output {
+        self.command
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = Guard(self.command.spawn().expect("the sharedstate binary starts"));
+        if let Some(text) = &self.stdin {
+            let mut pipe = child.0.stdin.take().expect("piped stdin");
+            pipe.write_all(text.as_bytes()).expect("write stdin");
+        }
+        let stdout = drain(child.0.stdout.take());
+        let stderr = drain(child.0.stderr.take());
+        let bound = self.bound;
+        let status = wait(&mut child.0, bound).unwrap_or_else(|| {
+            panic!(
+                "`sharedstate {}` did not finish within {bound:?}",
+                self.label
+            )
+        });
+        Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        }
+    }
+
+    /// Starts it in the background, in its own process group (as a shell
+    /// runs a foreground job), so [`Watch::interrupt_group`] reaches it and
+    /// its children as Ctrl-C in a terminal would.
+    #[track_caller]
+    pub fn spawn_in_own_group(mut self) -> Watch {
+        use std::os::unix::process::CommandExt;
+        self.command.process_group(0);
+        Watch::spawn(self.command)
     }
 }
 
@@ -248,7 +330,7 @@ impl Watch {
     /// Spawns `command` with piped output, no stdin, and no backend from
     /// the environment; killed when dropped.
     #[track_caller]
-    fn spawn(mut command: Command) -> Watch {
+    pub fn spawn(mut command: Command) -> Watch {
         command
             .env_remove("SHAREDSTATE_BACKEND")
             .stdin(Stdio::null())
@@ -292,6 +374,55 @@ impl Watch {
             );
         };
         (status, self.stdout.all())
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`.
+    #[track_caller]
+    pub fn wait_for_stderr(&mut self, needle: &str, bound: Duration) {
+        if !self.stderr.wait_for(needle, bound) {
+            panic!(
+                "printed no {needle:?} on stderr within {bound:?}; stdout {:?}, stderr {:?}",
+                self.stdout.seen, self.stderr.seen
+            );
+        }
+    }
+
+    /// Sends SIGINT to the whole process group (what Ctrl-C in a terminal
+    /// does: the command and the editor it runs both get it) and waits
+    /// (bounded) for the exit; the exit status and everything on stderr.
+    #[track_caller]
+    pub fn interrupt_group(mut self, bound: Duration) -> (ExitStatus, String) {
+        let group = format!("-{}", self.child.0.id());
+        let sent = Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT {group} failed");
+        let Some(status) = wait(&mut self.child.0, bound) else {
+            panic!(
+                "did not exit within {bound:?} after SIGINT; stdout {:?}, stderr {:?}",
+                self.stdout.seen, self.stderr.seen
+            );
+        };
+        (status, self.stderr.all())
+    }
+
+    /// As [`Watch::interrupt`], also returning everything on stderr.
+    #[track_caller]
+    pub fn interrupt_all(self, bound: Duration) -> (ExitStatus, String, String) {
+        let sent = Command::new("kill")
+            .args(["-INT", &self.child.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT failed");
+        let mut this = self;
+        let Some(status) = wait(&mut this.child.0, bound) else {
+            panic!(
+                "did not exit within {bound:?} after SIGINT; stdout {:?}, stderr {:?}",
+                this.stdout.seen, this.stderr.seen
+            );
+        };
+        (status, this.stdout.all(), this.stderr.all())
     }
 
     /// Sends SIGINT (what Ctrl-C does) and waits (bounded) for the exit.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sharedstate::{Bytes, Key, LockOptions, PutMode, SharedState};
 
-use super::{closed_port, run, run_bounded, unique, Watch, BIN, COMMAND_BOUND};
+use super::{closed_port, run, run_bounded, unique, Run, Watch, BIN, COMMAND_BOUND};
 
 /// One `#[test]` per scenario, against the server `$url` names.
 #[macro_export]
@@ -24,6 +24,17 @@ macro_rules! cli_scenarios {
             undecodable_payloads_are_reported_and_ctrl_c_stops_watch,
         );
 
+        $crate::cli_scenarios!(@first_hour $url;
+            scalar_patches_need_merge,
+            edit_changes_nothing_it_was_not_asked_to,
+            too_large_is_a_usage_error_with_size_and_limit,
+            url_mistakes_say_what_is_wrong_once,
+            paths_point_at_the_state,
+            ctrl_c_in_edit_removes_the_draft,
+            one_output_rule_and_environment_variables,
+            logs_on_a_pipe_have_no_colour,
+        );
+
         #[test]
         fn unreachable_server_names_the_url() {
             common::scenarios::unreachable_server_names_the_url($scheme);
@@ -34,6 +45,14 @@ macro_rules! cli_scenarios {
             #[test]
             fn $name() {
                 common::scenarios::$name(&$url);
+            }
+        )*
+    };
+    (@first_hour $url:expr; $($name:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                common::first_hour::$name(&$url);
             }
         )*
     };
@@ -72,9 +91,23 @@ pub fn init_get_and_missing_payload(url: &str) {
         got.stdout,
         "{\n  \"globs\": [\n    \"systemd*\",\n    \"rsync*\"\n  ]\n}\n"
     );
-    assert_eq!(got.stderr.trim(), format!("version {version}"));
-    let wrapped = run(url, &["get", &path, "--with-version"], None);
-    assert_eq!(parse(&wrapped.ok().stdout)["version"], version);
+    // ZooKeeper's version is the mzxid, which zkCli shows in hex.
+    let expected = if url.starts_with("zk://") {
+        format!("version {version} (mZxid {version:#x})")
+    } else {
+        format!("version {version}")
+    };
+    assert_eq!(got.stderr.trim(), expected);
+    let wrapped = run(url, &["get", &path, "--json"], None);
+    let wrapped = parse(&wrapped.ok().stdout);
+    assert_eq!(wrapped["version"], version);
+    assert_eq!(wrapped["path"], path.as_str());
+    assert_eq!(wrapped["value"], json!({"globs": ["systemd*", "rsync*"]}));
+    if url.starts_with("zk://") {
+        assert_eq!(wrapped["mzxid"], format!("{version:#x}"));
+    } else {
+        assert!(wrapped.get("mzxid").is_none(), "{wrapped}");
+    }
 
     let again = run(url, &["init", &path, "{}"], None);
     again.expect_code(4);
@@ -82,7 +115,7 @@ pub fn init_get_and_missing_payload(url: &str) {
     let kept = run(url, &["init", &path, "{}", "--if-missing"], None);
     assert_eq!(
         kept.ok().stdout,
-        format!("{path}: unchanged at version {version}\n")
+        format!("{path}: unchanged at {expected}\n")
     );
 
     let missing = unique("missing");
@@ -238,24 +271,24 @@ pub fn bad_json_reports_line_and_column(url: &str) {
     assert_eq!(get_value(url, &path), json!({}));
 }
 
+/// Item 5: a refused server is one short line naming the URL and what to
+/// check, well before the client's own connect timeout, with none of the
+/// client's internals (tonic's debug structs, a bare `timeout`).
 pub fn unreachable_server_names_the_url(scheme: &str) {
     let url = format!("{scheme}://127.0.0.1:{}", closed_port());
     let started = Instant::now();
-    let out = run_bounded(
-        &url,
-        &["--timeout", "5s", "get", "/x"],
-        None,
-        Duration::from_secs(30),
-    );
+    let out = run_bounded(&url, &["get", "/x"], None, Duration::from_secs(30));
     let took = started.elapsed();
     out.expect_code(5);
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
-    assert!(
-        out.stderr
-            .starts_with(&format!("sharedstate: cannot reach {url}")),
-        "{out:?}"
+    let port = url.rsplit(':').next().unwrap_or_default();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "sharedstate: cannot reach {url}: 127.0.0.1:{port} refused the connection; is the server running, and is the URL right? (--backend or SHAREDSTATE_BACKEND)\n"
+        )
     );
-    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
 pub fn edit_reopens_on_conflict(url: &str) {
@@ -284,8 +317,18 @@ fi
     )
     .expect("write the editor script");
     let editor = format!("sh '{}'", script.display());
-    let out = run(url, &["edit", &path, "--editor", &editor], None);
+    let drafts = tempfile::tempdir().expect("a TMPDIR for the drafts");
+    let out = Run::new(&["edit", &path, "--editor", &editor])
+        .backend(url)
+        .env("TMPDIR", &drafts.path().to_string_lossy())
+        .output();
     out.ok();
+    // Item 7: the edit saved after the conflict is gone with the command.
+    let left: Vec<_> = std::fs::read_dir(drafts.path())
+        .expect("read TMPDIR")
+        .collect();
+    assert!(left.is_empty(), "drafts left behind: {left:?}; {out:?}");
+    assert!(out.stderr.contains("until this command ends"), "{out:?}");
     assert!(
         out.stderr.contains("changed while you were editing")
             && out
@@ -330,8 +373,12 @@ pub fn listeners_status_and_the_lock(url: &str) {
 
     let status = run(url, &["status", &path], None);
     let text = &status.ok().stdout;
-    assert!(text.contains("listeners: 1"), "{text}");
-    assert!(text.contains("lock:      free"), "{text}");
+    assert!(text.contains("listeners:   1"), "{text}");
+    assert!(text.contains("lock:        free"), "{text}");
+    assert!(
+        text.contains("cli session: connected (this command's own connection, not the instances')"),
+        "{text}"
+    );
     assert!(text.contains("valid JSON"), "{text}");
 
     let lock = Key::new(format!("{path}/lock")).expect("key");
@@ -428,7 +475,12 @@ pub fn undecodable_payloads_are_reported_and_ctrl_c_stops_watch(url: &str) {
         let _ = backend.close().await;
         version
     });
-    watch.wait_for_stdout(&format!("v{bad} rejected: "), COMMAND_BOUND);
+    // Item 5: the engine's reason, each part once (no "at line 1 column 2"
+    // after "(line 1, column 2)", no "decode failed").
+    watch.wait_for_stdout(
+        &format!("v{bad} rejected: payload is not valid JSON (line 1, column 2)"),
+        COMMAND_BOUND,
+    );
 
     let got = run(url, &["get", &path], None);
     got.expect_code(1);
@@ -436,7 +488,7 @@ pub fn undecodable_payloads_are_reported_and_ctrl_c_stops_watch(url: &str) {
     assert_eq!(
         got.stderr,
         format!(
-            "sharedstate: invalid JSON in the payload of {path} (version {bad}) at line 1, column 2: key must be a string; fix it with `sharedstate set {path} JSON`\n"
+            "sharedstate: invalid JSON in the payload of {path} (version {bad}) at line 1, column 2: key must be a string; fix it with `sharedstate --backend {url} set {path} JSON` or `sharedstate --backend {url} edit {path}`\n"
         )
     );
     let status = run(url, &["status", &path], None);
@@ -456,7 +508,9 @@ pub fn undecodable_payloads_are_reported_and_ctrl_c_stops_watch(url: &str) {
         COMMAND_BOUND,
     );
 
+    // Item 7: Ctrl-C is exit 130, as shells expect.
     let (status, stdout) = watch.interrupt(COMMAND_BOUND);
-    assert!(status.success(), "Ctrl-C is a clean exit: {status:?}");
+    assert_eq!(status.code(), Some(130), "Ctrl-C exits 130: {status:?}");
     assert_eq!(stdout.lines().count(), 2, "{stdout:?}");
+    assert!(!stdout.contains("at line 1 column 2"), "{stdout:?}");
 }

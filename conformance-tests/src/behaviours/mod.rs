@@ -16,6 +16,7 @@ use sharedstate_core::{
     WatchStream,
 };
 
+pub mod contract;
 pub mod engine;
 pub mod kv;
 pub mod lock;

@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -128,13 +128,24 @@ where
         let keys = StateKeys::new(root)?;
         let backend = self.backend;
         let opened_epoch = backend.session().borrow().epoch;
+        // The watch's first state is read after this instant: the first
+        // evidence that the copy is current.
+        let mut proven_at = Instant::now();
         let mut stream = backend.watch(&keys.payload).await?;
         let first = first_state(&keys, &mut stream).await?;
         let versioned = match first {
             Some(found) => found,
             None => match (&self.initial, self.expect_existing) {
                 (Some(initial), _) => create_or_read(backend.as_ref(), &keys, initial).await?,
-                (None, Some(timeout)) => wait_for_payload(&keys, &mut stream, timeout).await?,
+                (None, Some(timeout)) => {
+                    let found = wait_for_payload(&keys, &mut stream, timeout).await?;
+                    // The wait may have been long: prove the copy afresh.
+                    let asked_at = Instant::now();
+                    if backend.get_version(&keys.payload).await? == Some(found.version) {
+                        proven_at = asked_at;
+                    }
+                    found
+                }
                 (None, None) => {
                     return Err(Error::new(ErrorKind::NotFound, Operation::Open)
                         .with_key(&keys.payload)
@@ -163,6 +174,7 @@ where
             value,
             json,
             versioned.version,
+            proven_at,
         ));
         let task = tokio::spawn(watcher::run(
             shared.clone(),

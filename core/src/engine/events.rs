@@ -47,7 +47,8 @@ pub enum StateEvent {
     Changed(ChangeSet),
     /// This subscriber fell behind and `missed` events were dropped for it;
     /// a [`Origin::Resync`] change set with the net difference follows (when
-    /// there is one).
+    /// there is one), then the notice of the payload's current problem
+    /// (`Rejected` or `PayloadDeleted`) when it has one that was dropped.
     Lagged {
         /// How many events were dropped.
         missed: u64,
@@ -70,16 +71,29 @@ pub enum StateEvent {
 /// needs to rebuild its view.
 #[derive(Debug, Clone)]
 pub(crate) struct Published {
+    /// Numbers every publication of a state, from 1 up: a lagging subscriber
+    /// skips what its resync already covered by this number (versions do
+    /// not order notices such as `PayloadDeleted`).
+    pub seq: u64,
     pub event: StateEvent,
-    /// Version the event is about (payload-deleted notices carry the last
-    /// seen one).
-    pub version: Version,
     /// The decoded state after the event, when it changed.
     pub json: Option<Arc<Value>>,
 }
 
-/// Gives a lagging subscriber the current (version, JSON) to resync from.
-pub(crate) type CurrentView = Arc<dyn Fn() -> (Version, Arc<Value>) + Send + Sync>;
+/// The state a lagging subscriber resyncs from: the latest snapshot and the
+/// last publication it reflects.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    pub seq: u64,
+    pub version: Version,
+    pub json: Arc<Value>,
+    /// The notice that describes the snapshot's problem, if it has one
+    /// (`Rejected` or `PayloadDeleted`), repeated after a resync.
+    pub notice: Option<StateEvent>,
+}
+
+/// Gives a lagging subscriber the current [`View`].
+pub(crate) type CurrentView = Arc<dyn Fn() -> View + Send + Sync>;
 
 /// A stream of [`StateEvent`]s for one subscriber, in version order. Ends
 /// when the state is closed.
@@ -89,7 +103,7 @@ pub struct Subscription {
 
 struct Cursor {
     rx: broadcast::Receiver<Published>,
-    seen_version: Version,
+    seen_seq: u64,
     seen_json: Arc<Value>,
     current: CurrentView,
     closed: CancellationToken,
@@ -97,19 +111,18 @@ struct Cursor {
 }
 
 impl Subscription {
-    /// Starts at (`version`, `json`), which must be the state as of the
-    /// moment `rx` subscribed.
+    /// Starts at `view`, which must be the state as of the moment `rx`
+    /// subscribed.
     pub(crate) fn new(
         rx: broadcast::Receiver<Published>,
-        version: Version,
-        json: Arc<Value>,
+        view: View,
         current: CurrentView,
         closed: CancellationToken,
     ) -> Self {
         let cursor = Cursor {
             rx,
-            seen_version: version,
-            seen_json: json,
+            seen_seq: view.seq,
+            seen_json: view.json,
             current,
             closed,
             pending: VecDeque::new(),
@@ -138,30 +151,33 @@ impl Cursor {
             match received {
                 Ok(published) => {
                     // After a resync the receiver replays what it still
-                    // buffers; those versions are already folded in.
-                    let replay = published.version <= self.seen_version
-                        && !matches!(published.event, StateEvent::PayloadDeleted);
-                    if replay {
+                    // buffers; those publications are already folded in.
+                    if published.seq <= self.seen_seq {
                         continue;
                     }
-                    self.seen_version = published.version;
+                    self.seen_seq = published.seq;
                     if let Some(json) = published.json {
                         self.seen_json = json;
                     }
                     return Some(published.event);
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let (version, json) = (self.current)();
-                    let changes = diff(&self.seen_json, &json);
+                    let view = (self.current)();
+                    let changes = diff(&self.seen_json, &view.json);
                     if !changes.is_empty() {
                         self.pending.push_back(StateEvent::Changed(ChangeSet {
-                            version,
+                            version: view.version,
                             origin: Origin::Resync,
                             changes,
                         }));
                     }
-                    self.seen_version = self.seen_version.max(version);
-                    self.seen_json = json;
+                    if view.seq > self.seen_seq {
+                        // What the snapshot's problem was announced by,
+                        // since dropped for us: say it again.
+                        self.pending.extend(view.notice);
+                    }
+                    self.seen_seq = self.seen_seq.max(view.seq);
+                    self.seen_json = view.json;
                     return Some(StateEvent::Lagged { missed });
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,

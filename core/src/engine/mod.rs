@@ -14,7 +14,7 @@ mod update;
 mod watcher;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -71,6 +71,7 @@ pub(crate) struct Config {
 }
 
 /// A snapshot of a state's health, for dashboards and the CLI.
+#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct Status {
     /// The state's path.
@@ -83,10 +84,12 @@ pub struct Status {
     pub seen_version: Version,
     /// The backend's session.
     pub session: SessionStatus,
-    /// Session connected and watch in sync: reads are current up to the
-    /// watch's delivery delay.
+    /// Session connected, watch in sync and the copy proven current within
+    /// `max_staleness`: reads are current up to the watch's delivery delay.
     pub live: bool,
-    /// How long the copy has gone without verification (zero while live).
+    /// How long ago the copy was last proven current (by a verification
+    /// read, this instance's own read or write, or a new watch). `read()`
+    /// fails with `Stale` once this passes `max_staleness`.
     pub unverified_for: Duration,
     /// The staleness bound `read()` enforces.
     pub max_staleness: Duration,
@@ -165,48 +168,78 @@ where
 
     /// The local copy, without I/O.
     ///
+    /// The copy is served only while it is *proven* current within
+    /// `max_staleness`: by a verification read the engine sends about every
+    /// `max_staleness / 3` (independent of the watch, so a watch that died
+    /// silently cannot freeze the copy), by this instance's own reads and
+    /// writes, or by a newly opened watch; each is stamped with the instant
+    /// its request was sent. A copy is never served older than
+    /// `max_staleness` (measured from the acknowledgement of the first write
+    /// it lacks) without `Stale`.
+    ///
     /// # Errors
     ///
-    /// `Stale` when the copy has not been verified against the service within
-    /// `max_staleness` (the session is suspended or lost, or the watch
-    /// broke, for longer than that); `Closed` after [`close`](Self::close).
+    /// `Stale` when the copy has not been proven current within
+    /// `max_staleness` (the service is unreachable, the session is suspended
+    /// or lost, or verification keeps failing); the last good copy is still
+    /// available through [`last_known`](Self::last_known). `Closed` after
+    /// [`close`](Self::close).
     pub fn read(&self) -> Result<Arc<T>> {
         let shared = &self.shared;
         if shared.closed.is_cancelled() {
             return Err(Error::new(ErrorKind::Closed, Operation::Read).with_key(&shared.keys.root));
         }
-        let unverified_for = shared.freshness.unverified_for();
-        if unverified_for > shared.config.max_staleness {
+        let age = shared.proof.age(Instant::now());
+        if age > shared.config.max_staleness {
             return Err(Error::new(ErrorKind::Stale, Operation::Read)
                 .with_key(&shared.keys.payload)
                 .with_message(format!(
-                    "not verified against the service for {unverified_for:?} (max_staleness {:?})",
+                    "not proven current for {age:?} (max_staleness {:?})",
                     shared.config.max_staleness
                 )));
         }
         Ok(shared.current().value.clone())
     }
 
-    /// Checks the local version against the service, refreshes it if
-    /// needed, and returns a copy that was current when the call returned.
+    /// The last good copy and how long ago it was last proven current,
+    /// whatever its age: for an application that rides out an outage on
+    /// what it knew (and says so), after [`read`](Self::read) said `Stale`.
+    pub fn last_known(&self) -> (Arc<T>, Duration) {
+        let shared = &self.shared;
+        (
+            shared.current().value.clone(),
+            shared.proof.age(Instant::now()),
+        )
+    }
+
+    /// Checks the local version against the service with a linearizable
+    /// read ([`CoordinationBackend::get_linearizable`]: on ZooKeeper a
+    /// version check ordered through the leader), refreshes the copy if
+    /// needed, and returns it: it includes every write acknowledged before
+    /// the call, and was current at some instant between the call and its
+    /// return.
     ///
     /// # Errors
     ///
-    /// `Unavailable`/`SessionLost` from the backend, `NotFound` when the
-    /// payload was deleted, `Decode` when the service's payload does not
-    /// decode, `Closed`.
+    /// `Unavailable`/`Timeout`/`SessionLost` from the backend, `NotFound`
+    /// when the payload was deleted, `Decode` when the service's payload
+    /// does not decode, `Closed`.
     pub async fn read_consistent(&self) -> Result<Arc<T>> {
         let shared = &self.shared;
         if shared.closed.is_cancelled() {
             return Err(Error::new(ErrorKind::Closed, Operation::ReadConsistent)
                 .with_key(&shared.keys.root));
         }
-        let latest = shared.backend.get(&shared.keys.payload).await?;
-        shared.freshness.mark_checked();
+        let asked_at = Instant::now();
+        let latest = shared
+            .backend
+            .get_linearizable(&shared.keys.payload)
+            .await?;
         {
             let _gate = shared.write_gate.lock().await;
             shared.apply_read(latest.as_ref());
         }
+        shared.proof.prove(asked_at);
         let snapshot = shared.current();
         match (&latest, &snapshot.problem) {
             (None, _) | (_, Some(PayloadProblem::Deleted)) => {
@@ -219,6 +252,7 @@ where
                     .with_key(&shared.keys.payload)
                     .with_message(format!("version {version}: {error}")))
             }
+            // The snapshot is at least as new as the read.
             (Some(_), None) => Ok(snapshot.value.clone()),
         }
     }
@@ -310,14 +344,18 @@ where
     pub fn status(&self) -> Status {
         let shared = &self.shared;
         let snapshot = shared.current();
+        let unverified_for = shared.proof.age(Instant::now());
+        let session = *shared.session.borrow();
         Status {
             path: shared.keys.root.clone(),
             instance_id: shared.instance_id.clone(),
             version: snapshot.version,
             seen_version: snapshot.seen,
-            session: *shared.session.borrow(),
-            live: shared.freshness.is_live(),
-            unverified_for: shared.freshness.unverified_for(),
+            session,
+            live: shared.proof.is_following()
+                && session.state == crate::backend::SessionState::Connected
+                && unverified_for <= shared.config.max_staleness,
+            unverified_for,
             max_staleness: shared.config.max_staleness,
             problem: snapshot.problem.clone(),
             write_mode: shared.config.write_mode,

@@ -10,8 +10,8 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::events::{ChangeSet, Origin, Published, StateEvent, Subscription};
-use super::freshness::Freshness;
+use super::events::{ChangeSet, Origin, Published, StateEvent, Subscription, View};
+use super::freshness::{ProofClock, Verdict};
 use super::{Config, PayloadProblem};
 use crate::backend::{CoordinationBackend, SessionStatus};
 use crate::diff::diff;
@@ -50,6 +50,45 @@ pub(crate) struct Snapshot<T> {
     /// Latest version observed, good or not.
     pub seen: Version,
     pub problem: Option<PayloadProblem>,
+    /// The last publication this snapshot reflects.
+    pub seq: u64,
+}
+
+impl<T> Snapshot<T> {
+    /// What a lagging subscriber resyncs from.
+    pub fn view(&self) -> View {
+        View {
+            seq: self.seq,
+            version: self.version,
+            json: self.json.clone(),
+            notice: self.notice(),
+        }
+    }
+
+    /// What a verification read that found `found` says about this copy.
+    pub fn verdict(&self, found: Option<Version>) -> Verdict {
+        let deleted = matches!(self.problem, Some(PayloadProblem::Deleted));
+        match found {
+            None if deleted => Verdict::Current,
+            // Present here, gone there (or created after a read we had not
+            // applied yet): not current.
+            None => Verdict::Behind,
+            Some(version) if version <= self.seen => Verdict::Current,
+            Some(_) => Verdict::Behind,
+        }
+    }
+
+    /// The notice that announced this snapshot's problem.
+    fn notice(&self) -> Option<StateEvent> {
+        match &self.problem {
+            None => None,
+            Some(PayloadProblem::Deleted) => Some(StateEvent::PayloadDeleted),
+            Some(PayloadProblem::Undecodable { version, error }) => Some(StateEvent::Rejected {
+                version: *version,
+                error: error.clone(),
+            }),
+        }
+    }
 }
 
 pub(crate) struct Shared<T> {
@@ -57,14 +96,16 @@ pub(crate) struct Shared<T> {
     pub keys: StateKeys,
     pub config: Config,
     pub instance_id: String,
-    pub freshness: Freshness,
+    /// The latest evidence that the copy is current.
+    pub proof: ProofClock,
     pub session: watch::Receiver<SessionStatus>,
     /// Cancelled by `close()` or when the last handle drops.
     pub closed: CancellationToken,
     current: RwLock<Arc<Snapshot<T>>>,
     /// Serialises snapshot replacement and publication, so every subscriber
-    /// sees change sets in version order. Never held across an await.
-    apply: Mutex<()>,
+    /// sees change sets in version order; holds the last publication's
+    /// number. Never held across an await.
+    apply: Mutex<u64>,
     /// Held by a local write from before it is sent until its result is
     /// applied, so the watcher cannot label our own write `Remote`.
     pub write_gate: tokio::sync::Mutex<()>,
@@ -82,18 +123,12 @@ pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
-            .with_message(format!(
-                "payload is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ))
-            .with_source(e)
+            .with_message(format!("payload is not valid JSON: {e}"))
     })?;
     let value: T = serde_json::from_value(parsed).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
             .with_message(format!("payload does not match the state's type: {e}"))
-            .with_source(e)
     })?;
     let json = encode_value(key, &value)?;
     Ok((value, json))
@@ -120,6 +155,7 @@ where
         value: T,
         json: Value,
         version: Version,
+        proven_at: std::time::Instant,
     ) -> Self {
         let (events, _) = broadcast::channel(config.change_buffer.max(1));
         let session = backend.session();
@@ -128,7 +164,7 @@ where
             keys,
             config,
             instance_id,
-            freshness: Freshness::new_live(),
+            proof: ProofClock::new(proven_at),
             session,
             closed: CancellationToken::new(),
             current: RwLock::new(Arc::new(Snapshot {
@@ -137,8 +173,9 @@ where
                 version,
                 seen: version,
                 problem: None,
+                seq: 0,
             })),
-            apply: Mutex::new(()),
+            apply: Mutex::new(0),
             write_gate: tokio::sync::Mutex::new(()),
             update_lock: tokio::sync::Mutex::new(()),
             events,
@@ -168,49 +205,67 @@ where
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
     }
 
-    fn publish(&self, event: StateEvent, version: Version, json: Option<Arc<Value>>) {
+    /// Broadcasts `event` as the next publication; returns its number.
+    /// Called with the apply lock held (`last` is its content).
+    fn publish(&self, last: &mut u64, event: StateEvent, json: Option<Arc<Value>>) -> u64 {
+        *last += 1;
         // No receivers is fine: nobody subscribed.
         let _ = self.events.send(Published {
+            seq: *last,
             event,
-            version,
             json,
         });
+        *last
+    }
+
+    fn lock_apply(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.apply.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies a payload seen on the service (watch, read, refresh).
     /// Returns false when it was not newer than what we have.
     pub fn apply_remote(&self, versioned: &Versioned) -> bool {
-        let _apply = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.lock_apply();
         let current = self.current();
         if versioned.version <= current.seen {
             return false;
         }
         match decode::<T>(&self.keys.payload, &versioned.value) {
             Ok((value, json)) => {
-                self.install(&current, versioned.version, value, json, Origin::Remote);
+                self.install(
+                    &mut last,
+                    &current,
+                    versioned.version,
+                    value,
+                    json,
+                    Origin::Remote,
+                );
             }
             Err(error) => {
                 let message = error.to_string();
                 tracing::warn!(key = %self.keys.payload, version = %versioned.version, %message,
                     "payload rejected; keeping the last good copy");
+                let problem = PayloadProblem::Undecodable {
+                    version: versioned.version,
+                    error: message.clone(),
+                };
+                // Published first so the snapshot can carry its number.
+                let seq = self.publish(
+                    &mut last,
+                    StateEvent::Rejected {
+                        version: versioned.version,
+                        error: message,
+                    },
+                    None,
+                );
                 self.replace(Snapshot {
                     value: current.value.clone(),
                     json: current.json.clone(),
                     version: current.version,
                     seen: versioned.version,
-                    problem: Some(PayloadProblem::Undecodable {
-                        version: versioned.version,
-                        error: message.clone(),
-                    }),
+                    problem: Some(problem),
+                    seq,
                 });
-                self.publish(
-                    StateEvent::Rejected {
-                        version: versioned.version,
-                        error: message,
-                    },
-                    versioned.version,
-                    None,
-                );
             }
         }
         true
@@ -218,16 +273,17 @@ where
 
     /// Applies this instance's own successful write.
     pub fn apply_local(&self, version: Version, value: T, json: Value) {
-        let _apply = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.lock_apply();
         let current = self.current();
         if version <= current.seen {
             return;
         }
-        self.install(&current, version, value, json, Origin::Local);
+        self.install(&mut last, &current, version, value, json, Origin::Local);
     }
 
     fn install(
         &self,
+        last: &mut u64,
         current: &Snapshot<T>,
         version: Version,
         value: T,
@@ -236,21 +292,26 @@ where
     ) {
         let changes = diff(&current.json, &json);
         let json = Arc::new(json);
+        // A snapshot is replaced before its change set is published, so a
+        // subscriber that lags and resyncs never misses it: the number it
+        // carries is the publication that follows.
+        let seq = if changes.is_empty() { *last } else { *last + 1 };
         self.replace(Snapshot {
             value: Arc::new(value),
             json: json.clone(),
             version,
             seen: version,
             problem: None,
+            seq,
         });
         if !changes.is_empty() {
             self.publish(
+                last,
                 StateEvent::Changed(ChangeSet {
                     version,
                     origin,
                     changes,
                 }),
-                version,
                 Some(json),
             );
         }
@@ -258,20 +319,21 @@ where
 
     /// The payload is gone from the service.
     pub fn apply_deleted(&self) {
-        let _apply = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.lock_apply();
         let current = self.current();
         if matches!(current.problem, Some(PayloadProblem::Deleted)) {
             return;
         }
         tracing::warn!(key = %self.keys.payload, "payload deleted; keeping the last good copy");
+        let seq = self.publish(&mut last, StateEvent::PayloadDeleted, None);
         self.replace(Snapshot {
             value: current.value.clone(),
             json: current.json.clone(),
             version: current.version,
             seen: current.seen,
             problem: Some(PayloadProblem::Deleted),
+            seq,
         });
-        self.publish(StateEvent::PayloadDeleted, current.seen, None);
     }
 
     /// Applies a fresh read of the payload, whatever it holds.
@@ -285,25 +347,16 @@ where
     }
 
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
-        let _apply = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = self.current();
+        let _apply = self.lock_apply();
         let rx = self.events.subscribe();
+        let start = self.current().view();
         let weak = Arc::downgrade(self);
-        let fallback = (current.version, current.json.clone());
+        let fallback = start.clone();
         let view = Arc::new(move || match weak.upgrade() {
-            Some(shared) => {
-                let snapshot = shared.current();
-                (snapshot.version, snapshot.json.clone())
-            }
+            Some(shared) => shared.current().view(),
             None => fallback.clone(),
         });
-        Subscription::new(
-            rx,
-            current.version,
-            current.json.clone(),
-            view,
-            self.closed.clone(),
-        )
+        Subscription::new(rx, start, view, self.closed.clone())
     }
 
     /// Fails unless the local copy can be the base of a write.

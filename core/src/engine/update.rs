@@ -2,7 +2,9 @@
 //! (conditional write, retried on conflict).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -10,7 +12,8 @@ use serde::Serialize;
 use super::shared::{encode_value, Shared, Snapshot};
 use super::WriteMode;
 use crate::backend::{LockOptions, PutMode};
-use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::error::{Error, ErrorKind, Operation, Outcome, Result};
+use crate::version::Version;
 
 /// What the caller asked for: `update` refreshes and retries, `try_update`
 /// fails with `Stale` when the local copy was not the latest.
@@ -96,7 +99,9 @@ where
     for attempt in 1..=attempts {
         shared.ensure_writable(&shared.current())?;
         let options = LockOptions::with_timeout(shared.config.lock_timeout);
-        // Under the lock, bring the local copy to the latest version.
+        // Under the lock, bring the local copy to the latest version. The
+        // read is sent after this instant: evidence from then.
+        let asked_at = Instant::now();
         let (guard, latest) = backend
             .lock_and_get(&keys.lock, options, &keys.payload)
             .await?;
@@ -107,53 +112,68 @@ where
             let _gate = shared.write_gate.lock().await;
             shared.apply_read(latest.as_ref());
         }
+        shared.proof.prove(asked_at);
         if !was_latest && strictness == Strictness::FailIfStale {
             guard.release_or_warn("an update that did not write").await;
             return Err(stale(shared));
         }
         let snapshot = shared.current();
-        if let Err(error) = shared.ensure_writable(&snapshot) {
-            guard.release_or_warn("an update that did not write").await;
-            return Err(error);
-        }
-        let Draft {
-            value,
-            result,
-            json,
-            bytes,
-        } = match Draft::new(shared, &snapshot, f) {
+        let draft = match shared
+            .ensure_writable(&snapshot)
+            .and_then(|()| Draft::new(shared, &snapshot, f))
+        {
             Ok(draft) => draft,
             Err(error) => {
                 guard.release_or_warn("an update that did not write").await;
                 return Err(error);
             }
         };
-        let Some(bytes) = bytes else {
+        let Some(bytes) = draft.bytes.clone() else {
             // Nothing changed, and the copy is the latest: no write needed.
             guard.release_or_warn("an update that did not write").await;
-            return Ok(result);
+            return Ok(draft.result);
         };
-        let _gate = shared.write_gate.lock().await;
+        let expected = snapshot.version;
+        let gate = shared.write_gate.lock().await;
+        let sent_at = Instant::now();
         let written = backend
             .fenced_put_and_release(
                 &keys.payload,
-                bytes,
-                PutMode::Update(snapshot.version),
+                bytes.clone(),
+                PutMode::Update(expected),
                 guard,
             )
             .await;
         match written {
             Ok(version) => {
-                shared.apply_local(version, value, json);
-                return Ok(result);
+                shared.apply_local(version, draft.value, draft.json);
+                shared.proof.prove(sent_at);
+                return Ok(draft.result);
             }
             // Only a writer that ignores the lock (an outside operator) can
             // get here: refresh under the lock again.
             Err(error) if error.kind() == ErrorKind::Conflict => {
+                drop(gate);
                 if strictness == Strictness::FailIfStale {
                     return Err(stale(shared));
                 }
                 tracing::debug!(attempt, key = %keys.payload, "outside write raced a locked update; retrying");
+            }
+            Err(error) if error.outcome() == Outcome::Unknown => {
+                drop(gate);
+                // The lock is gone with the write (released, or lost with
+                // the session): a late landing of that write fails its own
+                // lock check, so only what the service shows now counts.
+                match resolve_unknown(shared, expected, &bytes, true, error).await? {
+                    Landed { version, asked_at } => {
+                        shared.apply_local(version, draft.value, draft.json);
+                        shared.proof.prove(asked_at);
+                        return Ok(draft.result);
+                    }
+                    NotLanded => {
+                        tracing::debug!(attempt, key = %keys.payload, "a locked write whose answer was lost did not land; retrying");
+                    }
+                }
             }
             Err(error) => return Err(error),
         }
@@ -175,50 +195,130 @@ where
     for attempt in 1..=attempts {
         let snapshot = shared.current();
         shared.ensure_writable(&snapshot)?;
-        let Draft {
-            value,
-            result,
-            json,
-            bytes,
-        } = Draft::new(shared, &snapshot, f)?;
-        let Some(bytes) = bytes else {
-            // A no-op is only right if the copy it ran on is the latest.
-            let latest = backend.get(&keys.payload).await?;
-            if latest.as_ref().map(|l| l.version) == Some(snapshot.version) {
-                return Ok(result);
+        let draft = Draft::new(shared, &snapshot, f)?;
+        let Some(bytes) = draft.bytes.clone() else {
+            // A no-op is only right if the copy it ran on is the latest:
+            // check with a linearizable read.
+            let asked_at = Instant::now();
+            let latest = backend.get_linearizable(&keys.payload).await?;
+            if latest.as_ref().map(|l| l.version) == Some(snapshot.version)
+                && snapshot.problem.is_none()
+            {
+                shared.proof.prove(asked_at);
+                return Ok(draft.result);
             }
-            let _gate = shared.write_gate.lock().await;
-            shared.apply_read(latest.as_ref());
+            refresh(shared, latest.as_ref(), asked_at).await;
             if strictness == Strictness::FailIfStale {
                 return Err(stale(shared));
             }
             continue;
         };
+        let expected = snapshot.version;
         let gate = shared.write_gate.lock().await;
+        let sent_at = Instant::now();
         match backend
-            .put(&keys.payload, bytes, PutMode::Update(snapshot.version))
+            .put(&keys.payload, bytes.clone(), PutMode::Update(expected))
             .await
         {
             Ok(version) => {
-                shared.apply_local(version, value, json);
-                return Ok(result);
+                shared.apply_local(version, draft.value, draft.json);
+                shared.proof.prove(sent_at);
+                return Ok(draft.result);
             }
             Err(error) if error.kind() == ErrorKind::Conflict => {
                 drop(gate);
+                let asked_at = Instant::now();
                 let latest = backend.get(&keys.payload).await?;
-                {
-                    let _gate = shared.write_gate.lock().await;
-                    shared.apply_read(latest.as_ref());
-                }
+                refresh(shared, latest.as_ref(), asked_at).await;
                 if strictness == Strictness::FailIfStale {
                     return Err(stale(shared));
                 }
                 tokio::time::sleep(backoff(attempt)).await;
             }
+            Err(error) if error.outcome() == Outcome::Unknown => {
+                drop(gate);
+                // Without the lock another instance may have written the
+                // same bytes: an unchanged version is safe to retry (the
+                // write is conditional), anything else is reported as is.
+                match resolve_unknown(shared, expected, &bytes, false, error).await? {
+                    Landed { version, asked_at } => {
+                        shared.apply_local(version, draft.value, draft.json);
+                        shared.proof.prove(asked_at);
+                        return Ok(draft.result);
+                    }
+                    NotLanded => {
+                        tracing::debug!(attempt, key = %keys.payload, "an optimistic write whose answer was lost did not land; retrying");
+                    }
+                }
+            }
             Err(error) => return Err(error),
         }
     }
     Err(gave_up(shared, attempts))
+}
+
+/// What the service shows after a write whose answer was lost.
+enum Resolution {
+    /// The payload is the one we wrote, at `version`, read at `asked_at`.
+    Landed { version: Version, asked_at: Instant },
+    /// The payload is still at the expected version: the write did not land
+    /// (a late landing of it would fail its condition once we write again).
+    NotLanded,
+}
+use Resolution::{Landed, NotLanded};
+
+/// Re-reads the payload after a write at `expected` whose outcome is
+/// unknown, and says what happened; `error` is returned (outcome unknown)
+/// when the service shows neither our write nor the old version. With
+/// `trust_our_bytes` (locked writers: no writer that takes the lock can
+/// have written in between) our bytes at a newer version count as landed;
+/// optimistic writers pass false: another writer may have written the same
+/// bytes, and claiming them would lose its update.
+async fn resolve_unknown<T>(
+    shared: &Arc<Shared<T>>,
+    expected: Version,
+    bytes: &Bytes,
+    trust_our_bytes: bool,
+    error: Error,
+) -> Result<Resolution>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let asked_at = Instant::now();
+    let Ok(latest) = shared.backend.get_linearizable(&shared.keys.payload).await else {
+        // Still unreachable: nothing is known.
+        return Err(error);
+    };
+    match &latest {
+        Some(found) if found.version == expected => {
+            shared.proof.prove(asked_at);
+            Ok(NotLanded)
+        }
+        Some(found) if trust_our_bytes && found.value == *bytes => Ok(Landed {
+            version: found.version,
+            asked_at,
+        }),
+        _ => {
+            refresh(shared, latest.as_ref(), asked_at).await;
+            Err(error.with_message(
+                "the answer to the write was lost and the payload has changed since; \
+                 the local copy has been refreshed",
+            ))
+        }
+    }
+}
+
+/// Applies a fresh read (sent at `asked_at`) to the local copy.
+async fn refresh<T>(
+    shared: &Shared<T>,
+    latest: Option<&crate::version::Versioned>,
+    asked_at: Instant,
+) where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let _gate = shared.write_gate.lock().await;
+    shared.apply_read(latest);
+    shared.proof.prove(asked_at);
 }
 
 /// Jittered exponential backoff between optimistic retries, capped at 50 ms,

@@ -1,24 +1,50 @@
 //! The background task of one `SharedState`: follows the payload's watch
-//! and the session, keeps the snapshot and its freshness current.
+//! and the session, verifies the copy periodically, and feeds the freshness
+//! state machine ([`Machine`]) with what it sees, carrying out its actions.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::freshness::{Action, Input, Machine, Verdict};
 use super::shared::Shared;
 use crate::backend::{SessionState, WatchEvent, WatchStream};
+use crate::error::{ErrorKind, Result};
 use crate::registration::Registration;
+use crate::version::Version;
 
 const REWATCH_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const REWATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The shortest verification interval, whatever `max_staleness` says.
+const MIN_VERIFY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the copy is verified: a third of `max_staleness`, so that two
+/// verifications may fail (or one may take long) before `read()` turns
+/// `Stale`.
+pub(crate) fn verify_interval(max_staleness: Duration) -> Duration {
+    (max_staleness / 3).max(MIN_VERIFY_INTERVAL)
+}
+
+/// The interval with up to 10% taken off at random, so that a fleet opened
+/// at once does not verify in lockstep.
+fn jittered(interval: Duration) -> Duration {
+    let tenth = u64::try_from(interval.as_micros() / 10).unwrap_or(u64::MAX);
+    interval.saturating_sub(Duration::from_micros(fastrand::u64(0..=tenth)))
+}
+
+/// A verification read in flight: when it was sent and what it found.
+type Verification = BoxFuture<'static, (Instant, Result<Option<Version>>)>;
+/// A watch being (re-)opened: when the request was sent and the stream.
+type Opening = BoxFuture<'static, (Instant, Result<WatchStream>)>;
 
 /// Runs until the state is closed; then removes the listener registration.
 pub(crate) async fn run<T>(
     shared: Arc<Shared<T>>,
-    mut stream: WatchStream,
+    stream: WatchStream,
     registration: Option<Registration>,
     opened_epoch: u64,
 ) where
@@ -26,71 +52,134 @@ pub(crate) async fn run<T>(
 {
     let mut session = shared.session.clone();
     let first = *session.borrow_and_update();
-    let mut epoch = first.epoch;
-    // True once the watch delivered a full state (Initial/Resync) since the
-    // last disconnect: together with a connected session, the copy is live.
-    // A session replaced since open() makes the watch resync; until then the
-    // copy is not verified.
-    let mut watch_in_sync = first.state == SessionState::Connected && first.epoch == opened_epoch;
+    let interval = verify_interval(shared.config.max_staleness);
+    // open() read the first state on a connected session of `opened_epoch`;
+    // it may have changed between open() and this task's first poll.
+    let mut machine = Machine::new(
+        Instant::now(),
+        interval,
+        SessionState::Connected,
+        opened_epoch,
+    );
+    let mut pending = machine.step(
+        Input::Session {
+            state: first.state,
+            epoch: first.epoch,
+        },
+        Instant::now(),
+    );
+    let mut stream = Some(stream);
+    let mut verification: Option<Verification> = None;
+    let mut opening: Option<Opening> = None;
+    let mut backoff = REWATCH_BACKOFF_MIN;
+    let mut retry_rewatch_at: Option<tokio::time::Instant> = None;
+    // The first item of a stream is its initial state: which stream, and
+    // when it was requested.
+    let mut stream_opened_at: Option<Instant> = None;
     let closed = shared.closed.clone();
     loop {
-        // Evaluated before waiting too: the session may have changed between
-        // open() and this task's first poll.
-        let connected = session.borrow().state == SessionState::Connected;
-        if watch_in_sync && connected {
-            shared.freshness.mark_live();
-        } else {
-            shared.freshness.mark_unverified();
+        for action in std::mem::take(&mut pending) {
+            match action {
+                Action::Prove(at) => shared.proof.prove(at),
+                Action::Verify => verification = Some(verify(&shared)),
+                Action::Rewatch => {
+                    if opening.is_none() {
+                        opening = Some(open_watch(&shared));
+                    }
+                }
+            }
         }
-        tokio::select! {
+        shared.proof.set_following(machine.is_following());
+        let next_verification = tokio::time::Instant::from_std(machine.next_verification);
+        let input = tokio::select! {
             biased;
             _ = closed.cancelled() => break,
             changed = session.changed() => {
                 if changed.is_err() {
                     // The backend is gone; nothing will verify us again.
-                    shared.freshness.mark_unverified();
                     closed.cancelled().await;
                     break;
                 }
                 let status = *session.borrow_and_update();
-                if status.epoch != epoch {
-                    tracing::info!(key = %shared.keys.root, epoch = status.epoch,
-                        "new session; waiting for the watch to resync");
-                    epoch = status.epoch;
-                    watch_in_sync = false;
+                if status.state == SessionState::Closed {
+                    tracing::debug!(key = %shared.keys.root, "the backend was closed");
                 }
-                if status.state != SessionState::Connected {
-                    watch_in_sync = false;
-                }
+                Input::Session { state: status.state, epoch: status.epoch }
             }
-            item = stream.next() => match item {
+            item = next_item(&mut stream) => match item {
                 Some(Ok(event)) => {
-                    if handle_event(&shared, event).await {
-                        watch_in_sync = true;
+                    let full = matches!(event, WatchEvent::Initial(_) | WatchEvent::Resync(_));
+                    apply_event(&shared, event).await;
+                    match (full, stream_opened_at.take()) {
+                        (true, Some(opened_at)) => Input::WatchOpened { opened_at },
+                        (true, None) => Input::WatchResynced,
+                        (false, _) => Input::WatchChanged,
                     }
                 }
                 Some(Err(error)) => {
                     tracing::warn!(key = %shared.keys.payload, %error, "watch failed; re-watching");
-                    watch_in_sync = false;
-                    shared.freshness.mark_unverified();
-                    match rewatch(&shared).await {
-                        Some(new_stream) => stream = new_stream,
-                        None => break,
-                    }
+                    stream = None;
+                    Input::WatchEnded
                 }
                 None => {
                     tracing::debug!(key = %shared.keys.payload, "watch ended; re-watching");
-                    watch_in_sync = false;
-                    shared.freshness.mark_unverified();
-                    match rewatch(&shared).await {
-                        Some(new_stream) => stream = new_stream,
-                        None => break,
-                    }
+                    stream = None;
+                    Input::WatchEnded
                 }
             },
+            (sent_at, found) = poll_slot(&mut verification) => {
+                verification = None;
+                let verdict = match found {
+                    Ok(found) => {
+                        let verdict = shared.current().verdict(found);
+                        if verdict == Verdict::Behind {
+                            tracing::info!(key = %shared.keys.payload, ?found,
+                                "verification found a version the watch did not deliver; re-watching");
+                        }
+                        verdict
+                    }
+                    Err(error) => {
+                        tracing::debug!(key = %shared.keys.payload, %error, "verification failed");
+                        Verdict::Failed
+                    }
+                };
+                Input::Verified { sent_at, verdict }
+            }
+            (opened_at, opened) = poll_slot(&mut opening) => {
+                opening = None;
+                match opened {
+                    Ok(new_stream) => {
+                        backoff = REWATCH_BACKOFF_MIN;
+                        // The old stream (if any) goes only now that the new
+                        // one is registered: no gap between the two.
+                        stream = Some(new_stream);
+                        stream_opened_at = Some(opened_at);
+                        continue;
+                    }
+                    Err(error) if error.kind() == ErrorKind::Closed => break,
+                    Err(error) => {
+                        tracing::warn!(key = %shared.keys.payload, %error, ?backoff, "re-watch failed");
+                        machine.rewatch_failed();
+                        retry_rewatch_at = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(REWATCH_BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+            _ = sleep_until(retry_rewatch_at) => {
+                retry_rewatch_at = None;
+                Input::WatchEnded
+            }
+            _ = tokio::time::sleep_until(next_verification) => Input::VerifyDue,
+        };
+        pending = machine.step(input, Instant::now());
+        if let Input::VerifyDue = input {
+            // step() scheduled the next one a full interval away.
+            machine.next_verification = Instant::now() + jittered(interval);
         }
     }
-    shared.freshness.mark_unverified();
+    machine.step(Input::Closed, Instant::now());
+    shared.proof.set_following(false);
     if let Some(registration) = registration {
         if let Err(error) = registration.close().await {
             tracing::warn!(%error, key = %shared.keys.root, "removing the listener registration failed");
@@ -98,8 +187,69 @@ pub(crate) async fn run<T>(
     }
 }
 
-/// Applies one watch event; true when it carried the full current state.
-async fn handle_event<T>(shared: &Shared<T>, event: WatchEvent) -> bool
+/// The next item of the stream, or never when there is none.
+async fn next_item(stream: &mut Option<WatchStream>) -> Option<Result<WatchEvent>> {
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The output of the future in `slot`, or never when it is empty.
+async fn poll_slot<O>(slot: &mut Option<BoxFuture<'static, O>>) -> O {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A version read of the payload, bounded by the verification interval (a
+/// read that hangs proves nothing).
+fn verify<T>(shared: &Arc<Shared<T>>) -> Verification
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let backend = shared.backend.clone();
+    let key = shared.keys.payload.clone();
+    let limit = verify_interval(shared.config.max_staleness);
+    async move {
+        let sent_at = Instant::now();
+        let found = match tokio::time::timeout(limit, backend.get_version(&key)).await {
+            Ok(found) => found,
+            Err(_) => Err(crate::Error::new(ErrorKind::Timeout, crate::Operation::Get)
+                .with_key(&key)
+                .with_message(format!(
+                    "no answer to the verification read within {limit:?}"
+                ))),
+        };
+        (sent_at, found)
+    }
+    .boxed()
+}
+
+/// Opens a new watch of the payload.
+fn open_watch<T>(shared: &Arc<Shared<T>>) -> Opening
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let backend = shared.backend.clone();
+    let key = shared.keys.payload.clone();
+    async move {
+        let opened_at = Instant::now();
+        (opened_at, backend.watch(&key).await)
+    }
+    .boxed()
+}
+
+/// Applies one watch event to the snapshot.
+async fn apply_event<T>(shared: &Shared<T>, event: WatchEvent)
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -108,39 +258,10 @@ where
     match event {
         WatchEvent::Initial(state) | WatchEvent::Resync(state) => {
             shared.apply_read(state.as_ref());
-            true
         }
         WatchEvent::Changed(versioned) => {
             shared.apply_remote(&versioned);
-            false
         }
-        WatchEvent::Deleted => {
-            shared.apply_deleted();
-            false
-        }
-    }
-}
-
-/// Opens a new watch with bounded exponential backoff; `None` once closed.
-async fn rewatch<T>(shared: &Shared<T>) -> Option<WatchStream>
-where
-    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-{
-    let mut backoff = REWATCH_BACKOFF_MIN;
-    loop {
-        tokio::select! {
-            _ = shared.closed.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        match shared.backend.watch(&shared.keys.payload).await {
-            Ok(stream) => return Some(stream),
-            Err(error) => {
-                tracing::warn!(key = %shared.keys.payload, %error, ?backoff, "re-watch failed");
-                if error.kind() == crate::ErrorKind::Closed {
-                    return None;
-                }
-                backoff = (backoff * 2).min(REWATCH_BACKOFF_MAX);
-            }
-        }
+        WatchEvent::Deleted => shared.apply_deleted(),
     }
 }

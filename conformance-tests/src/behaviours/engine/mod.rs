@@ -16,7 +16,9 @@ use sharedstate_core::{
 
 use crate::{unique_key, BackendFactory, TestClient};
 
+mod freshness;
 mod lifecycle;
+pub use freshness::*;
 pub use lifecycle::*;
 
 /// The state every engine behaviour shares.
