@@ -43,9 +43,11 @@ fn outside_docker() -> Docker {
 /// handle is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedicated_server_is_removed_on_drop() {
+    let began = std::time::Instant::now();
     let server = fixtures::start_server(ServiceKind::Etcd)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("dedicated etcd ready after {:?}", began.elapsed());
     assert!(server.started_here());
     assert!(server.url().starts_with("etcd://127.0.0.1:"));
     let endpoint = server.endpoint().to_owned();
@@ -77,7 +79,9 @@ async fn dedicated_server_is_removed_on_drop() {
 
 #[test]
 fn zookeeper_answers_ruok_and_zkcli() {
+    let began = std::time::Instant::now();
     let endpoint = fixtures::zookeeper();
+    eprintln!("shared ZooKeeper at {endpoint} after {:?}", began.elapsed());
     assert!(endpoint.starts_with("127.0.0.1:") || !fixtures::zookeeper_server().started_here());
     assert!(fixtures::zookeeper_ruok(&endpoint), "ruok on {endpoint}");
     assert_eq!(
