@@ -122,6 +122,9 @@ step_packages() {
 	# ...), which are in libprotobuf-dev: a Recommends that
 	# --no-install-recommends leaves out.
 	[[ -e /usr/include/google/protobuf/descriptor.proto ]] || missing+=(libprotobuf-dev)
+	# `ss -K` for the reconnect test; venv for kazoo (the lock interop tests).
+	command -v ss >/dev/null || missing+=(iproute2)
+	python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 	if [[ -d /sys/fs/cgroup && ! -e /sys/fs/cgroup/cgroup.controllers && ! -d /sys/fs/cgroup/devices ]]; then
 		command -v cgroupfs-mount >/dev/null || missing+=(cgroupfs-mount)
 	fi
