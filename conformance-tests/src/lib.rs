@@ -197,6 +197,8 @@ macro_rules! for_each_behaviour {
             registration::registration_existing_key_already_exists,
             registration::registration_recreated_after_session_expiry,
             registration::registration_not_recreated_after_close,
+            registration::registration_update_changes_the_value,
+            registration::registration_update_is_kept_for_re_creation,
             session::session_connected_at_start,
             session::session_expiry_starts_new_epoch,
             session::session_suspend_resume_same_epoch,
