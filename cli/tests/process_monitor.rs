@@ -176,7 +176,12 @@ fn agent_rides_out_a_60s_outage() {
     agent.wait_for_stdout("cannot verify the settings with the service", OUTAGE);
     run(
         &direct,
-        &["patch", &path, "--merge", r#"{"globs": ["during-outage*"]}"#],
+        &[
+            "patch",
+            &path,
+            "--merge",
+            r#"{"globs": ["during-outage*"]}"#,
+        ],
         None,
     )
     .ok();

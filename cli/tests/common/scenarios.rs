@@ -36,6 +36,11 @@ macro_rules! cli_scenarios {
         );
 
         #[test]
+        fn wait_names_the_instance_that_rejected() {
+            common::fleet::wait_names_the_instance_that_rejected(&$url);
+        }
+
+        #[test]
         fn unreachable_server_names_the_url() {
             common::scenarios::unreachable_server_names_the_url($scheme);
         }
