@@ -219,9 +219,14 @@ async fn update(inner: &Inner, id: u64, key: &Key, value: Bytes) -> Result<()> {
     let op = Operation::UpdateRegistration;
     crate::check_size(op, key, &value)?;
     {
-        let mut entries = inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = inner
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let Some(entry) = entries.get_mut(&id) else {
-            return Err(plain(ErrorKind::Closed, op, key).with_message("the registration was closed"));
+            return Err(
+                plain(ErrorKind::Closed, op, key).with_message("the registration was closed")
+            );
         };
         entry.value = value;
     }

@@ -31,9 +31,11 @@ pub trait RegistrationClose: Send + Sync + fmt::Debug + 'static {
     /// for re-creations, and calling again with it is safe.
     async fn update(&self, key: &Key, value: Bytes) -> Result<()> {
         let _ = value;
-        Err(Error::new(ErrorKind::Unsupported, Operation::UpdateRegistration)
-            .with_key(key)
-            .with_message("this backend cannot change a registration's value"))
+        Err(
+            Error::new(ErrorKind::Unsupported, Operation::UpdateRegistration)
+                .with_key(key)
+                .with_message("this backend cannot change a registration's value"),
+        )
     }
 
     /// Stops re-creating the registration and deletes its key.
@@ -78,8 +80,10 @@ impl Registration {
     pub async fn update(&self, value: Bytes) -> Result<()> {
         match &self.closer {
             Some(closer) => closer.update(&self.key, value).await,
-            None => Err(Error::new(ErrorKind::Closed, Operation::UpdateRegistration)
-                .with_key(&self.key)),
+            None => {
+                Err(Error::new(ErrorKind::Closed, Operation::UpdateRegistration)
+                    .with_key(&self.key))
+            }
         }
     }
 

@@ -230,9 +230,7 @@ where
             let bytes = match &reporter {
                 Some(_) => opened.encode(&base),
                 None => serde_json::to_vec(&base)
-                    .map_err(|e| {
-                        Error::new(ErrorKind::Encode, Operation::Register).with_source(e)
-                    })?
+                    .map_err(|e| Error::new(ErrorKind::Encode, Operation::Register).with_source(e))?
                     .into(),
             };
             let key = keys.listeners.child(&instance_id)?;

@@ -82,6 +82,9 @@ mod tests {
         };
         let text = serde_json::to_string(&info).expect("encodes");
         assert!(text.contains(r#""applied_version":250"#), "{text}");
-        assert_eq!(serde_json::from_str::<ListenerInfo>(&text).expect("decodes"), info);
+        assert_eq!(
+            serde_json::from_str::<ListenerInfo>(&text).expect("decodes"),
+            info
+        );
     }
 }

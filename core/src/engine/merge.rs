@@ -183,7 +183,10 @@ mod tests {
         let raw = json!({"n": 1, "rules": [{"name": "a", "priority": 1}]});
         let old = json!({"n": 1, "rules": [{"name": "a"}]});
         let out = write(raw, old, |v| v["n"] = json!(2));
-        assert_eq!(out, json!({"n": 2, "rules": [{"name": "a", "priority": 1}]}));
+        assert_eq!(
+            out,
+            json!({"n": 2, "rules": [{"name": "a", "priority": 1}]})
+        );
     }
 
     #[test]

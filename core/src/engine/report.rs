@@ -200,7 +200,9 @@ mod tests {
         }
         // The last state goes out once the interval allows.
         schedule.observe(&at(301), now, 0.5);
-        let due = schedule.next().expect("the latest version is still to report");
+        let due = schedule
+            .next()
+            .expect("the latest version is still to report");
         assert!(due <= *sent.last().expect("sent") + SECOND);
     }
 
@@ -238,8 +240,7 @@ mod tests {
             seen: Version::new(2),
             problem: Some("bad".into()),
         };
-        let decoded: ListenerInfo =
-            serde_json::from_slice(&report.encode(&info)).expect("decodes");
+        let decoded: ListenerInfo = serde_json::from_slice(&report.encode(&info)).expect("decodes");
         assert_eq!(decoded.applied_version, Some(Version::new(1)));
         assert_eq!(decoded.seen_version, Some(Version::new(2)));
         assert_eq!(decoded.problem.as_deref(), Some("bad"));

@@ -257,9 +257,7 @@ where
 {
     let current = Report::of(&shared.current());
     let now = Instant::now();
-    reporter
-        .schedule
-        .observe(&current, now, fastrand::f64());
+    reporter.schedule.observe(&current, now, fastrand::f64());
     if reporting.is_none() && reporter.schedule.is_due(now) {
         reporter.schedule.sending(now);
         let value = current.encode(&reporter.base);
@@ -271,10 +269,7 @@ where
             .boxed(),
         );
     }
-    reporter
-        .schedule
-        .next()
-        .map(tokio::time::Instant::from_std)
+    reporter.schedule.next().map(tokio::time::Instant::from_std)
 }
 
 /// The output of the future in `slot`, or never when it is empty.

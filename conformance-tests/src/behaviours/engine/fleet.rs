@@ -220,8 +220,16 @@ async fn unknown_fields_survive(f: &dyn BackendFactory, mode: WriteMode, name: &
     )
     .await;
     let (payload, version) = stored(&checker, &path).await;
-    assert_eq!(payload["counter"], 1 + 4 * WRITES, "no lost update: {payload}");
-    assert_eq!(payload["v2_counter"], 2 * WRITES, "no lost v2 update: {payload}");
+    assert_eq!(
+        payload["counter"],
+        1 + 4 * WRITES,
+        "no lost update: {payload}"
+    );
+    assert_eq!(
+        payload["v2_counter"],
+        2 * WRITES,
+        "no lost v2 update: {payload}"
+    );
     assert_eq!(
         (&payload["owner"], &payload["limits"], &payload["rules"]),
         (
@@ -270,14 +278,26 @@ pub async fn engine_unknown_fields_dropped_in_strict_mode(f: &dyn BackendFactory
         .open()
         .await
         .expect("open v2");
-    let strict: SharedState<StateV1> =
-        open_as(&f.client().await, &path, WriteMode::Locked, UnknownFields::Drop).await;
+    let strict: SharedState<StateV1> = open_as(
+        &f.client().await,
+        &path,
+        WriteMode::Locked,
+        UnknownFields::Drop,
+    )
+    .await;
     assert_eq!(strict.status().unknown_fields, UnknownFields::Drop);
     let before = stored(&checker, &path).await.1;
     strict.update(|_| ()).await.expect("a no-op update");
-    assert_eq!(stored(&checker, &path).await.1, before, "a no-op writes nothing");
+    assert_eq!(
+        stored(&checker, &path).await.1,
+        before,
+        "a no-op writes nothing"
+    );
 
-    strict.update(|s| s.counter = 7).await.expect("strict update");
+    strict
+        .update(|s| s.counter = 7)
+        .await
+        .expect("strict update");
     let (payload, version) = stored(&checker, &path).await;
     assert_eq!(
         payload,
@@ -356,11 +376,18 @@ pub async fn engine_instances_report_what_they_applied(f: &dyn BackendFactory) {
     })
     .await;
     let entry = entry_of(&tolerant, &typed).await;
-    assert_eq!(entry.applied_version, Some(opened), "kept the last good copy");
+    assert_eq!(
+        entry.applied_version,
+        Some(opened),
+        "kept the last good copy"
+    );
     let problem = entry.problem.unwrap_or_default();
     let reason = r#"invalid type: string "firefox*", expected a sequence"#;
     assert_eq!(problem.matches(reason).count(), 1, "{problem}");
-    assert!(!problem.contains('\n') && !problem.contains("decode failed"), "{problem}");
+    assert!(
+        !problem.contains('\n') && !problem.contains("decode failed"),
+        "{problem}"
+    );
     eventually("the tolerant instance reports it applied it", async || {
         entry_of(&tolerant, &tolerant).await.applied_version == Some(bad)
     })
@@ -393,12 +420,15 @@ pub async fn engine_instances_report_what_they_applied(f: &dyn BackendFactory) {
         .await
         .expect("expire the typed instance's session");
     crate::behaviours::wait_for_new_session(&*typed_client.backend, epoch).await;
-    eventually("the re-created registration says what was applied", async || {
-        let listeners = tolerant.listeners().await.expect("listeners");
-        listeners
-            .iter()
-            .any(|l| l.id == typed.instance_id() && l.applied_version == Some(good))
-    })
+    eventually(
+        "the re-created registration says what was applied",
+        async || {
+            let listeners = tolerant.listeners().await.expect("listeners");
+            listeners
+                .iter()
+                .any(|l| l.id == typed.instance_id() && l.applied_version == Some(good))
+        },
+    )
     .await;
     let payload = path.child("payload").expect("key");
     operator
