@@ -88,9 +88,7 @@ fn merge_arrays(raw: &[Value], old: Option<&Vec<Value>>, mut new: Vec<Value>) ->
                 new_index,
                 len,
             } => {
-                for i in 0..len {
-                    new[new_index + i] = raw[old_index + i].clone();
-                }
+                new[new_index..new_index + len].clone_from_slice(&raw[old_index..old_index + len]);
             }
             DiffOp::Replace {
                 old_index,
