@@ -19,7 +19,7 @@ use crate::errors::{CliError, CliResult, Exit};
 use crate::interrupt::Interrupts;
 
 /// How often `--wait` looks at the listener registrations.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(500);
 
 /// Where one instance stands against the payload's version.
 #[derive(Debug, Clone, PartialEq, Eq)]

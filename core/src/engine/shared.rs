@@ -152,7 +152,7 @@ pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
-            .with_message(format!("payload is not valid JSON: {e}"))
+            .with_message(format!("payload is not valid JSON {}", located(&e)))
     })?;
     let value: T = T::deserialize(&parsed).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
@@ -161,6 +161,22 @@ pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     })?;
     let json = encode_value(key, &value)?;
     Ok(Decoded::new(value, json, parsed))
+}
+
+/// `(line L, column C): reason`: serde's reason with its location said
+/// once, in front (serde appends ` at line L column C` to its message).
+fn located(error: &serde_json::Error) -> String {
+    let full = error.to_string();
+    if error.line() == 0 {
+        return format!("({full})");
+    }
+    let location = format!(" at line {} column {}", error.line(), error.column());
+    let reason = full.strip_suffix(&location).unwrap_or(&full);
+    format!(
+        "(line {}, column {}): {reason}",
+        error.line(),
+        error.column()
+    )
 }
 
 pub(crate) fn encode_value<T: Serialize>(key: &Key, value: &T) -> Result<Value> {
@@ -284,15 +300,9 @@ where
                     version: versioned.version,
                     error: message.clone(),
                 };
-                // Published first so the snapshot can carry its number.
-                let seq = self.publish(
-                    &mut last,
-                    StateEvent::Rejected {
-                        version: versioned.version,
-                        error: message,
-                    },
-                    None,
-                );
+                // The snapshot first (carrying the number of the notice that
+                // follows), as for change sets: a subscriber that got the
+                // notice finds the problem in `status()`.
                 self.replace(Snapshot {
                     value: current.value.clone(),
                     json: current.json.clone(),
@@ -300,8 +310,16 @@ where
                     version: current.version,
                     seen: versioned.version,
                     problem: Some(problem),
-                    seq,
+                    seq: *last + 1,
                 });
+                self.publish(
+                    &mut last,
+                    StateEvent::Rejected {
+                        version: versioned.version,
+                        error: message,
+                    },
+                    None,
+                );
             }
         }
         true
@@ -364,7 +382,6 @@ where
             return;
         }
         tracing::warn!(key = %self.keys.payload, "payload deleted; keeping the last good copy");
-        let seq = self.publish(&mut last, StateEvent::PayloadDeleted, None);
         self.replace(Snapshot {
             value: current.value.clone(),
             json: current.json.clone(),
@@ -372,8 +389,9 @@ where
             version: current.version,
             seen: current.seen,
             problem: Some(PayloadProblem::Deleted),
-            seq,
+            seq: *last + 1,
         });
+        self.publish(&mut last, StateEvent::PayloadDeleted, None);
     }
 
     /// Applies a fresh read of the payload, whatever it holds.
@@ -428,5 +446,31 @@ where
                 .with_key(&self.keys.payload)
                 .with_source(e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_say_the_reason_and_the_location_once() {
+        let key = Key::new("/p/payload").expect("key");
+        let error = decode::<serde_json::Value>(&key, b"{n: 2")
+            .err()
+            .expect("not JSON");
+        assert_eq!(
+            error.message(),
+            Some("payload is not valid JSON (line 1, column 2): key must be a string")
+        );
+        let error = decode::<Vec<String>>(&key, br#""firefox*""#)
+            .err()
+            .expect("wrong type");
+        assert_eq!(
+            error.message(),
+            Some(
+                r#"payload does not match the state's type: invalid type: string "firefox*", expected a sequence"#
+            )
+        );
     }
 }
