@@ -207,7 +207,56 @@ pub(crate) async fn reconcile_pending(inner: &Inner, lease: i64) {
     }
 }
 
-/// The closer behind a [`Registration`].
+/// Records `value` as registration `id`'s value (what re-creations on a
+/// new lease write) and writes it to the key while the key is bound to the
+/// current lease: one transaction that compares the key's lease, so it
+/// never creates the key nor touches one that is not ours. The registry
+/// stays locked throughout, so a re-creation cannot slip in between with
+/// the old value, and a lost answer is safe to send again (only this client
+/// writes the key, with the value recorded last).
+async fn update(inner: &Inner, id: u64, key: &Key, value: Bytes) -> Result<()> {
+    let op = Operation::UpdateRegistration;
+    if inner.closed.is_cancelled() {
+        return Err(closed(op, Some(key)));
+    }
+    crate::kv::check_size(op, key, &value)?;
+    let mut registry = inner.registry.lock().await;
+    let Some(entry) = registry.entries.get_mut(&id) else {
+        return Err(Error::new(ErrorKind::Closed, op)
+            .with_key(key)
+            .with_message("the registration was closed"));
+    };
+    entry.value = value.clone();
+    let lease = inner.session.current();
+    if entry.lease != lease.id || lease.lost.is_cancelled() {
+        // Not on the current lease yet: its re-creation writes this value.
+        return Ok(());
+    }
+    let txn = Txn::new()
+        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease.id)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            value.to_vec(),
+            Some(PutOptions::new().with_lease(lease.id)),
+        )]);
+    let response = inner
+        .txn(op, key, Retry::Write, txn)
+        .await
+        .inspect_err(|e| {
+            if e.kind() == ErrorKind::SessionLost {
+                inner.session.poke();
+            }
+        })?;
+    if !response.succeeded() {
+        // The key is gone from this lease (someone deleted it): the next
+        // lease re-creates it with the recorded value.
+        tracing::debug!(%key, "updating a registration found no key of this lease");
+    }
+    drop(registry);
+    Ok(())
+}
+
+/// Updates and closes a [`Registration`].
 #[derive(Debug)]
 struct EtcdRegistration {
     inner: Arc<Inner>,
@@ -217,6 +266,10 @@ struct EtcdRegistration {
 
 #[async_trait]
 impl RegistrationClose for EtcdRegistration {
+    async fn update(&self, key: &Key, value: Bytes) -> Result<()> {
+        update(&self.inner, self.id, key, value).await
+    }
+
     async fn close(self: Box<Self>) -> Result<()> {
         let entry = self.inner.registry.lock().await.entries.remove(&self.id);
         let Some(entry) = entry else {

@@ -300,6 +300,7 @@ impl CoordinationBackend for MemoryBackend {
             shared: Arc::clone(&self.shared),
             client: self.client,
             id,
+            stalled: self.stalled.clone(),
         };
         Ok(Registration::new(key.clone(), Box::new(closer)))
     }

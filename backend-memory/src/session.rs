@@ -257,6 +257,38 @@ impl State {
         Ok(id)
     }
 
+    /// Records `value` as registration `id`'s value (what a new session
+    /// re-creates) and writes it to the key if this client's session owns
+    /// it; never creates the key.
+    pub(crate) fn update_registration(
+        &mut self,
+        client: ClientId,
+        id: u64,
+        value: Bytes,
+    ) -> Result<()> {
+        let op = Operation::UpdateRegistration;
+        let Some(record) = self.clients.get_mut(&client) else {
+            return Err(closed(op));
+        };
+        let Some((key, recorded)) = record.registrations.get_mut(&id) else {
+            return Err(sharedstate_core::Error::new(ErrorKind::Closed, op)
+                .with_message("the registration was closed"));
+        };
+        *recorded = value.clone();
+        let key = key.clone();
+        // Suspended: the recorded value is what the key gets once the
+        // session is back (re-created on a new one, or written on retry).
+        let session = self.session_of(client, op, Some(&key))?;
+        let owned = self
+            .nodes
+            .get(key.as_str())
+            .is_some_and(|node| node.ephemeral_owner == Some(session));
+        if owned {
+            self.put(&key, value, PutMode::Overwrite, None, op)?;
+        }
+        Ok(())
+    }
+
     /// Stops keeping registration `id` alive and deletes its key if this
     /// client's session owns it.
     fn deregister(&mut self, client: ClientId, id: u64) -> Result<()> {
@@ -283,16 +315,29 @@ fn closed(op: Operation) -> sharedstate_core::Error {
     sharedstate_core::Error::new(ErrorKind::Closed, op).with_message("the client is closed")
 }
 
-/// Closes one registration of one client.
+/// Updates and closes one registration of one client.
 #[derive(Debug)]
 pub(crate) struct MemoryRegistration {
     pub(crate) shared: Arc<Shared>,
     pub(crate) client: ClientId,
     pub(crate) id: u64,
+    /// The client's stall fault: an update waits while it holds.
+    pub(crate) stalled: watch::Receiver<bool>,
 }
 
 #[async_trait]
 impl RegistrationClose for MemoryRegistration {
+    async fn update(&self, key: &Key, value: Bytes) -> Result<()> {
+        self.shared
+            .check_size(&value, Operation::UpdateRegistration, key)?;
+        let mut stalled = self.stalled.clone();
+        // Err: the client closed; the update then fails with `Closed`.
+        let _ = stalled.wait_for(|stalled| !*stalled).await;
+        self.shared
+            .lock()
+            .update_registration(self.client, self.id, value)
+    }
+
     async fn close(self: Box<Self>) -> Result<()> {
         self.shared.lock().deregister(self.client, self.id)
     }

@@ -279,7 +279,7 @@ impl Drop for ZooKeeperBackend {
     }
 }
 
-fn check_size(operation: Operation, key: &Key, value: &Bytes) -> Result<()> {
+pub(crate) fn check_size(operation: Operation, key: &Key, value: &Bytes) -> Result<()> {
     if value.len() > MAX_VALUE_BYTES {
         Err(error::too_large(
             operation,

@@ -130,27 +130,52 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
 /// because the client gave up on the session before the server did) are
 /// retried in the background while the session lasts.
 pub(crate) async fn recreate_all(inner: &Arc<Inner>, session: &Session) {
-    let entries: Vec<(u64, Entry)> = inner
+    let ids: Vec<u64> = inner
         .registrations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(id, entry)| (*id, entry.clone()))
+        .keys()
+        .copied()
         .collect();
-    for (id, entry) in entries {
+    for id in ids {
+        let Some(entry) = recorded(inner, id) else {
+            continue;
+        };
         match create(inner, session, &entry.key, &entry.value, false).await {
             Ok(()) => {
-                tracing::info!(key = %entry.key, "registration re-created on the new session")
+                tracing::info!(key = %entry.key, "registration re-created on the new session");
+                catch_up(inner, id, &entry).await;
             }
             Err(error) => {
                 tracing::warn!(%error, key = %entry.key, "re-creating a registration failed; retrying");
-                tokio::spawn(retry(Arc::downgrade(inner), session.epoch, id, entry));
+                tokio::spawn(retry(Arc::downgrade(inner), session.epoch, id));
             }
         }
     }
 }
 
-async fn retry(inner: Weak<Inner>, epoch: u64, id: u64, entry: Entry) {
+/// Registration `id` as recorded now (its latest value); `None` once closed.
+fn recorded(inner: &Inner, id: u64) -> Option<Entry> {
+    inner
+        .registrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .cloned()
+}
+
+/// After a re-creation with `created.value`: an update recorded a newer
+/// value meanwhile (it found no node of ours to write to), so write it.
+async fn catch_up(inner: &Inner, id: u64, created: &Entry) {
+    let newer = recorded(inner, id).is_some_and(|now| now.value != created.value);
+    if newer {
+        if let Err(error) = write_recorded(inner, id, &created.key).await {
+            tracing::debug!(%error, key = %created.key, "writing a registration's latest value failed; the next update writes it");
+        }
+    }
+}
+
+async fn retry(inner: Weak<Inner>, epoch: u64, id: u64) {
     let started = std::time::Instant::now();
     let mut delay = RETRY_DELAY * 4;
     loop {
@@ -159,21 +184,21 @@ async fn retry(inner: Weak<Inner>, epoch: u64, id: u64, entry: Entry) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let live = inner
-            .registrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&id);
+        // Closed (no entry), or a newer session re-creates it itself. The
+        // entry is read afresh each time: it carries the latest value.
+        let Some(entry) = recorded(&inner, id) else {
+            return;
+        };
         let Some(session) = inner.current_session() else {
             return;
         };
-        // Closed, or a newer session re-creates it itself.
-        if !live || session.epoch != epoch {
+        if session.epoch != epoch {
             return;
         }
         match create(&inner, &session, &entry.key, &entry.value, false).await {
             Ok(()) => {
                 tracing::info!(key = %entry.key, "registration re-created on the new session");
+                catch_up(&inner, id, &entry).await;
                 return;
             }
             Err(error)
@@ -186,6 +211,75 @@ async fn retry(inner: Weak<Inner>, epoch: u64, id: u64, entry: Entry) {
             Err(error) => tracing::debug!(%error, key = %entry.key, "registration retry failed"),
         }
     }
+}
+
+/// Records `value` as registration `id`'s value and writes it to the node
+/// while this session owns it.
+async fn update(inner: &Inner, id: u64, key: &Key, value: Bytes) -> Result<()> {
+    let op = Operation::UpdateRegistration;
+    crate::check_size(op, key, &value)?;
+    {
+        let mut entries = inner
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = entries.get_mut(&id) else {
+            return Err(
+                plain(ErrorKind::Closed, op, key).with_message("the registration was closed")
+            );
+        };
+        entry.value = value;
+    }
+    write_recorded(inner, id, key).await
+}
+
+/// Writes registration `id`'s recorded value to its node if the current
+/// session owns the node, until the node holds the latest recorded value.
+/// Never creates the node: a missing one (or one of an expired session)
+/// gets the recorded value when it is re-created. A `setData` whose answer
+/// was lost is simply sent again: only this client writes the node, with
+/// the value recorded last.
+async fn write_recorded(inner: &Inner, id: u64, key: &Key) -> Result<()> {
+    let op = Operation::UpdateRegistration;
+    let session = inner.session(op)?;
+    let client = &session.client;
+    for _ in 0..ATTEMPTS {
+        let Some(entry) = recorded(inner, id) else {
+            return Ok(());
+        };
+        let stat = match client.check_stat(key.as_str()).await {
+            Ok(Some(stat)) => stat,
+            Ok(None) => return Ok(()),
+            Err(zk::Error::ConnectionLoss) => {
+                tokio::time::sleep(RETRY_DELAY).await;
+                continue;
+            }
+            Err(e) => return Err(error::map(e, op, key)),
+        };
+        if stat.ephemeral_owner != client.session_id().0 {
+            // The node of an expired session of ours: it goes, and the
+            // re-creation on this session writes the recorded value.
+            return Ok(());
+        }
+        match client
+            .set_data(key.as_str(), &entry.value, Some(stat.version))
+            .await
+        {
+            Ok(_) => {
+                let latest = recorded(inner, id).map(|now| now.value);
+                if latest.is_none_or(|latest| latest == entry.value) {
+                    return Ok(());
+                }
+            }
+            Err(zk::Error::NoNode) => return Ok(()),
+            Err(zk::Error::ConnectionLoss | zk::Error::BadVersion) => {
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+            Err(e) => return Err(error::map(e, op, key)),
+        }
+    }
+    Err(plain(ErrorKind::Unavailable, op, key)
+        .with_message("could not write the registration's value; it is kept for the next attempt"))
 }
 
 /// The cleanup of a `register` call dropped before it returned: removes its
@@ -242,7 +336,7 @@ async fn delete_if_owned(inner: &Inner, key: &Key) {
     }
 }
 
-/// Stops re-creating a registration and deletes its node.
+/// Updates a registration, stops re-creating it and deletes its node.
 #[derive(Debug)]
 struct Closer {
     inner: Weak<Inner>,
@@ -252,6 +346,13 @@ struct Closer {
 
 #[async_trait]
 impl RegistrationClose for Closer {
+    async fn update(&self, key: &Key, value: Bytes) -> Result<()> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Err(error::closed(Operation::UpdateRegistration));
+        };
+        update(&inner, self.id, key, value).await
+    }
+
     async fn close(self: Box<Self>) -> Result<()> {
         let op = Operation::Deregister;
         let Some(inner) = self.inner.upgrade() else {

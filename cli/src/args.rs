@@ -16,6 +16,8 @@ Exit codes:
   3    not found: the path has no payload
   4    conflict: stale --version, concurrent edits, payload already exists (init)
   5    unavailable: server unreachable, timed out, lock not acquired in time
+  6    --wait: a live instance rejected the new version (named on stderr)
+  7    --wait: a live instance did not apply the new version in time (named on stderr)
   130  interrupted (Ctrl-C); 128+N for signal N
 
 Paths are state paths such as /app/flags; the JSON lives at <PATH>/payload,
@@ -222,6 +224,18 @@ pub struct SetArgs {
     /// exit code 4 with the current version otherwise.
     #[arg(long, value_name = "V")]
     pub version: Option<u64>,
+    #[command(flatten)]
+    pub wait: WaitArg,
+}
+
+/// `--wait[=TIMEOUT]` of the commands that write.
+#[derive(Debug, Args)]
+pub struct WaitArg {
+    /// Then wait until every live instance has applied or rejected the new
+    /// version (default up to 60s; --wait=2m for longer). Exit 6 when one
+    /// rejected it, 7 when one did not get to it in time, naming them.
+    #[arg(id = "wait_timeout", long = "wait", value_name = "TIMEOUT", num_args = 0..=1, require_equals = true, default_missing_value = "60s", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
 }
 
 /// `patch`.
@@ -242,6 +256,8 @@ pub struct PatchArgs {
     /// The patch is an RFC 6902 JSON Patch (the default for a JSON array).
     #[arg(long)]
     pub json_patch: bool,
+    #[command(flatten)]
+    pub wait: WaitArg,
 }
 
 /// `edit`.
@@ -262,6 +278,8 @@ pub struct EditArgs {
     /// `edit` refuses such a payload rather than change bytes it cannot show.
     #[arg(long)]
     pub lossy: bool,
+    #[command(flatten)]
+    pub wait: WaitArg,
 }
 
 /// `watch`.
@@ -405,6 +423,37 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn wait_takes_an_optional_timeout_after_an_equals_sign() {
+        let cli = parse(&["set", "/a", "{}", "--wait"]).expect("bare --wait");
+        match cli.command {
+            Command::Set(set) => assert_eq!(set.wait.timeout, Some(Duration::from_secs(60))),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["patch", "/a", "--wait=2m", "{}"]).expect("--wait=2m");
+        match cli.command {
+            Command::Patch(patch) => {
+                assert_eq!(patch.wait.timeout, Some(Duration::from_secs(120)));
+                assert_eq!(patch.patch.as_deref(), Some("{}"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        // Without `=`, the next word is not taken as the timeout.
+        let cli = parse(&["set", "/a", "--wait", "{}"]).expect("value after --wait");
+        match cli.command {
+            Command::Set(set) => {
+                assert_eq!(set.value, "{}");
+                assert!(set.wait.timeout.is_some());
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["edit", "/a"]).expect("no wait").command {
+            Command::Edit(edit) => assert_eq!(edit.wait.timeout, None),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["set", "/a", "{}", "--wait=soon"]).is_err());
     }
 
     #[test]

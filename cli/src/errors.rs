@@ -22,6 +22,10 @@ pub enum Exit {
     Conflict,
     /// 5: unreachable, timed out, lock not acquired.
     Unavailable,
+    /// 6: `--wait`: an instance rejected the new version.
+    Rejected,
+    /// 7: `--wait`: an instance did not apply the new version in time.
+    NotConverged,
     /// 128 + N: ended by signal N (130 for Ctrl-C).
     Signal(u8),
 }
@@ -41,6 +45,8 @@ impl Exit {
             Exit::NotFound => 3,
             Exit::Conflict => 4,
             Exit::Unavailable => 5,
+            Exit::Rejected => 6,
+            Exit::NotConverged => 7,
             Exit::Signal(n) => 128u8.saturating_add(n),
         }
     }

@@ -403,12 +403,18 @@ mod tests {
                 host: "web-1".into(),
                 pid: 42,
                 since_unix_ms: 0,
+                applied_version: None,
+                seen_version: None,
+                problem: None,
             },
             ListenerInfo {
                 id: "b2".into(),
                 host: "w".into(),
                 pid: 31337,
                 since_unix_ms: 60_000,
+                applied_version: None,
+                seen_version: None,
+                problem: None,
             },
         ];
         let table = strip(&listeners_table(&listeners, 120_000));

@@ -132,19 +132,30 @@ fn diff_into(old: &Value, new: &Value, path: &mut String, out: &mut Vec<Change>)
     }
 }
 
-fn diff_arrays(a: &[Value], b: &[Value], path: &mut String, out: &mut Vec<Change>) {
+/// The alignment of two arrays (Myers' diff, equal runs, deletions,
+/// insertions, and replaced runs whose elements are paired in order), or
+/// `None` if it could not be computed. Change sets and the payload merge
+/// that keeps unknown fields ([`crate::engine`]) use the same alignment, so
+/// an element that a change set shows as modified in place is the one whose
+/// unknown members survive.
+pub(crate) fn align(a: &[Value], b: &[Value]) -> Option<Vec<DiffOp>> {
     let mut hook = Replace::new(Capture::new());
     let deadline = Instant::now() + ALIGNMENT_DEADLINE;
     // The Capture hook never fails; the Result only exists for other hooks.
-    if myers::diff_deadline(&mut hook, a, 0..a.len(), b, 0..b.len(), Some(deadline)).is_err() {
+    myers::diff_deadline(&mut hook, a, 0..a.len(), b, 0..b.len(), Some(deadline)).ok()?;
+    Some(hook.into_inner().into_ops())
+}
+
+fn diff_arrays(a: &[Value], b: &[Value], path: &mut String, out: &mut Vec<Change>) {
+    let Some(ops) = align(a, b) else {
         out.push(Change::Modified {
             path: path.clone(),
             old: Value::Array(a.to_vec()),
             new: Value::Array(b.to_vec()),
         });
         return;
-    }
-    for op in hook.into_inner().into_ops() {
+    };
+    for op in ops {
         match op {
             DiffOp::Equal { .. } => {}
             DiffOp::Delete {

@@ -115,6 +115,8 @@ pub enum Operation {
     Register,
     /// Closing a registration.
     Deregister,
+    /// Changing a registration's value.
+    UpdateRegistration,
     /// Opening a `SharedState`.
     Open,
     /// `SharedState::read`.
@@ -149,6 +151,7 @@ impl Operation {
             Operation::FencedPut => "fenced put",
             Operation::Register => "register",
             Operation::Deregister => "deregister",
+            Operation::UpdateRegistration => "update registration",
             Operation::Open => "open",
             Operation::Read => "read",
             Operation::ReadConsistent => "read_consistent",
@@ -162,6 +165,12 @@ impl Operation {
 }
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `text` on one line: every run of whitespace (newlines included) becomes
+/// one space.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
 
 /// Whether a failed call may have changed anything on the service.
 ///
@@ -326,6 +335,7 @@ impl Operation {
                 | Operation::FencedPut
                 | Operation::Register
                 | Operation::Deregister
+                | Operation::UpdateRegistration
                 | Operation::Open
                 | Operation::Update
         )

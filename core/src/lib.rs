@@ -29,5 +29,5 @@ mod engine;
 pub use diff::{diff, Change};
 pub use engine::{
     listeners_of, ChangeHandler, ChangeSet, ListenerInfo, Origin, PayloadProblem, SharedState,
-    SharedStateBuilder, StateEvent, Status, Subscription, WriteMode,
+    SharedStateBuilder, StateEvent, Status, Subscription, UnknownFields, WriteMode,
 };

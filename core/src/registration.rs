@@ -3,13 +3,41 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::key::Key;
 
-/// Backend side of a registration: how to remove it.
+/// Backend side of a registration: how to change its value and how to
+/// remove it.
 #[async_trait]
 pub trait RegistrationClose: Send + Sync + fmt::Debug + 'static {
+    /// Replaces the registration's value: the live key gets it now (when
+    /// this session holds the key), and every later re-creation on a new
+    /// session uses it. Never creates a key: a registration whose key is
+    /// gone (its session ended, a re-creation is pending) only records the
+    /// value for the re-creation. Idempotent, and cancellation-safe: a
+    /// dropped call leaves no key behind, and the value it recorded is the
+    /// one the next re-creation writes.
+    ///
+    /// The default says `Unsupported`, for backends that cannot change a
+    /// registration's value.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported`; `ValueTooLarge` (checked before anything is recorded
+    /// or sent); backend failures (`Unavailable`, `Timeout`, `SessionLost`):
+    /// the key may still hold the previous value, the new one is recorded
+    /// for re-creations, and calling again with it is safe.
+    async fn update(&self, key: &Key, value: Bytes) -> Result<()> {
+        let _ = value;
+        Err(
+            Error::new(ErrorKind::Unsupported, Operation::UpdateRegistration)
+                .with_key(key)
+                .with_message("this backend cannot change a registration's value"),
+        )
+    }
+
     /// Stops re-creating the registration and deletes its key.
     ///
     /// # Errors
@@ -19,8 +47,8 @@ pub trait RegistrationClose: Send + Sync + fmt::Debug + 'static {
 }
 
 /// An ephemeral key that exists while the session lives and is re-created
-/// after a new session replaces a lost one. Closing or dropping it removes
-/// the key.
+/// (with its latest value) after a new session replaces a lost one. Closing
+/// or dropping it removes the key.
 pub struct Registration {
     key: Key,
     closer: Option<Box<dyn RegistrationClose>>,
@@ -38,6 +66,25 @@ impl Registration {
     /// The registered key.
     pub fn key(&self) -> &Key {
         &self.key
+    }
+
+    /// Replaces the registration's value, now on the live key and for every
+    /// later re-creation (see [`RegistrationClose::update`]). Idempotent and
+    /// cancellation-safe.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` when the backend cannot change a registration's value,
+    /// `ValueTooLarge`, and backend failures such as `Unavailable` (safe to
+    /// call again with the same value).
+    pub async fn update(&self, value: Bytes) -> Result<()> {
+        match &self.closer {
+            Some(closer) => closer.update(&self.key, value).await,
+            None => {
+                Err(Error::new(ErrorKind::Closed, Operation::UpdateRegistration)
+                    .with_key(&self.key))
+            }
+        }
     }
 
     /// Removes the registration now.

@@ -140,8 +140,12 @@ pub async fn edit(global: &Global, args: EditArgs, out: &mut (dyn Write + Send))
     // The drafts kept after conflicts go now (the last one stays only when
     // the command gave up on conflicts, and says where it is).
     drop(session);
+    let result = match result {
+        Ok(written) => env.report_and_wait(out, written, args.wait.timeout).await,
+        Err(error) => Err(error),
+    };
     env.close().await;
-    env.report(out, result?)
+    result
 }
 
 /// One `edit` command's state.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use sharedstate::{listeners_of, ErrorKind, LockOptions, SessionState};
 
+use super::fleet::{self, Standing};
 use super::{emit, Env, Global};
 use crate::args::{GetArgs, ListenersArgs, OutputFormat, StatusArgs};
 use crate::errors::{json_error, CliError, CliResult};
@@ -126,9 +127,10 @@ fn session_name(state: SessionState) -> &'static str {
     }
 }
 
-/// `status PATH`: payload version, size and validity, listener count, lock,
-/// and this command's own session (not the instances': each of them has its
-/// own, which `status` cannot see).
+/// `status PATH`: payload version, size and validity, the live instances
+/// (each one's applied version, rejection or staleness, and a summary),
+/// the lock, and this command's own session (not the instances': each of
+/// them has its own, which `status` cannot see).
 pub async fn status(global: &Global, args: StatusArgs, out: &mut (dyn Write + Send)) -> CliResult {
     let env = global.open(&args.path).await?;
     let gathered = gather_status(&env).await;
@@ -145,14 +147,9 @@ async fn gather_status(env: &Env) -> CliResult<Value> {
     let payload = env
         .bounded("reading the payload", env.backend.get(&env.paths.payload))
         .await?;
-    let listeners = match env
-        .bounded(
-            "listing the listeners",
-            listeners_of(env.backend.as_ref(), &env.paths.listeners),
-        )
-        .await
-    {
-        Ok(found) => Some(found.len()),
+    let target = payload.as_ref().map(|found| found.version);
+    let instances = match fleet::standings(env, target).await {
+        Ok(found) => Some(found),
         Err(_) if !env.backend.capabilities().registrations => None,
         Err(error) => return Err(error),
     };
@@ -176,12 +173,24 @@ async fn gather_status(env: &Env) -> CliResult<Value> {
         LockState::Free => (false, Some(0)),
         LockState::Held { waiting } => (true, waiting),
     };
+    let summary = instances.as_deref().map(fleet::summary);
+    let listeners = instances.as_ref().map(Vec::len);
+    let instances = instances.map(|found| {
+        found
+            .iter()
+            .map(|(info, standing)| fleet::instance_json(info, standing))
+            .collect::<Vec<_>>()
+    });
     Ok(json!({
         "path": env.paths.root.as_str(),
         "backend": env.backend.name(),
         "url": env.cx.url,
         "payload": payload,
         "listeners": listeners,
+        // Each live instance and where it stands against the payload's
+        // version (`state`: applied, rejected, stale, not_reporting).
+        "instances": instances,
+        "summary": summary,
         "lock": {"held": held, "waiting": waiting},
         // This command's own connection: a fresh session (epoch 0 unless it
         // was replaced mid-command), nothing about the instances' sessions.
@@ -204,9 +213,11 @@ fn status_text(status: &Value) -> String {
             format!("{version}, {} bytes, {validity}", p["bytes"])
         }
     };
-    let listeners = match &status["listeners"] {
-        Value::Null => "unsupported by this backend".to_owned(),
-        n => n.to_string(),
+    let listeners = match (&status["listeners"], status["summary"].as_str()) {
+        (Value::Null, _) => "unsupported by this backend".to_owned(),
+        (n, _) if n.as_u64() == Some(0) => "0".to_owned(),
+        (_, Some(summary)) => summary.to_owned(),
+        (n, None) => n.to_string(),
     };
     let lock = &status["lock"];
     let lock = match (lock["held"].as_bool(), lock["waiting"].as_u64()) {
@@ -240,10 +251,36 @@ fn status_text(status: &Value) -> String {
             ),
         ),
     ];
-    rows.iter()
+    let mut text = rows
+        .iter()
         .map(|(name, value)| format!("{:<12} {value}", format!("{name}:")))
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    let instances = instances_of(status);
+    if !instances.is_empty() {
+        text.push_str("\n\n");
+        text.push_str(&fleet::table(&instances));
+    }
+    text
+}
+
+/// The instances of a gathered status, back from its JSON.
+fn instances_of(status: &Value) -> Vec<(sharedstate::ListenerInfo, Standing)> {
+    let target = status["payload"]["version"]
+        .as_u64()
+        .map(sharedstate::Version::new);
+    status["instances"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|entry| serde_json::from_value(entry.clone()).ok())
+                .map(|info: sharedstate::ListenerInfo| {
+                    let standing = Standing::of(&info, target);
+                    (info, standing)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

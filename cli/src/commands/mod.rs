@@ -2,6 +2,7 @@
 //! keys under a state's path, reading JSON input, writing output.
 
 mod edit;
+mod fleet;
 mod info;
 mod watch;
 mod write;
@@ -299,8 +300,13 @@ impl Env {
 
     /// `PATH: version N`, `PATH: created at version N` or
     /// `PATH: unchanged at version N`; with --json one object
-    /// `{"path", "result", "version"}`.
-    fn report(&self, out: &mut (dyn Write + Send), written: Written) -> CliResult {
+    /// `{"path", "result", "version"}` (and `"wait"` after `--wait`).
+    fn report(
+        &self,
+        out: &mut (dyn Write + Send),
+        written: Written,
+        wait: Option<Value>,
+    ) -> CliResult {
         let (result, version) = match written {
             Written::Changed(version) => ("changed", version),
             Written::Created(version) => ("created", version),
@@ -312,6 +318,9 @@ impl Env {
                 object.insert("path".into(), Value::from(self.cx.path.as_str()));
                 object.insert("result".into(), Value::from(result));
                 self.version_fields(&mut object, version);
+                if let Some(wait) = wait {
+                    object.insert("wait".into(), wait);
+                }
                 emit(out, &info::pretty(&Value::Object(object)))
             }
             OutputFormat::Text => {
@@ -323,6 +332,46 @@ impl Env {
                 };
                 emit(out, &line)
             }
+        }
+    }
+
+    /// Reports a write and, with `--wait`, waits until every live instance
+    /// applied or rejected its version (or the payload's current version
+    /// when nothing was written): text prints the write's line at once and
+    /// the fleet's summary when the wait ends; JSON prints one object with
+    /// both. Exit 6 or 7 when the fleet did not converge.
+    async fn report_and_wait(
+        &self,
+        out: &mut (dyn Write + Send),
+        written: Written,
+        wait: Option<Duration>,
+    ) -> CliResult {
+        let Some(timeout) = wait else {
+            return self.report(out, written, None);
+        };
+        let version = written.version();
+        if self.format == OutputFormat::Text {
+            self.report(out, written, None)?;
+            eprintln!(
+                "waiting up to {timeout:?} for every live instance to apply version {version}"
+            );
+        }
+        let convergence = fleet::wait(self, version, timeout).await?;
+        match self.format {
+            OutputFormat::Json => self.report(out, written, Some(convergence.json()))?,
+            OutputFormat::Text => emit(out, &fleet::summary(&convergence.instances))?,
+        }
+        let silent = convergence.silent();
+        if !silent.is_empty() {
+            let ids: Vec<&str> = silent.iter().map(|info| info.id.as_str()).collect();
+            eprintln!(
+                "not waited for: {} (they do not report what they applied: an older sharedstate, or reports switched off)",
+                ids.join(", ")
+            );
+        }
+        match convergence.error() {
+            Some(error) => Err(error),
+            None => Ok(()),
         }
     }
 
@@ -358,6 +407,17 @@ enum Written {
     Changed(Version),
     Created(Version),
     Unchanged(Version),
+}
+
+impl Written {
+    /// The payload's version after the command.
+    fn version(self) -> Version {
+        match self {
+            Written::Changed(version) | Written::Created(version) | Written::Unchanged(version) => {
+                version
+            }
+        }
+    }
 }
 
 /// Writes one line and flushes it.

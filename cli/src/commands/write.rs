@@ -31,8 +31,12 @@ pub async fn set(global: &Global, args: SetArgs, out: &mut (dyn Write + Send)) -
             .await
         }
     };
+    let result = match written {
+        Ok(written) => env.report_and_wait(out, written, args.wait.timeout).await,
+        Err(error) => Err(error),
+    };
     env.close().await;
-    env.report(out, written?)
+    result
 }
 
 /// One `put(Update(expected))`: no lock, fails with exit 4 naming the
@@ -147,7 +151,7 @@ pub async fn init(global: &Global, args: InitArgs, out: &mut (dyn Write + Send))
     let env = global.open(&args.path).await?;
     let result = create(&env, &value, args.if_missing).await;
     env.close().await;
-    env.report(out, result?)
+    env.report(out, result?, None)
 }
 
 /// A `payload` segment would put this state's keys among another state's
@@ -328,8 +332,12 @@ pub async fn patch(global: &Global, args: PatchArgs, out: &mut (dyn Write + Send
         Ok((patched != doc).then_some(patched))
     })
     .await;
+    let result = match written {
+        Ok(written) => env.report_and_wait(out, written, args.wait.timeout).await,
+        Err(error) => Err(error),
+    };
     env.close().await;
-    env.report(out, written?)
+    result
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod first_hour;
+pub mod fleet;
 pub mod scenarios;
 
 use std::io::{BufRead, BufReader, Read, Write};

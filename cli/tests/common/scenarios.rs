@@ -36,6 +36,11 @@ macro_rules! cli_scenarios {
         );
 
         #[test]
+        fn wait_names_the_instance_that_rejected() {
+            common::fleet::wait_names_the_instance_that_rejected(&$url);
+        }
+
+        #[test]
         fn unreachable_server_names_the_url() {
             common::scenarios::unreachable_server_names_the_url($scheme);
         }
@@ -478,7 +483,9 @@ pub fn undecodable_payloads_are_reported_and_ctrl_c_stops_watch(url: &str) {
     // Item 5: the engine's reason, each part once (serde's reason and its
     // position, no "decode failed").
     watch.wait_for_stdout(
-        &format!("v{bad} rejected: payload is not valid JSON: key must be a string at line 1 column 2"),
+        &format!(
+            "v{bad} rejected: payload is not valid JSON (line 1, column 2): key must be a string"
+        ),
         COMMAND_BOUND,
     );
 

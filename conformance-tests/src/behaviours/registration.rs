@@ -224,3 +224,93 @@ pub async fn registration_not_recreated_after_close(f: &dyn BackendFactory) {
     .await;
     assert_eq!(ok("get", call("get", b.backend.get(&key)).await), None);
 }
+
+/// `update` changes the live key's value (another client sees it, at a
+/// larger version), is idempotent, and refuses an oversized value before
+/// changing anything.
+pub async fn registration_update_changes_the_value(f: &dyn BackendFactory) {
+    let (a, b) = (f.client().await, f.client().await);
+    let base = unique_key("registration_update_changes_the_value");
+    make_parent(&b, &base).await;
+    let key = child(&base, "me");
+    let Some(registration) = register(&a, &key, bytes("v1")).await else {
+        return;
+    };
+    let before = ok("get", call("get", b.backend.get(&key)).await).expect("registered");
+    ok(
+        "update",
+        call("update", registration.update(bytes("v2"))).await,
+    );
+    let after = ok("get", call("get", b.backend.get(&key)).await).expect("still registered");
+    assert_eq!(after.value, bytes("v2"));
+    assert!(after.version > before.version, "a new version");
+    ok(
+        "the same update again",
+        call("update", registration.update(bytes("v2"))).await,
+    );
+    let again = ok("get", call("get", b.backend.get(&key)).await).expect("still registered");
+    assert_eq!(again.value, bytes("v2"));
+
+    let limit = a.backend.capabilities().max_value_bytes;
+    let too_large = Bytes::from(vec![b'x'; limit + 1]);
+    expect_kind(
+        "an update over the size limit",
+        call("update", registration.update(too_large)).await,
+        ErrorKind::ValueTooLarge,
+    );
+    let kept = ok("get", call("get", b.backend.get(&key)).await).expect("still registered");
+    assert_eq!(kept.value, bytes("v2"), "a refused update changes nothing");
+    assert_eq!(
+        ok("list", call("list", b.backend.list(&base)).await),
+        ["me"]
+    );
+    ok("close", call("close", registration.close()).await);
+}
+
+/// `update` never creates the key: after someone deleted it, the update
+/// only records the value, and the re-creation on the next session carries
+/// the latest value.
+pub async fn registration_update_is_kept_for_re_creation(f: &dyn BackendFactory) {
+    let (a, b) = (f.client().await, f.client().await);
+    let base = unique_key("registration_update_is_kept_for_re_creation");
+    make_parent(&b, &base).await;
+    let key = child(&base, "me");
+    let Some(registration) = register(&a, &key, bytes("v1")).await else {
+        return;
+    };
+    ok(
+        "update",
+        call("update", registration.update(bytes("v2"))).await,
+    );
+    ok(
+        "delete the registration's key from outside",
+        call("delete", b.backend.delete(&key, None)).await,
+    );
+    ok(
+        "update without a key",
+        call("update", registration.update(bytes("v3"))).await,
+    );
+    within(
+        SESSION_TIMEOUT,
+        "a quiet period",
+        tokio::time::sleep(QUIET_PERIOD),
+    )
+    .await;
+    assert_eq!(
+        ok("get", call("get", b.backend.get(&key)).await),
+        None,
+        "an update never creates the key"
+    );
+    let epoch = a.backend.session().borrow().epoch;
+    ok(
+        "expire_session",
+        call("expire_session", a.faults.expire_session()).await,
+    );
+    wait_for_new_session(&*a.backend, epoch).await;
+    let what = "the registration to come back with its latest value";
+    let back = wait_for_value(&*b.backend, &key, SESSION_TIMEOUT, what, |v| v.is_some())
+        .await
+        .expect("re-created");
+    assert_eq!(back.value, bytes("v3"));
+    ok("close", call("close", registration.close()).await);
+}

@@ -261,7 +261,7 @@ pub async fn probe(
 
 /// The write mode of an appender by its index: even ones locked.
 pub fn mode_of(index: usize) -> WriteMode {
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         WriteMode::Locked
     } else {
         WriteMode::Optimistic

@@ -9,8 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::listeners::ListenerInfo;
+use super::report::{Report, Schedule};
 use super::shared::{decode, encode_value, Shared, StateKeys};
-use super::{watcher, Config, SharedState, WriteMode};
+use super::watcher::Reporter;
+use super::{watcher, Config, SharedState, UnknownFields, WriteMode};
 use crate::backend::{CoordinationBackend, PutMode, WatchEvent, WatchStream};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::key::Key;
@@ -18,6 +20,10 @@ use crate::version::Versioned;
 
 /// Default bound on how long `read()` serves an unverified copy.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
+
+/// Default bound on how often an instance rewrites its listener
+/// registration with what it applied.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long the first watch item (the current state) may take at open.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,6 +60,8 @@ where
                 lock_timeout: Duration::from_secs(30),
                 max_attempts: 100,
                 change_buffer: 1024,
+                unknown_fields: UnknownFields::Keep,
+                report_interval: Some(DEFAULT_REPORT_INTERVAL),
             },
             register: true,
             _type: PhantomData,
@@ -114,6 +122,56 @@ where
         self
     }
 
+    /// What updates do with members of the payload that `T` does not know,
+    /// such as fields a newer version of the application added (default
+    /// [`UnknownFields::Keep`]).
+    ///
+    /// With `Keep`, an update changes only what `T` changed: the payload it
+    /// writes is `T`'s new JSON merged into the payload this instance read.
+    /// Members of objects that `T` does not know are kept as they were, at
+    /// any depth. Inside arrays, the array is aligned with `T`'s view of it
+    /// (the alignment change sets use): elements `T` left equal are written
+    /// as read, an element `T` changed in place keeps the unknown members of
+    /// the element it replaces, inserted elements are as `T` made them and
+    /// removed ones go. Members `T` removed (that it knows) go.
+    ///
+    /// With `Drop` (strict mode), an update writes `T`'s JSON only: unknown
+    /// members disappear with this instance's next write that changes
+    /// something.
+    ///
+    /// Either way, change sets show `T`'s view: a change to a member `T`
+    /// does not know is no change to this instance.
+    pub fn unknown_fields(mut self, unknown: UnknownFields) -> Self {
+        self.config.unknown_fields = unknown;
+        self
+    }
+
+    /// How often at most this instance rewrites its listener registration
+    /// with the version it applied and its problem with the payload, for
+    /// [`listeners`](SharedState::listeners) and `sharedstate status`
+    /// (default 1 s). The first report after a quiet period waits a random
+    /// share (up to half) of the interval, so a fleet spreads its writes:
+    /// one payload change costs each instance one write, a burst within an
+    /// interval at most two. `Duration::ZERO` reports every change at once
+    /// (one write in flight at a time).
+    pub fn report_interval(mut self, interval: Duration) -> Self {
+        self.config.report_interval = Some(interval);
+        self
+    }
+
+    /// Whether this instance reports what it applied in its listener
+    /// registration (default true). Off, the registration carries no
+    /// applied version and is written only when the instance opens (and
+    /// re-created on a new session).
+    pub fn report_applied(mut self, report: bool) -> Self {
+        self.config.report_interval = match (report, self.config.report_interval) {
+            (false, _) => None,
+            (true, Some(interval)) => Some(interval),
+            (true, None) => Some(DEFAULT_REPORT_INTERVAL),
+        };
+        self
+    }
+
     /// Opens the state: watches the payload, creates it from `initial` when
     /// missing, decodes it, registers this instance, and starts following
     /// changes.
@@ -155,14 +213,28 @@ where
                 }
             },
         };
-        let (value, json) = decode::<T>(&keys.payload, &versioned.value)?;
+        let decoded = decode::<T>(&keys.payload, &versioned.value)?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
+        let base = ListenerInfo::for_this_process(instance_id.clone());
+        // The registration says from the start what this instance applied.
+        let opened = Report {
+            applied: versioned.version,
+            seen: versioned.version,
+            problem: None,
+        };
+        let reporter = self.config.report_interval.map(|interval| Reporter {
+            base: base.clone(),
+            schedule: Schedule::new(interval, opened.clone()),
+        });
         let registration = if self.register && backend.capabilities().registrations {
-            let info = ListenerInfo::for_this_process(instance_id.clone());
-            let bytes = serde_json::to_vec(&info)
-                .map_err(|e| Error::new(ErrorKind::Encode, Operation::Register).with_source(e))?;
+            let bytes = match &reporter {
+                Some(_) => opened.encode(&base),
+                None => serde_json::to_vec(&base)
+                    .map_err(|e| Error::new(ErrorKind::Encode, Operation::Register).with_source(e))?
+                    .into(),
+            };
             let key = keys.listeners.child(&instance_id)?;
-            Some(backend.register(&key, bytes.into()).await?)
+            Some(backend.register(&key, bytes).await?)
         } else {
             None
         };
@@ -171,8 +243,7 @@ where
             keys,
             self.config,
             instance_id,
-            value,
-            json,
+            decoded,
             versioned.version,
             proven_at,
         ));
@@ -180,6 +251,7 @@ where
             shared.clone(),
             stream,
             registration,
+            reporter,
             opened_epoch,
         ));
         shared.set_task(task);

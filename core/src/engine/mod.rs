@@ -9,6 +9,8 @@ mod builder;
 mod events;
 mod freshness;
 mod listeners;
+mod merge;
+mod report;
 mod shared;
 mod update;
 mod watcher;
@@ -46,6 +48,23 @@ pub enum WriteMode {
     Optimistic,
 }
 
+/// What an update does with the payload's members that `T` does not know
+/// (fields added by a newer version of the application, during a rolling
+/// upgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownFields {
+    /// Keep them: an update changes only what `T` changed, and members of
+    /// objects that `T` does not know, at any depth, are written back as
+    /// they were in the payload this instance read. Inside arrays, see
+    /// [`SharedStateBuilder::unknown_fields`].
+    #[default]
+    Keep,
+    /// Drop them: an update writes `T`'s JSON only (strict mode). Nothing is
+    /// written until `T`'s own value changes.
+    Drop,
+}
+
 /// Why the payload on the service is not the local copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadProblem {
@@ -68,6 +87,11 @@ pub(crate) struct Config {
     pub lock_timeout: Duration,
     pub max_attempts: u32,
     pub change_buffer: usize,
+    pub unknown_fields: UnknownFields,
+    /// How often at most this instance rewrites its listener registration
+    /// with what it applied; `None`: never (the registration carries no
+    /// applied version).
+    pub report_interval: Option<Duration>,
 }
 
 /// A snapshot of a state's health, for dashboards and the CLI.
@@ -97,6 +121,8 @@ pub struct Status {
     pub problem: Option<PayloadProblem>,
     /// The write mode.
     pub write_mode: WriteMode,
+    /// What updates do with members of the payload `T` does not know.
+    pub unknown_fields: UnknownFields,
     /// `close()` was called.
     pub closed: bool,
 }
@@ -316,7 +342,10 @@ where
         ChangeHandler { task }
     }
 
-    /// The live instances of this state, sorted by id.
+    /// The live instances of this state, sorted by id, each with the
+    /// version it has applied and the problem it has with the payload, as
+    /// it last reported them (reports are coalesced: see
+    /// [`SharedStateBuilder::report_interval`]).
     ///
     /// # Errors
     ///
@@ -359,6 +388,7 @@ where
             max_staleness: shared.config.max_staleness,
             problem: snapshot.problem.clone(),
             write_mode: shared.config.write_mode,
+            unknown_fields: shared.config.unknown_fields,
             closed: shared.closed.is_cancelled(),
         }
     }

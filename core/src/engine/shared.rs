@@ -45,6 +45,10 @@ pub(crate) struct Snapshot<T> {
     pub value: Arc<T>,
     /// `value` as JSON (what change sets are computed on).
     pub json: Arc<Value>,
+    /// The payload `value` was decoded from, as JSON, with the members `T`
+    /// does not know (the same `Arc` as `json` when there are none): what
+    /// an update merges its change into.
+    pub raw: Arc<Value>,
     /// Version of the last good payload (`value`).
     pub version: Version,
     /// Latest version observed, good or not.
@@ -111,27 +115,68 @@ pub(crate) struct Shared<T> {
     pub write_gate: tokio::sync::Mutex<()>,
     /// Serialises this instance's updates.
     pub update_lock: tokio::sync::Mutex<()>,
+    /// Wakes the watcher task when the snapshot was replaced (by a local
+    /// write too), so it can report what the instance applied.
+    pub changed: tokio::sync::Notify,
     events: broadcast::Sender<Published>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Decodes a payload into `T` and its canonical JSON.
+/// A payload decoded as `T`.
+pub(crate) struct Decoded<T> {
+    pub value: T,
+    /// `T`'s canonical JSON of it.
+    pub json: Arc<Value>,
+    /// The payload as JSON (shares `json` when `T` knows all of it).
+    pub raw: Arc<Value>,
+}
+
+impl<T> Decoded<T> {
+    /// `value` with its JSON, and the payload it came from.
+    pub fn new(value: T, json: Value, raw: Value) -> Self {
+        let json = Arc::new(json);
+        let raw = if raw == *json {
+            json.clone()
+        } else {
+            Arc::new(raw)
+        };
+        Decoded { value, json, raw }
+    }
+}
+
+/// Decodes a payload into `T`, its canonical JSON, and the payload's JSON.
 pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     key: &Key,
     bytes: &[u8],
-) -> Result<(T, Value)> {
+) -> Result<Decoded<T>> {
     let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
-            .with_message(format!("payload is not valid JSON: {e}"))
+            .with_message(format!("payload is not valid JSON {}", located(&e)))
     })?;
-    let value: T = serde_json::from_value(parsed).map_err(|e| {
+    let value: T = T::deserialize(&parsed).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
             .with_message(format!("payload does not match the state's type: {e}"))
     })?;
     let json = encode_value(key, &value)?;
-    Ok((value, json))
+    Ok(Decoded::new(value, json, parsed))
+}
+
+/// `(line L, column C): reason`: serde's reason with its location said
+/// once, in front (serde appends ` at line L column C` to its message).
+fn located(error: &serde_json::Error) -> String {
+    let full = error.to_string();
+    if error.line() == 0 {
+        return format!("({full})");
+    }
+    let location = format!(" at line {} column {}", error.line(), error.column());
+    let reason = full.strip_suffix(&location).unwrap_or(&full);
+    format!(
+        "(line {}, column {}): {reason}",
+        error.line(),
+        error.column()
+    )
 }
 
 pub(crate) fn encode_value<T: Serialize>(key: &Key, value: &T) -> Result<Value> {
@@ -152,8 +197,7 @@ where
         keys: StateKeys,
         config: Config,
         instance_id: String,
-        value: T,
-        json: Value,
+        decoded: Decoded<T>,
         version: Version,
         proven_at: std::time::Instant,
     ) -> Self {
@@ -168,8 +212,9 @@ where
             session,
             closed: CancellationToken::new(),
             current: RwLock::new(Arc::new(Snapshot {
-                value: Arc::new(value),
-                json: Arc::new(json),
+                value: Arc::new(decoded.value),
+                json: decoded.json,
+                raw: decoded.raw,
                 version,
                 seen: version,
                 problem: None,
@@ -178,6 +223,7 @@ where
             apply: Mutex::new(0),
             write_gate: tokio::sync::Mutex::new(()),
             update_lock: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
             events,
             task: Mutex::new(None),
         }
@@ -203,6 +249,8 @@ where
 
     fn replace(&self, snapshot: Snapshot<T>) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
+        // A permit is kept when the watcher is busy: no wake-up is lost.
+        self.changed.notify_one();
     }
 
     /// Broadcasts `event` as the next publication; returns its number.
@@ -231,30 +279,34 @@ where
             return false;
         }
         match decode::<T>(&self.keys.payload, &versioned.value) {
-            Ok((value, json)) => {
+            Ok(decoded) => {
                 self.install(
                     &mut last,
                     &current,
                     versioned.version,
-                    value,
-                    json,
+                    decoded,
                     Origin::Remote,
                 );
             }
             Err(error) => {
-                let message = error.to_string();
+                // The reason only, one line: the key and operation are
+                // known from context (and logged below).
+                let message = error
+                    .message()
+                    .map_or_else(|| error.kind().to_string(), crate::error::one_line);
                 tracing::warn!(key = %self.keys.payload, version = %versioned.version, %message,
                     "payload rejected; keeping the last good copy");
                 let problem = PayloadProblem::Undecodable {
                     version: versioned.version,
                     error: message.clone(),
                 };
-                // The snapshot first (with the number its notice will
-                // carry), so whoever sees the notice finds the problem in
-                // `status()` too.
+                // The snapshot first (carrying the number of the notice that
+                // follows), as for change sets: a subscriber that got the
+                // notice finds the problem in `status()`.
                 self.replace(Snapshot {
                     value: current.value.clone(),
                     json: current.json.clone(),
+                    raw: current.raw.clone(),
                     version: current.version,
                     seen: versioned.version,
                     problem: Some(problem),
@@ -273,14 +325,15 @@ where
         true
     }
 
-    /// Applies this instance's own successful write.
-    pub fn apply_local(&self, version: Version, value: T, json: Value) {
+    /// Applies this instance's own successful write (`decoded.raw` is the
+    /// payload it wrote).
+    pub fn apply_local(&self, version: Version, decoded: Decoded<T>) {
         let mut last = self.lock_apply();
         let current = self.current();
         if version <= current.seen {
             return;
         }
-        self.install(&mut last, &current, version, value, json, Origin::Local);
+        self.install(&mut last, &current, version, decoded, Origin::Local);
     }
 
     fn install(
@@ -288,12 +341,13 @@ where
         last: &mut u64,
         current: &Snapshot<T>,
         version: Version,
-        value: T,
-        json: Value,
+        decoded: Decoded<T>,
         origin: Origin,
     ) {
+        // Change sets are T's view: members T does not know change the
+        // stored payload (`raw`) but are no change to this instance.
+        let Decoded { value, json, raw } = decoded;
         let changes = diff(&current.json, &json);
-        let json = Arc::new(json);
         // A snapshot is replaced before its change set is published, so a
         // subscriber that lags and resyncs never misses it: the number it
         // carries is the publication that follows.
@@ -301,6 +355,7 @@ where
         self.replace(Snapshot {
             value: Arc::new(value),
             json: json.clone(),
+            raw,
             version,
             seen: version,
             problem: None,
@@ -330,6 +385,7 @@ where
         self.replace(Snapshot {
             value: current.value.clone(),
             json: current.json.clone(),
+            raw: current.raw.clone(),
             version: current.version,
             seen: current.seen,
             problem: Some(PayloadProblem::Deleted),
@@ -390,5 +446,31 @@ where
                 .with_key(&self.keys.payload)
                 .with_source(e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_say_the_reason_and_the_location_once() {
+        let key = Key::new("/p/payload").expect("key");
+        let error = decode::<serde_json::Value>(&key, b"{n: 2")
+            .err()
+            .expect("not JSON");
+        assert_eq!(
+            error.message(),
+            Some("payload is not valid JSON (line 1, column 2): key must be a string")
+        );
+        let error = decode::<Vec<String>>(&key, br#""firefox*""#)
+            .err()
+            .expect("wrong type");
+        assert_eq!(
+            error.message(),
+            Some(
+                r#"payload does not match the state's type: invalid type: string "firefox*", expected a sequence"#
+            )
+        );
     }
 }

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::shared::{encode_value, Shared, Snapshot};
-use super::WriteMode;
+use super::merge::keep_unknown;
+use super::shared::{encode_value, Decoded, Shared, Snapshot};
+use super::{UnknownFields, WriteMode};
 use crate::backend::{LockOptions, PutMode};
 use crate::error::{Error, ErrorKind, Operation, Outcome, Result};
 use crate::version::Version;
@@ -40,10 +41,11 @@ where
 
 /// `f` applied to a copy of a snapshot, encoded for writing.
 struct Draft<T, R> {
-    value: T,
     result: R,
-    json: serde_json::Value,
-    /// The payload to write; `None` when `f` changed nothing.
+    /// The new value, its JSON, and the payload to write (`T`'s JSON merged
+    /// into the payload read, unless unknown fields are dropped).
+    decoded: Decoded<T>,
+    /// The payload's bytes; `None` when `f` changed nothing.
     bytes: Option<bytes::Bytes>,
 }
 
@@ -59,16 +61,29 @@ where
         let mut value = (*snapshot.value).clone();
         let result = f(&mut value);
         let json = encode_value(&shared.keys.payload, &value)?;
-        let bytes = if json == *snapshot.json {
-            None
-        } else {
-            Some(shared.encode_bytes(&json)?)
+        if json == *snapshot.json {
+            // Nothing T knows changed: nothing to write, whatever else the
+            // payload holds.
+            let decoded = Decoded {
+                value,
+                json: snapshot.json.clone(),
+                raw: snapshot.raw.clone(),
+            };
+            return Ok(Draft {
+                result,
+                decoded,
+                bytes: None,
+            });
+        }
+        let payload = match shared.config.unknown_fields {
+            UnknownFields::Keep => keep_unknown(&snapshot.raw, &snapshot.json, json.clone()),
+            UnknownFields::Drop => json.clone(),
         };
+        let bytes = shared.encode_bytes(&payload)?;
         Ok(Draft {
-            value,
             result,
-            json,
-            bytes,
+            decoded: Decoded::new(value, json, payload),
+            bytes: Some(bytes),
         })
     }
 }
@@ -146,7 +161,7 @@ where
             .await;
         match written {
             Ok(version) => {
-                shared.apply_local(version, draft.value, draft.json);
+                shared.apply_local(version, draft.decoded);
                 shared.proof.prove(sent_at);
                 return Ok(draft.result);
             }
@@ -166,7 +181,7 @@ where
                 // lock check, so only what the service shows now counts.
                 match resolve_unknown(shared, expected, &bytes, true, error).await? {
                     Landed { version, asked_at } => {
-                        shared.apply_local(version, draft.value, draft.json);
+                        shared.apply_local(version, draft.decoded);
                         shared.proof.prove(asked_at);
                         return Ok(draft.result);
                     }
@@ -221,7 +236,7 @@ where
             .await
         {
             Ok(version) => {
-                shared.apply_local(version, draft.value, draft.json);
+                shared.apply_local(version, draft.decoded);
                 shared.proof.prove(sent_at);
                 return Ok(draft.result);
             }
@@ -242,7 +257,7 @@ where
                 // write is conditional), anything else is reported as is.
                 match resolve_unknown(shared, expected, &bytes, false, error).await? {
                     Landed { version, asked_at } => {
-                        shared.apply_local(version, draft.value, draft.json);
+                        shared.apply_local(version, draft.decoded);
                         shared.proof.prove(asked_at);
                         return Ok(draft.result);
                     }

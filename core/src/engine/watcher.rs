@@ -11,6 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::freshness::{Action, Input, Machine, Verdict};
+use super::listeners::ListenerInfo;
+use super::report::{Report, Schedule};
 use super::shared::Shared;
 use crate::backend::{SessionState, WatchEvent, WatchStream};
 use crate::error::{ErrorKind, Result};
@@ -41,11 +43,25 @@ type Verification = BoxFuture<'static, (Instant, Result<Option<Version>>)>;
 /// A watch being (re-)opened: when the request was sent and the stream.
 type Opening = BoxFuture<'static, (Instant, Result<WatchStream>)>;
 
+/// What the listener registration says about this instance, and when it
+/// says it next.
+pub(crate) struct Reporter {
+    /// The registration's fixed part (id, host, pid, since).
+    pub base: ListenerInfo,
+    pub schedule: Schedule,
+}
+
+/// A registration update in flight: what it reports and how it went.
+type Reporting<'a> = BoxFuture<'a, (Report, Result<()>)>;
+
 /// Runs until the state is closed; then removes the listener registration.
+/// With a `reporter`, keeps the registration's applied version and problem
+/// up to date (coalesced, see [`super::report`]).
 pub(crate) async fn run<T>(
     shared: Arc<Shared<T>>,
     stream: WatchStream,
     registration: Option<Registration>,
+    mut reporter: Option<Reporter>,
     opened_epoch: u64,
 ) where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -77,6 +93,10 @@ pub(crate) async fn run<T>(
     // when it was requested.
     let mut stream_opened_at: Option<Instant> = None;
     let closed = shared.closed.clone();
+    let mut reporting: Option<Reporting<'_>> = None;
+    if registration.is_none() {
+        reporter = None;
+    }
     loop {
         for action in std::mem::take(&mut pending) {
             match action {
@@ -90,6 +110,12 @@ pub(crate) async fn run<T>(
             }
         }
         shared.proof.set_following(machine.is_following());
+        let report_due = match (&mut reporter, &registration) {
+            (Some(reporter), Some(registration)) => {
+                report(&shared, reporter, registration, &mut reporting)
+            }
+            _ => None,
+        };
         let next_verification = tokio::time::Instant::from_std(machine.next_verification);
         let input = tokio::select! {
             biased;
@@ -171,6 +197,27 @@ pub(crate) async fn run<T>(
                 Input::WatchEnded
             }
             _ = tokio::time::sleep_until(next_verification) => Input::VerifyDue,
+            (sent, result) = poll_slot(&mut reporting) => {
+                reporting = None;
+                if let Some(active) = &mut reporter {
+                    match result {
+                        Ok(()) => active.schedule.finished(Some(sent), Instant::now()),
+                        Err(error) if matches!(error.kind(), ErrorKind::Unsupported | ErrorKind::Closed) => {
+                            tracing::warn!(%error, key = %shared.keys.root,
+                                "cannot update the listener registration; it keeps what it said last");
+                            reporter = None;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, key = %shared.keys.root,
+                                "updating the listener registration failed; retrying");
+                            active.schedule.finished(None, Instant::now());
+                        }
+                    }
+                }
+                continue;
+            }
+            _ = sleep_until(report_due) => continue,
+            _ = shared.changed.notified(), if reporter.is_some() => continue,
         };
         pending = machine.step(input, Instant::now());
         if let Input::VerifyDue = input {
@@ -180,6 +227,8 @@ pub(crate) async fn run<T>(
     }
     machine.step(Input::Closed, Instant::now());
     shared.proof.set_following(false);
+    // A report in flight is dropped (cancellation-safe) before the close.
+    drop(reporting);
     if let Some(registration) = registration {
         if let Err(error) = registration.close().await {
             tracing::warn!(%error, key = %shared.keys.root, "removing the listener registration failed");
@@ -195,8 +244,36 @@ async fn next_item(stream: &mut Option<WatchStream>) -> Option<Result<WatchEvent
     }
 }
 
+/// Sends the report the schedule says is due (into `reporting`); returns
+/// when the next one is due.
+fn report<'a, T>(
+    shared: &Shared<T>,
+    reporter: &mut Reporter,
+    registration: &'a Registration,
+    reporting: &mut Option<Reporting<'a>>,
+) -> Option<tokio::time::Instant>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let current = Report::of(&shared.current());
+    let now = Instant::now();
+    reporter.schedule.observe(&current, now, fastrand::f64());
+    if reporting.is_none() && reporter.schedule.is_due(now) {
+        reporter.schedule.sending(now);
+        let value = current.encode(&reporter.base);
+        *reporting = Some(
+            async move {
+                let result = registration.update(value).await;
+                (current, result)
+            }
+            .boxed(),
+        );
+    }
+    reporter.schedule.next().map(tokio::time::Instant::from_std)
+}
+
 /// The output of the future in `slot`, or never when it is empty.
-async fn poll_slot<O>(slot: &mut Option<BoxFuture<'static, O>>) -> O {
+async fn poll_slot<O>(slot: &mut Option<BoxFuture<'_, O>>) -> O {
     match slot {
         Some(future) => future.await,
         None => std::future::pending().await,

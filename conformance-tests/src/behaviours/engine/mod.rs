@@ -16,8 +16,10 @@ use sharedstate_core::{
 
 use crate::{unique_key, BackendFactory, TestClient};
 
+mod fleet;
 mod freshness;
 mod lifecycle;
+pub use fleet::*;
 pub use freshness::*;
 pub use lifecycle::*;
 
