@@ -308,3 +308,58 @@ async fn watches_of_many_clients_and_dropped_streams() {
     let quiet = tokio::time::timeout(Duration::from_millis(100), wa.next()).await;
     assert!(quiet.is_err(), "a's watch must not resync: {quiet:?}");
 }
+
+/// A dropped `ChangeHandler` stops its task (and releases its closure); a
+/// detached one runs until the state closes, and `close()` waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_handlers_are_guards() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let cluster = MemoryCluster::new();
+    let backend: Arc<dyn sharedstate_core::CoordinationBackend> = Arc::new(cluster.client());
+    let state = sharedstate_core::SharedState::builder(backend, "/handlers")
+        .initial(0u64)
+        .open()
+        .await
+        .expect("open");
+    let calls = Arc::new(AtomicUsize::new(0));
+    // 200 handlers dropped at once: none keeps running or holds its closure.
+    for _ in 0..200 {
+        let calls = calls.clone();
+        drop(state.on_change(move |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    let detached_calls = Arc::new(AtomicUsize::new(0));
+    let counted = detached_calls.clone();
+    state
+        .on_change(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        })
+        .detach();
+    state.update(|n| *n += 1).await.expect("update");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while detached_calls.load(Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the detached handler never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 0, "dropped handlers ran");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&calls) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} dropped handlers still hold their closure",
+            Arc::strong_count(&calls) - 1
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    state.close().await;
+    assert_eq!(
+        Arc::strong_count(&detached_calls),
+        1,
+        "close() waited for the detached handler to end"
+    );
+}

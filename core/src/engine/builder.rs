@@ -247,14 +247,13 @@ where
             versioned.version,
             proven_at,
         ));
-        let task = tokio::spawn(watcher::run(
+        shared.spawn(watcher::run(
             shared.clone(),
             stream,
             registration,
             reporter,
             opened_epoch,
         ));
-        shared.set_task(task);
         let guard = shared.closed.clone().drop_guard();
         Ok(SharedState {
             shared,

@@ -327,19 +327,21 @@ where
         self.shared.subscribe()
     }
 
-    /// Runs `handler` on every event of a new subscription, in a task, until
-    /// the state closes or the returned handle is stopped.
+    /// Runs `handler` on every event of a new subscription, in a task of
+    /// this instance, until the state closes or the returned handle is
+    /// dropped or stopped (a guard, like `JoinSet`'s tasks:
+    /// [`ChangeHandler::detach`] keeps it running until the state closes).
     pub fn on_change<F>(&self, mut handler: F) -> ChangeHandler
     where
         F: FnMut(&StateEvent) + Send + 'static,
     {
         let mut subscription = self.subscribe();
-        let task = tokio::spawn(async move {
+        let task = self.shared.spawn(async move {
             while let Some(event) = subscription.next().await {
                 handler(&event);
             }
         });
-        ChangeHandler { task }
+        ChangeHandler { task: Some(task) }
     }
 
     /// The live instances of this state, sorted by id, each with the
@@ -393,15 +395,16 @@ where
         }
     }
 
-    /// Deregisters this instance and stops its background task; every
+    /// Deregisters this instance and stops its background tasks (the
+    /// watcher, change handlers), waiting for them at most 10 s; every
     /// handle of the instance is closed. Subscriptions end.
     pub async fn close(&self) {
         self.shared.closed.cancel();
-        let task = self.shared.take_task();
-        if let Some(task) = task {
-            if let Err(error) = task.await {
-                tracing::warn!(%error, "the state's background task failed");
-            }
+        if !self.shared.wait_for_tasks(CLOSE_WAIT).await {
+            tracing::warn!(
+                key = %self.shared.keys.root,
+                "background tasks still running {CLOSE_WAIT:?} after close; they end in the background"
+            );
         }
     }
 }
@@ -438,21 +441,44 @@ pub async fn listeners_of(
     Ok(found)
 }
 
-/// The task behind [`SharedState::on_change`].
+/// How long `close()` waits for the instance's background tasks.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// The task behind [`SharedState::on_change`]: dropping the handle stops
+/// the handler (call [`detach`](Self::detach) to keep it until the state
+/// closes).
 #[derive(Debug)]
+#[must_use = "dropping a ChangeHandler stops the handler; call .detach() to keep it running"]
 pub struct ChangeHandler {
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ChangeHandler {
     /// Stops calling the handler.
-    pub fn stop(self) {
-        self.task.abort();
+    pub fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Lets the handler run until the state closes, without a handle.
+    pub fn detach(mut self) {
+        self.task.take();
     }
 
     /// Waits until the handler has seen the end of its subscription (the
     /// state closed).
-    pub async fn finished(self) {
-        let _ = self.task.await;
+    pub async fn finished(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ChangeHandler {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }

@@ -119,7 +119,9 @@ pub(crate) struct Shared<T> {
     /// write too), so it can report what the instance applied.
     pub changed: tokio::sync::Notify,
     events: broadcast::Sender<Published>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Every background task of this instance (the watcher, change
+    /// handlers), in one place: `close()` waits for them.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// A payload decoded as `T`.
@@ -225,19 +227,23 @@ where
             update_lock: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
             events,
-            task: Mutex::new(None),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
-    pub fn set_task(&self, task: tokio::task::JoinHandle<()>) {
-        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+    /// Spawns a background task of this instance: `close()` waits for it.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task)
     }
 
-    pub fn take_task(&self) -> Option<tokio::task::JoinHandle<()>> {
-        self.task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+    /// Waits, at most `bound`, for every background task of this instance
+    /// (they end once `closed` is cancelled); false when some still run.
+    pub async fn wait_for_tasks(&self, bound: std::time::Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
     }
 
     pub fn current(&self) -> Arc<Snapshot<T>> {
