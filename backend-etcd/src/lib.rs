@@ -222,6 +222,8 @@ impl EtcdBackend {
             config.options.clone(),
             config.connect_timeout,
         );
+        #[cfg(feature = "tls")]
+        let admin = admin.with_tls_identity(self.inner.members.tls_identity());
         let lease = self.lease_id();
         let revoke = |client: Client| {
             let mut leases = client.lease_client();
