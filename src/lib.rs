@@ -10,7 +10,12 @@
 //! |---|---|
 //! | `memory://` or `memory://name` (one in-process cluster per name) | `memory` (default) |
 //! | `zk://host1:2181,host2:2181/chroot` | `zookeeper` |
+//! | `zks://host1:2281,host2:2281/chroot?ca_file=ca.pem[&cert_file=c.pem&key_file=c.key]` (TLS) | `zookeeper` + `tls` |
 //! | `etcd://host1:2379,host2:2379` | `etcd` |
+//! | `etcds://host1:2379?ca_file=ca.pem[&cert_file=c.pem&key_file=c.key][&domain=name]` (TLS) | `etcd` + `tls` |
+//!
+//! Passwords in URLs (`etcd://user:password@host`, `password=`) never
+//! appear in errors or logs: [`redact_url`] shows them as `<redacted>`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -65,15 +70,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn CoordinationBackend>> {
     };
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         invalid(format!(
-            "{url:?} is not a backend URL; expected memory://, zk://host:port or etcd://host:port"
+            "{:?} is not a backend URL; expected memory://, zk://host:port or etcd://host:port",
+            redact_url(url)
         ))
     })?;
     match scheme {
         "memory" => connect_memory(rest),
-        "zk" | "zookeeper" => connect_zookeeper(url).await,
+        "zk" | "zookeeper" | "zks" => connect_zookeeper(url).await,
         "etcd" | "etcds" => connect_etcd(url).await,
         other => Err(invalid(format!(
-            "unknown backend scheme {other:?} in {url:?}; expected memory, zk or etcd"
+            "unknown backend scheme {other:?} in {:?}; expected memory, zk, zks, etcd or etcds",
+            redact_url(url)
         ))),
     }
 }
@@ -137,6 +144,16 @@ mod tests {
             let seen = b.get(&key).await.expect("get").expect("same named cluster");
             assert_eq!(seen.value, Bytes::from_static(b"1"));
         }
+        let err = connect("redis://u:s3cret@x")
+            .await
+            .expect_err("unknown scheme");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        // zks:// reaches the ZooKeeper backend (which wants a CA file).
+        let err = connect("zks://localhost:1").await.expect_err("no ca_file");
+        #[cfg(feature = "zookeeper")]
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        #[cfg(not(feature = "zookeeper"))]
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
         #[cfg(not(feature = "zookeeper"))]
         assert_eq!(
             connect("zk://h:2181").await.expect_err("off").kind(),
