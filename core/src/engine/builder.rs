@@ -155,7 +155,8 @@ where
                 }
             },
         };
-        let (value, json) = decode::<T>(&keys.payload, &versioned.value)?;
+        let max_bytes = backend.capabilities().max_value_bytes;
+        let (value, json) = decode::<T>(&keys.payload, &versioned.value, max_bytes)?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
         let registration = if self.register && backend.capabilities().registrations {
             let info = ListenerInfo::for_this_process(instance_id.clone());

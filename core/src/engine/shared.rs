@@ -115,11 +115,25 @@ pub(crate) struct Shared<T> {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Decodes a payload into `T` and its canonical JSON.
+/// Decodes a payload into `T` and its canonical JSON. A payload larger
+/// than the backend's `max_value_bytes` (an outside writer can store one:
+/// etcdctl up to etcd's 1.5 MiB request limit) is refused like an
+/// undecodable one: no instance could write it back, so accepting it would
+/// block every update.
 pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     key: &Key,
     bytes: &[u8],
+    max_bytes: usize,
 ) -> Result<(T, Value)> {
+    if bytes.len() > max_bytes {
+        return Err(Error::new(ErrorKind::ValueTooLarge, Operation::Decode)
+            .with_key(key)
+            .with_message(format!(
+                "payload of {} bytes exceeds the limit of {max_bytes} bytes (max_value_bytes); \
+                 an outside writer stored it, and no instance could write it back",
+                bytes.len()
+            )));
+    }
     let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
@@ -230,7 +244,8 @@ where
         if versioned.version <= current.seen {
             return false;
         }
-        match decode::<T>(&self.keys.payload, &versioned.value) {
+        let max_bytes = self.backend.capabilities().max_value_bytes;
+        match decode::<T>(&self.keys.payload, &versioned.value, max_bytes) {
             Ok((value, json)) => {
                 self.install(
                     &mut last,
