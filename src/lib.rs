@@ -127,6 +127,50 @@ async fn connect_etcd(_url: &str) -> Result<Arc<dyn CoordinationBackend>> {
 mod tests {
     use super::*;
 
+    /// Any text that names no network backend: a backend or a clear error,
+    /// never a panic, and never a password in the message. (zk:// and
+    /// etcd:// URLs would connect: their parsers have properties of their
+    /// own in their crates.)
+    #[tokio::test]
+    async fn arbitrary_urls_connect_or_refuse_cleanly() {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let alphabet: Vec<char> = "memory:/@?=&%.-_ab12xyzZ\u{e9}\u{2603}".chars().collect();
+        for _ in 0..2_000 {
+            let len = (next() % 24) as usize;
+            let tail: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let url = match next() % 3 {
+                0 => format!("memory://{tail}"),
+                1 => format!("x-{tail}:S3cretpw@h"),
+                _ => tail,
+            };
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if matches!(scheme, Some("zk" | "zks" | "zookeeper" | "etcd" | "etcds")) {
+                continue;
+            }
+            match connect(&url).await {
+                Ok(backend) => assert_eq!(backend.name(), "memory", "{url}"),
+                Err(error) => {
+                    assert!(!error.to_string().contains("S3cretpw"), "{url}: {error}");
+                    assert!(
+                        matches!(
+                            error.kind(),
+                            ErrorKind::InvalidArgument | ErrorKind::Unsupported
+                        ),
+                        "{url}: {error}"
+                    );
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn urls_pick_backends_or_explain() {
         let err = connect("localhost:2181").await.expect_err("no scheme");

@@ -463,6 +463,46 @@ impl TlsFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text: a builder or `InvalidArgument`, never a panic; a
+        /// password never reaches the message or the builder's `Debug`.
+        #[test]
+        fn prop_urls_parse_or_refuse_cleanly(
+            url in "(etcd|etcds|zk)://[a-z0-9.,:/\\[\\]@%_-]{0,30}(\\?[a-z_=&%0-9./-]{0,40})?|.{0,40}",
+        ) {
+            match parse_url(&url) {
+                Ok(builder) => {
+                    prop_assert!(!builder.endpoints.is_empty());
+                    if let Some((_, password)) = &builder.user {
+                        if password.len() > 3 {
+                            let shown = format!("{:?}", builder);
+                            prop_assert!(!shown.contains(password.as_str()), "{}", shown);
+                        }
+                    }
+                }
+                Err(error) => prop_assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{}", error),
+            }
+        }
+
+        #[test]
+        fn prop_refusals_never_show_the_password(secret in "S3cr[a-z0-9]{6}", junk in "[a-z/?=&]{0,10}") {
+            for url in [
+                format!("etcd://u:{secret}@{junk}"),
+                format!("etcd://u:{secret}@h:1/{junk}"),
+                format!("etcd://h:1?password={secret}&{junk}=1"),
+                format!("etcd:/u:{secret}@h"),
+            ] {
+                if let Err(error) = parse_url(&url) {
+                    let shown = format!("{} {:?}", error, error);
+                    prop_assert!(!shown.contains(&secret), "{}", shown);
+                }
+            }
+        }
+    }
 
     #[test]
     fn parses_hosts_and_options() {

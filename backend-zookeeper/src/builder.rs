@@ -465,7 +465,42 @@ pub(crate) fn split_connect_string(s: &str) -> Result<(String, Option<String>)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use sharedstate_core::ErrorKind;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text: a builder or `InvalidArgument`, never a panic, and no
+        /// password in the message.
+        #[test]
+        fn prop_urls_parse_or_refuse_cleanly(
+            url in "(zk|zks|zookeeper|etcd)://[a-z0-9.,:/\\[\\]@_+-]{0,30}(\\?[a-z_=&%0-9./-]{0,40})?|.{0,40}",
+        ) {
+            if let Err(error) = ZooKeeperBuilder::from_url(&url) {
+                prop_assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{}", error);
+            }
+        }
+
+        #[test]
+        fn prop_connect_strings_split_or_refuse(s in "[a-z0-9.,:/+]{0,30}") {
+            if let Ok((hosts, chroot)) = split_connect_string(&s) {
+                prop_assert!(!hosts.is_empty());
+                if let Some(chroot) = chroot {
+                    prop_assert!(chroot.starts_with('/') && !chroot.ends_with('/'));
+                }
+            }
+        }
+
+        #[test]
+        fn prop_refusals_never_show_the_password(secret in "S3cr[a-z0-9]{6}", junk in "[a-z?=&]{0,10}") {
+            let url = format!("zk://h:1?user=u&password={secret}&{junk}=x&session_timeout_ms={junk}");
+            if let Err(error) = ZooKeeperBuilder::from_url(&url) {
+                let shown = format!("{} {:?}", error, error);
+                prop_assert!(!shown.contains(&secret), "{}", shown);
+            }
+        }
+    }
 
     #[test]
     fn connect_strings() {

@@ -288,6 +288,34 @@ pub fn unreachable(endpoint: &Endpoint, detail: &str) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text: an endpoint or a usage error, never a panic; neither
+        /// shows a password written in the URL.
+        #[test]
+        fn prop_urls_parse_or_refuse_cleanly(
+            scheme in "(zk|zks|etcd|etcds|memory|redis|)",
+            sep in "(://|:/|)",
+            rest in "[a-z0-9.,:/\\[\\]_-]{0,24}",
+            secret in "S3cr[a-z0-9]{6}",
+        ) {
+            let url = format!("{scheme}{sep}u:{secret}@{rest}?password={secret}");
+            match parse(&url) {
+                Ok(endpoint) => {
+                    prop_assert!(!endpoint.shown.contains(&secret), "{}", endpoint.shown);
+                    let shown = format!("{:?}", endpoint);
+                    prop_assert!(!shown.contains(&secret), "{}", shown);
+                }
+                Err(error) => {
+                    prop_assert_eq!(error.exit, Exit::Usage);
+                    prop_assert!(!error.message.contains(&secret), "{}", error.message);
+                }
+            }
+        }
+    }
 
     fn hosts(url: &str) -> Vec<HostPort> {
         parse(url).expect("valid").hosts

@@ -4,7 +4,8 @@
 pub const REDACTED: &str = "<redacted>";
 
 /// `url` with its secrets replaced by [`REDACTED`], for messages and logs:
-/// the password of `scheme://user:password@host` and the value of every
+/// the password of `scheme://user:password@host` (everything between the
+/// first `:` of the user info and its last `@`) and the value of every
 /// `password=` (and `token=`) query parameter. Anything else is left as
 /// written, so the result still names the hosts, the path and the options.
 ///
@@ -22,48 +23,36 @@ pub fn redact_url(url: &str) -> String {
         Some((head, query)) => (head, Some(query)),
         None => (url, None),
     };
-    let mut out = String::with_capacity(url.len());
-    let (scheme, rest) = match head.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, head),
-    };
-    if let Some(scheme) = scheme {
-        out.push_str(scheme);
-        out.push_str("://");
-    }
-    // The authority ends at the first '/' (a ZooKeeper chroot, a path).
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            match userinfo.split_once(':') {
-                Some((user, _password)) => {
-                    out.push_str(user);
-                    out.push(':');
-                    out.push_str(REDACTED);
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push('@');
-            out.push_str(hosts);
-        }
-        None => out.push_str(authority),
-    }
-    out.push_str(path);
+    // The user info runs from after `scheme://` (or the start, for text
+    // that is not quite a URL) to the last `@`: a password may hold `/` or
+    // `@` itself. When in doubt more is hidden, never less.
+    let mut out = hide_user_info(head, head.find("://").map_or(0, |i| i + 3));
     if let Some(query) = query {
         out.push('?');
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
                 Some((name, _)) if is_secret_key(name) => format!("{name}={REDACTED}"),
-                _ => pair.to_owned(),
+                Some((name, _)) => hide_user_info(pair, name.len() + 1),
+                // Text that was meant as `user:password@host`.
+                None => hide_user_info(pair, 0),
             })
             .collect();
         out.push_str(&pairs.join("&"));
     }
     out
+}
+
+/// `text` with what looks like a password in user info (`user:password@`
+/// from `start` on, up to the last `@`) redacted.
+fn hide_user_info(text: &str, start: usize) -> String {
+    let Some(at) = text[start..].rfind('@').map(|at| start + at) else {
+        return text.to_owned();
+    };
+    match text[start..at].split_once(':') {
+        Some((user, _password)) => format!("{}{user}:{REDACTED}{}", &text[..start], &text[at..]),
+        None => text.to_owned(),
+    }
 }
 
 fn is_secret_key(name: &str) -> bool {
@@ -74,6 +63,32 @@ fn is_secret_key(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn prop_redact_never_panics(url in ".{0,80}") {
+            let _ = redact_url(&url);
+        }
+
+        #[test]
+        fn prop_passwords_never_survive(
+            scheme in "(etcd|etcds|zk|zks)",
+            user in "[a-z]{1,6}",
+            secret in "S3[a-zA-Z0-9%!*]{6,12}",
+            hosts in "[a-z0-9.]{1,8}(:[0-9]{1,5})?(,[a-z0-9.]{1,8}:[0-9]{1,5}){0,2}",
+            path in "(/[a-z]{1,5}){0,2}",
+            extra in "(&[a-z_]{1,8}=[a-z0-9]{0,5}){0,3}",
+        ) {
+            let url = format!("{scheme}://{user}:{secret}@{hosts}{path}?password={secret}{extra}");
+            let shown = redact_url(&url);
+            prop_assert!(!shown.contains(&secret), "{} -> {}", url, shown);
+            prop_assert!(shown.contains(&hosts), "{} -> {}", url, shown);
+            prop_assert!(shown.contains(&user), "{} -> {}", url, shown);
+        }
+    }
 
     #[test]
     fn secrets_go_everything_else_stays() {
@@ -85,9 +100,18 @@ mod tests {
                 "zk://h:1/app?user=u&password=p%40ss&acl=creator-all",
                 "zk://h:1/app?user=u&password=<redacted>&acl=creator-all",
             ),
-            ("zk://h:1/a@b", "zk://h:1/a@b"),
+            ("zk://h:1/app", "zk://h:1/app"),
+            // A chroot with an `@` looks like user info: hidden too.
+            ("zk://h:1/a@b", "zk://h:<redacted>@b"),
+            ("etcd://u:pa/ss@h:1", "etcd://u:<redacted>@h:1"),
+            ("etcd:/u:pw@h", "etcd:<redacted>@h"),
             ("memory://", "memory://"),
             ("no-scheme:p@h", "no-scheme:<redacted>@h"),
+            ("x?u:p@h", "x?u:<redacted>@h"),
+            (
+                "zk://h:1?user=alice@corp&acl=open",
+                "zk://h:1?user=alice@corp&acl=open",
+            ),
             (
                 "etcd://h?Password=x&token=t",
                 "etcd://h?Password=<redacted>&token=<redacted>",
