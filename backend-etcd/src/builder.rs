@@ -133,6 +133,17 @@ impl EtcdBuilder {
         self
     }
 
+    /// Parses an `etcd://` or `etcds://` URL into a builder, without
+    /// connecting; see [`EtcdBackend::from_url`] for the forms and keys.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a malformed URL or an unknown key, TLS keys on
+    /// an `etcd://` URL, or a TLS file that cannot be read.
+    pub fn from_url(url: &str) -> Result<EtcdBuilder> {
+        parse_url(url)
+    }
+
     /// Connects, grants the session lease and starts its keep-alive task.
     ///
     /// # Errors
