@@ -170,7 +170,7 @@ async fn no_password_token_or_private_key_is_ever_printed() {
     admin.user_grant_role("root", "root").await.expect("role");
     admin.auth_enable().await.expect("auth on");
     // A token of the same kind the backend holds, to know what one looks like.
-    let mut with_token = etcd_client::Client::connect(
+    let with_token = etcd_client::Client::connect(
         [endpoint.as_str()],
         Some(etcd_client::ConnectOptions::new().with_user("root", ETCD_PASSWORD)),
     )
