@@ -264,8 +264,18 @@ where
                     version: versioned.version,
                     error: message.clone(),
                 };
-                // Published first so the snapshot can carry its number.
-                let seq = self.publish(
+                // Replaced before the notice is published (as `install`
+                // does), carrying the number the notice gets: a subscriber
+                // that sees the notice finds the problem in `status()`.
+                self.replace(Snapshot {
+                    value: current.value.clone(),
+                    json: current.json.clone(),
+                    version: current.version,
+                    seen: versioned.version,
+                    problem: Some(problem),
+                    seq: *last + 1,
+                });
+                self.publish(
                     &mut last,
                     StateEvent::Rejected {
                         version: versioned.version,
@@ -273,14 +283,6 @@ where
                     },
                     None,
                 );
-                self.replace(Snapshot {
-                    value: current.value.clone(),
-                    json: current.json.clone(),
-                    version: current.version,
-                    seen: versioned.version,
-                    problem: Some(problem),
-                    seq,
-                });
             }
         }
         true
@@ -340,15 +342,16 @@ where
             return;
         }
         tracing::warn!(key = %self.keys.payload, "payload deleted; keeping the last good copy");
-        let seq = self.publish(&mut last, StateEvent::PayloadDeleted, None);
+        // Replaced first, as in `apply_remote`.
         self.replace(Snapshot {
             value: current.value.clone(),
             json: current.json.clone(),
             version: current.version,
             seen: current.seen,
             problem: Some(PayloadProblem::Deleted),
-            seq,
+            seq: *last + 1,
         });
+        self.publish(&mut last, StateEvent::PayloadDeleted, None);
     }
 
     /// Applies a fresh read of the payload, whatever it holds.
