@@ -32,18 +32,24 @@
 #             --all-features --locked (rustup installs that toolchain if missing)
 #   build     cargo test --workspace --all-features --no-run
 #   test      cargo test --workspace --all-features --no-fail-fast
+#   fuzz      the property tests (proptest, every test named prop_*: the
+#             differ, payloads, keys, URLs, patches) again with
+#             SHAREDSTATE_PROPTEST_CASES cases each (default 4096), about a
+#             minute; the libFuzzer targets run by hand: scripts/fuzz.sh
 #   bench     scripts/bench.sh --smoke: every benchmark scenario, briefly
 #
 # Environment:
 #   SHAREDSTATE_TEST_ONLY   comma-separated steps or groups to run
 #                           (provision = packages,protoc,docker,images,kazoo,cleanup;
-#                           check = fmt,clippy,doc,package,msrv; tests = build,test,bench);
+#                           check = fmt,clippy,doc,package,msrv; tests = build,test,fuzz,bench);
 #                           default: everything
 #   SHAREDSTATE_ZOOKEEPER_IMAGE / SHAREDSTATE_ETCD_IMAGE
 #                           use these images (pulled or built by hand)
 #   SHAREDSTATE_TEST_ZOOKEEPER / SHAREDSTATE_TEST_ETCD
 #                           host:port of running servers: the tests use them
 #                           instead of starting containers
+#   SHAREDSTATE_PROPTEST_CASES
+#                           cases per property test in step fuzz (default 4096)
 #   SHAREDSTATE_DOCKERD_LOG dockerd's log when this script starts it
 #                           (default /tmp/sharedstate-dockerd.log)
 #
@@ -54,19 +60,19 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-STEPS=(packages protoc docker images kazoo cleanup fmt clippy doc package msrv build test bench)
+STEPS=(packages protoc docker images kazoo cleanup fmt clippy doc package msrv build test fuzz bench)
 # Selection groups (SHAREDSTATE_TEST_ONLY) and timing phases of each step.
 declare -A GROUP=(
 	[packages]=provision [protoc]=provision [docker]=provision [images]=provision [kazoo]=provision
 	[cleanup]=provision
 	[fmt]=check [clippy]=check [doc]=check [package]=check [msrv]=check
-	[build]=tests [test]=tests [bench]=tests
+	[build]=tests [test]=tests [fuzz]=tests [bench]=tests
 )
 declare -A PHASE=(
 	[packages]=provision [protoc]=provision [docker]=provision [images]=provision [kazoo]=provision
 	[cleanup]=provision
 	[fmt]=build [clippy]=build [doc]=build [package]=build [msrv]=build
-	[build]=build [test]=tests [bench]=tests
+	[build]=build [test]=tests [fuzz]=tests [bench]=tests
 )
 NONFATAL=" fmt " # a failing non-fatal step lets the others run, and fails the run at the end
 
@@ -393,6 +399,14 @@ step_build() { cargo test --workspace --all-features --no-run; }
 
 # --no-fail-fast: every test binary runs, so one run shows every failure.
 step_test() { cargo test --workspace --all-features --no-fail-fast; }
+
+# The property tests with many more cases than the test step's 256: a
+# bounded fuzzing run on stable (cargo-fuzz needs nightly and minutes to
+# install and build: scripts/fuzz.sh, by hand).
+step_fuzz() {
+	PROPTEST_CASES="${SHAREDSTATE_PROPTEST_CASES:-4096}" \
+		cargo test --workspace --all-features --no-fail-fast prop_
+}
 
 # The benchmarks in seconds (debug build, few samples), so they cannot rot;
 # the full run is scripts/bench.sh.

@@ -10,7 +10,12 @@
 //! |---|---|
 //! | `memory://` or `memory://name` (one in-process cluster per name) | `memory` (default) |
 //! | `zk://host1:2181,host2:2181/chroot` | `zookeeper` |
+//! | `zks://host1:2281,host2:2281/chroot?ca_file=ca.pem[&cert_file=c.pem&key_file=c.key]` (TLS) | `zookeeper` + `tls` |
 //! | `etcd://host1:2379,host2:2379` | `etcd` |
+//! | `etcds://host1:2379?ca_file=ca.pem[&cert_file=c.pem&key_file=c.key][&domain=name]` (TLS) | `etcd` + `tls` |
+//!
+//! Passwords in URLs (`etcd://user:password@host`, `password=`) never
+//! appear in errors or logs: [`redact_url`] shows them as `<redacted>`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -65,15 +70,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn CoordinationBackend>> {
     };
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         invalid(format!(
-            "{url:?} is not a backend URL; expected memory://, zk://host:port or etcd://host:port"
+            "{:?} is not a backend URL; expected memory://, zk://host:port or etcd://host:port",
+            redact_url(url)
         ))
     })?;
     match scheme {
         "memory" => connect_memory(rest),
-        "zk" | "zookeeper" => connect_zookeeper(url).await,
+        "zk" | "zookeeper" | "zks" => connect_zookeeper(url).await,
         "etcd" | "etcds" => connect_etcd(url).await,
         other => Err(invalid(format!(
-            "unknown backend scheme {other:?} in {url:?}; expected memory, zk or etcd"
+            "unknown backend scheme {other:?} in {:?}; expected memory, zk, zks, etcd or etcds",
+            redact_url(url)
         ))),
     }
 }
@@ -120,6 +127,50 @@ async fn connect_etcd(_url: &str) -> Result<Arc<dyn CoordinationBackend>> {
 mod tests {
     use super::*;
 
+    /// Any text that names no network backend: a backend or a clear error,
+    /// never a panic, and never a password in the message. (zk:// and
+    /// etcd:// URLs would connect: their parsers have properties of their
+    /// own in their crates.)
+    #[tokio::test]
+    async fn arbitrary_urls_connect_or_refuse_cleanly() {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let alphabet: Vec<char> = "memory:/@?=&%.-_ab12xyzZ\u{e9}\u{2603}".chars().collect();
+        for _ in 0..2_000 {
+            let len = (next() % 24) as usize;
+            let tail: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let url = match next() % 3 {
+                0 => format!("memory://{tail}"),
+                1 => format!("x-{tail}:S3cretpw@h"),
+                _ => tail,
+            };
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if matches!(scheme, Some("zk" | "zks" | "zookeeper" | "etcd" | "etcds")) {
+                continue;
+            }
+            match connect(&url).await {
+                Ok(backend) => assert_eq!(backend.name(), "memory", "{url}"),
+                Err(error) => {
+                    assert!(!error.to_string().contains("S3cretpw"), "{url}: {error}");
+                    assert!(
+                        matches!(
+                            error.kind(),
+                            ErrorKind::InvalidArgument | ErrorKind::Unsupported
+                        ),
+                        "{url}: {error}"
+                    );
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn urls_pick_backends_or_explain() {
         let err = connect("localhost:2181").await.expect_err("no scheme");
@@ -137,6 +188,16 @@ mod tests {
             let seen = b.get(&key).await.expect("get").expect("same named cluster");
             assert_eq!(seen.value, Bytes::from_static(b"1"));
         }
+        let err = connect("redis://u:s3cret@x")
+            .await
+            .expect_err("unknown scheme");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        // zks:// reaches the ZooKeeper backend (which wants a CA file).
+        let err = connect("zks://localhost:1").await.expect_err("no ca_file");
+        #[cfg(feature = "zookeeper")]
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        #[cfg(not(feature = "zookeeper"))]
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
         #[cfg(not(feature = "zookeeper"))]
         assert_eq!(
             connect("zk://h:2181").await.expect_err("off").kind(),

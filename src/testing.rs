@@ -13,6 +13,9 @@
 //!   [`Cluster::wait_healthy`].
 //! - [`TcpProxy`]: in front of a server or member, cuts or stalls one
 //!   client's connection.
+//! - [`TestPki`] and [`start_tls_server`]: certificates made at test time
+//!   and ZooKeeper / etcd servers over TLS (optionally requiring client
+//!   certificates), for `zks://` and `etcds://`.
 //! - [`conformance`]: the behaviour suite, for a backend of your own
 //!   (`conformance::conformance_tests!`).
 //!

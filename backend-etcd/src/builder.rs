@@ -53,8 +53,15 @@ pub struct EtcdBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     session_ttl: Duration,
+    /// The TLS options and whether they hold a client certificate.
     #[cfg(feature = "tls")]
-    tls: Option<etcd_client::TlsOptions>,
+    tls: Option<(
+        etcd_client::TlsOptions,
+        sharedstate_core::tls::ClientIdentity,
+    )>,
+    /// The probe that names a refused handshake, when the PEM is known.
+    #[cfg(feature = "tls")]
+    tls_probe: Option<crate::members::TlsProbe>,
 }
 
 impl fmt::Debug for EtcdBuilder {
@@ -83,6 +90,8 @@ impl EtcdBuilder {
             session_ttl: DEFAULT_SESSION_TTL,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tls")]
+            tls_probe: None,
         }
     }
 
@@ -120,8 +129,19 @@ impl EtcdBuilder {
     /// endpoints, or for `host:port` endpoints which then use HTTPS.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: etcd_client::TlsOptions) -> Self {
-        self.tls = Some(tls);
+        self.tls = Some((tls, sharedstate_core::tls::ClientIdentity::Unknown));
         self
+    }
+
+    /// Parses an `etcd://` or `etcds://` URL into a builder, without
+    /// connecting; see [`EtcdBackend::from_url`] for the forms and keys.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a malformed URL or an unknown key, TLS keys on
+    /// an `etcd://` URL, or a TLS file that cannot be read.
+    pub fn from_url(url: &str) -> Result<EtcdBuilder> {
+        parse_url(url)
     }
 
     /// Connects, grants the session lease and starts its keep-alive task.
@@ -157,7 +177,7 @@ impl EtcdBuilder {
                 .with_auto_token_refresh(true);
         }
         #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
+        if let Some((tls, _)) = &self.tls {
             options = options.with_tls(tls.clone());
         }
         let config = Config {
@@ -166,11 +186,16 @@ impl EtcdBuilder {
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
         };
-        let members = Arc::new(Members::new(
+        let members = Members::new(
             &config.endpoints,
             config.options.clone(),
             config.connect_timeout,
-        ));
+        );
+        #[cfg(feature = "tls")]
+        let members = members
+            .with_tls_identity(self.tls.as_ref().map(|(_, identity)| *identity))
+            .with_tls_probe(self.tls_probe.clone());
+        let members = Arc::new(members);
         let ttl = i64::try_from(self.session_ttl.as_secs_f64().ceil() as u64)
             .unwrap_or(i64::MAX)
             .max(1);
@@ -186,10 +211,13 @@ impl EtcdBuilder {
                     .with_message(format!("cannot reach etcd at {:?}", self.endpoints)))
             }
             Err(error) => {
-                return Err(to_error(op, None, error).with_message(format!(
-                    "granting the session lease on {:?}",
-                    self.endpoints
-                )))
+                let error = to_error(op, None, error);
+                let context = format!("granting the session lease on {:?}", self.endpoints);
+                let message = match error.message() {
+                    Some(cause) => format!("{context}: {cause}"),
+                    None => context,
+                };
+                return Err(error.with_message(message));
             }
         };
         let inner = Arc::new(Inner {
@@ -212,9 +240,12 @@ pub(crate) fn parse_url(url: &str) -> Result<EtcdBuilder> {
     let invalid = |message: String| {
         Error::new(ErrorKind::InvalidArgument, Operation::Connect).with_message(message)
     };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| invalid(format!("{url:?} is not a URL (expected etcd://host:port)")))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        invalid(format!(
+            "{:?} is not a URL (expected etcd://host:port)",
+            sharedstate_core::redact_url(url)
+        ))
+    })?;
     let tls_scheme = match scheme {
         "etcd" => false,
         "etcds" => true,
@@ -254,7 +285,10 @@ pub(crate) fn parse_url(url: &str) -> Result<EtcdBuilder> {
         })
         .collect();
     if endpoints.is_empty() {
-        return Err(invalid(format!("{url:?} names no etcd host")));
+        return Err(invalid(format!(
+            "{:?} names no etcd host",
+            sharedstate_core::redact_url(url)
+        )));
     }
     let mut builder = EtcdBuilder::new(endpoints);
     if let Some(userinfo) = userinfo {
@@ -263,6 +297,12 @@ pub(crate) fn parse_url(url: &str) -> Result<EtcdBuilder> {
     }
     #[cfg(feature = "tls")]
     let mut tls = TlsFiles::default();
+    // TLS keys seen (refused on etcd://); without the feature they are
+    // refused as they come.
+    #[cfg(feature = "tls")]
+    let mut tls_keys: Vec<String> = Vec::new();
+    #[cfg(not(feature = "tls"))]
+    let tls_keys: Vec<String> = Vec::new();
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let millis = |value: &str| {
             value
@@ -294,13 +334,25 @@ pub(crate) fn parse_url(url: &str) -> Result<EtcdBuilder> {
                 builder = builder.user(user, value.into_owned());
             }
             #[cfg(feature = "tls")]
-            "ca_file" => tls.ca = Some(value.into_owned()),
+            "ca_file" => {
+                tls_keys.push(name.to_string());
+                tls.ca = Some(value.into_owned());
+            }
             #[cfg(feature = "tls")]
-            "cert_file" => tls.cert = Some(value.into_owned()),
+            "cert_file" => {
+                tls_keys.push(name.to_string());
+                tls.cert = Some(value.into_owned());
+            }
             #[cfg(feature = "tls")]
-            "key_file" => tls.key = Some(value.into_owned()),
+            "key_file" => {
+                tls_keys.push(name.to_string());
+                tls.key = Some(value.into_owned());
+            }
             #[cfg(feature = "tls")]
-            "domain" => tls.domain = Some(value.into_owned()),
+            "domain" => {
+                tls_keys.push(name.to_string());
+                tls.domain = Some(value.into_owned());
+            }
             #[cfg(not(feature = "tls"))]
             "ca_file" | "cert_file" | "key_file" | "domain" => {
                 return Err(invalid(format!(
@@ -310,10 +362,23 @@ pub(crate) fn parse_url(url: &str) -> Result<EtcdBuilder> {
             other => return Err(invalid(format!("unknown etcd URL option {other:?}"))),
         }
     }
+    if !tls_scheme && !tls_keys.is_empty() {
+        return Err(invalid(format!(
+            "{} need an etcds:// URL (TLS); etcd:// is plain HTTP",
+            tls_keys.join(", ")
+        )));
+    }
     if tls_scheme {
         #[cfg(feature = "tls")]
         {
-            builder = builder.tls(tls.load()?);
+            let identity = if tls.cert.is_some() {
+                sharedstate_core::tls::ClientIdentity::Presented
+            } else {
+                sharedstate_core::tls::ClientIdentity::None
+            };
+            let (options, probe) = tls.load()?;
+            builder.tls = Some((options, identity));
+            builder.tls_probe = probe;
         }
         #[cfg(not(feature = "tls"))]
         return Err(invalid(
@@ -354,7 +419,9 @@ struct TlsFiles {
 
 #[cfg(feature = "tls")]
 impl TlsFiles {
-    fn load(self) -> Result<etcd_client::TlsOptions> {
+    /// etcd-client's options, and the probe's config (none when the PEM
+    /// does not make one: etcd-client then reports the problem itself).
+    fn load(self) -> Result<(etcd_client::TlsOptions, Option<crate::members::TlsProbe>)> {
         let read = |path: &str| {
             std::fs::read(path).map_err(|e| {
                 Error::new(ErrorKind::InvalidArgument, Operation::Connect)
@@ -363,12 +430,18 @@ impl TlsFiles {
             })
         };
         let mut tls = etcd_client::TlsOptions::new();
+        let mut ca_pem = None;
+        let mut identity_pem = None;
         if let Some(ca) = &self.ca {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            let pem = read(ca)?;
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem.clone()));
+            ca_pem = Some(pem);
         }
         match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
-                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+                let (cert, key) = (read(cert)?, read(key)?);
+                tls = tls.identity(etcd_client::Identity::from_pem(cert.clone(), key.clone()));
+                identity_pem = Some((cert, key));
             }
             (None, None) => {}
             _ => {
@@ -376,16 +449,71 @@ impl TlsFiles {
                     .with_message("cert_file and key_file go together"))
             }
         }
-        if let Some(domain) = self.domain {
-            tls = tls.domain_name(domain);
+        if let Some(domain) = &self.domain {
+            tls = tls.domain_name(domain.clone());
         }
-        Ok(tls)
+        // Without ca_file the probe has no roots to check against.
+        let probe = ca_pem.and_then(|ca| {
+            let provider = rustls::crypto::CryptoProvider::get_default()
+                .cloned()
+                .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+            let identity = identity_pem
+                .as_ref()
+                .map(|(cert, key)| (cert.as_slice(), key.as_slice()));
+            sharedstate_core::tls::client_config(provider, &ca, identity)
+                .ok()
+                .map(|config| crate::members::TlsProbe {
+                    config: std::sync::Arc::new(config),
+                    domain: self.domain.clone(),
+                })
+        });
+        Ok((tls, probe))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text: a builder or `InvalidArgument`, never a panic; a
+        /// password never reaches the message or the builder's `Debug`.
+        #[test]
+        fn prop_urls_parse_or_refuse_cleanly(
+            url in "(etcd|etcds|zk)://[a-z0-9.,:/\\[\\]@%_-]{0,30}(\\?[a-z_=&%0-9./-]{0,40})?|.{0,40}",
+        ) {
+            match parse_url(&url) {
+                Ok(builder) => {
+                    prop_assert!(!builder.endpoints.is_empty());
+                    if let Some((_, password)) = &builder.user {
+                        if password.len() > 3 {
+                            let shown = format!("{:?}", builder);
+                            prop_assert!(!shown.contains(password.as_str()), "{}", shown);
+                        }
+                    }
+                }
+                Err(error) => prop_assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{}", error),
+            }
+        }
+
+        #[test]
+        fn prop_refusals_never_show_the_password(secret in "S3cr[a-z0-9]{6}", junk in "[a-z/?=&]{0,10}") {
+            for url in [
+                format!("etcd://u:{secret}@{junk}"),
+                format!("etcd://u:{secret}@h:1/{junk}"),
+                format!("etcd://h:1?password={secret}&{junk}=1"),
+                format!("etcd:/u:{secret}@h"),
+            ] {
+                if let Err(error) = parse_url(&url) {
+                    let shown = format!("{} {:?}", error, error);
+                    prop_assert!(!shown.contains(&secret), "{}", shown);
+                }
+            }
+        }
+    }
 
     #[test]
     fn parses_hosts_and_options() {

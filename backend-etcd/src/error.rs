@@ -24,6 +24,16 @@ pub(crate) enum EtcdError {
     /// nothing was applied.
     #[error("{0}")]
     Unsent(Box<EtcdError>),
+    /// The TLS handshake was refused, by the server or by this client
+    /// (unknown CA, expired certificate, host name mismatch, a client
+    /// certificate missing or refused): nothing was sent, and retrying
+    /// does not help.
+    #[cfg(feature = "tls")]
+    #[error("{}", .0.message)]
+    TlsRefused(
+        sharedstate_core::tls::TlsRefusal,
+        #[source] etcd_client::Error,
+    ),
 }
 
 /// The core kind for an etcd-client error.
@@ -33,6 +43,8 @@ pub(crate) fn kind_of(error: &EtcdError) -> ErrorKind {
         EtcdError::Protocol(_) => ErrorKind::Other,
         EtcdError::Client(e) => client_kind(e),
         EtcdError::Unsent(e) => kind_of(e),
+        #[cfg(feature = "tls")]
+        EtcdError::TlsRefused(refusal, _) => refusal.kind,
     }
 }
 
@@ -40,6 +52,8 @@ pub(crate) fn kind_of(error: &EtcdError) -> ErrorKind {
 pub(crate) fn outcome_of(error: &EtcdError) -> Outcome {
     match error {
         EtcdError::Unsent(_) => Outcome::NotApplied,
+        #[cfg(feature = "tls")]
+        EtcdError::TlsRefused(..) => Outcome::NotApplied,
         EtcdError::Timeout(_) => Outcome::Unknown,
         EtcdError::Protocol(_) => Outcome::Unknown,
         // An answer from etcd (a gRPC status other than a transport
@@ -102,7 +116,71 @@ pub(crate) fn to_error(operation: Operation, key: Option<&Key>, error: EtcdError
     if let Some(key) = key {
         out = out.with_key(key);
     }
+    if let Some(message) = explanation(&error, operation) {
+        out = out.with_message(message);
+    }
     out.with_source(error)
+}
+
+/// What a refusal means, where the error alone would not say it.
+fn explanation(error: &EtcdError, operation: Operation) -> Option<String> {
+    match error {
+        #[cfg(feature = "tls")]
+        EtcdError::TlsRefused(refusal, _) => Some(refusal.message.clone()),
+        EtcdError::Unsent(inner) => explanation(inner, operation),
+        EtcdError::Client(etcd_client::Error::GRpcStatus(status))
+            if grpc_kind(status.code() as i32, status.message()) == ErrorKind::Unauthorized =>
+        {
+            let access = if operation.is_write() {
+                "write"
+            } else {
+                "read"
+            };
+            Some(if status.message().contains("permission denied") {
+                format!(
+                    "etcd denied the request ({}): this user's roles grant no {access} access \
+                     to this key",
+                    status.message()
+                )
+            } else {
+                format!(
+                    "etcd refused the credentials ({}): check the user and password",
+                    status.message()
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Bound on the TLS probe after a transport failure.
+#[cfg(feature = "tls")]
+const TLS_PROBE_BOUND: Duration = Duration::from_secs(3);
+
+/// A TLS refusal in `error`, from the member at `index`.
+#[cfg(feature = "tls")]
+fn tls_refusal(
+    members: &Members,
+    index: usize,
+    error: &etcd_client::Error,
+) -> Option<sharedstate_core::tls::TlsRefusal> {
+    let identity = members.tls_identity()?;
+    let host = members.endpoint_label(index);
+    // etcd-client's error does not name its cause as `source()`: start
+    // from the status or transport error it wraps.
+    let cause: &(dyn std::error::Error + 'static) = match error {
+        etcd_client::Error::GRpcStatus(status) => status,
+        etcd_client::Error::TransportError(transport) => transport,
+        etcd_client::Error::IoError(io) => io,
+        other => other,
+    };
+    sharedstate_core::tls::explain_chain(cause, &host, identity)
+}
+
+/// Without TLS there is no handshake to refuse.
+#[cfg(not(feature = "tls"))]
+fn tls_refusal(_: &Members, _: usize, _: &etcd_client::Error) -> Option<std::convert::Infallible> {
+    None
 }
 
 /// The error for a call made after [`close`](crate::EtcdBackend::close).
@@ -174,6 +252,10 @@ where
         let client = match members.client(index).await {
             Ok(client) => client,
             Err(error) => {
+                #[cfg(feature = "tls")]
+                if let Some(refusal) = tls_refusal(members, index, &error) {
+                    return Err(EtcdError::TlsRefused(refusal, error));
+                }
                 members.failed(index);
                 if tokio::time::Instant::now() + pause >= deadline {
                     let error = EtcdError::Client(error);
@@ -209,6 +291,23 @@ where
                 return Err(EtcdError::Timeout(timeout));
             }
         };
+        // A refused handshake is refused again on retry (every member has
+        // the same CA and certificates): say why now.
+        #[cfg(feature = "tls")]
+        if let Some(refusal) = tls_refusal(members, index, &error) {
+            return Err(EtcdError::TlsRefused(refusal, error));
+        }
+        // A server that refuses the client's certificate after a TLS 1.3
+        // handshake often shows up here only as a broken pipe (the request
+        // was written after the server's alert): ask with a probe.
+        #[cfg(feature = "tls")]
+        if client_kind(&error) == ErrorKind::Unavailable {
+            if let Some(refusal) = members.probe_tls(index, TLS_PROBE_BOUND).await {
+                return Err(EtcdError::TlsRefused(refusal, error));
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = tls_refusal(members, index, &error);
         let unsent = never_sent(&error);
         let transport = client_kind(&error) == ErrorKind::Unavailable;
         if transport {

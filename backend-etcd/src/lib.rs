@@ -159,7 +159,7 @@ impl EtcdBackend {
     /// | `connect_timeout_ms` | connect timeout in milliseconds (default 5000) |
     /// | `request_timeout_ms` | per-request timeout in milliseconds (default 5000) |
     /// | `user`, `password` | credentials (alternative to `user:password@`) |
-    /// | `ca_file`, `cert_file`, `key_file`, `domain` | TLS files (PEM) and server name, `tls` feature only |
+    /// | `ca_file`, `cert_file`, `key_file`, `domain` | TLS files (PEM) and server name; `etcds://` and the `tls` feature only |
     ///
     /// # Errors
     ///
@@ -222,6 +222,8 @@ impl EtcdBackend {
             config.options.clone(),
             config.connect_timeout,
         );
+        #[cfg(feature = "tls")]
+        let admin = admin.with_tls_identity(self.inner.members.tls_identity());
         let lease = self.lease_id();
         let revoke = |client: Client| {
             let mut leases = client.lease_client();

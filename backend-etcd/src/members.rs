@@ -36,6 +36,24 @@ pub(crate) struct Members {
     options: ConnectOptions,
     connect_timeout: Duration,
     preferred: AtomicUsize,
+    /// Set when TLS is configured: whether this client presents a
+    /// certificate (for the message when a handshake is refused).
+    #[cfg(feature = "tls")]
+    tls_identity: Option<sharedstate_core::tls::ClientIdentity>,
+    /// The same TLS trust and identity as a rustls config, when the
+    /// backend has the PEM (URLs with ca_file ...): for the probe that
+    /// finds a refusal the client reported only as a broken connection.
+    #[cfg(feature = "tls")]
+    tls_probe: Option<TlsProbe>,
+}
+
+/// What the TLS probe needs.
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+pub(crate) struct TlsProbe {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// The name to verify instead of the endpoint's host (`domain=`).
+    pub domain: Option<String>,
 }
 
 impl std::fmt::Debug for Members {
@@ -68,7 +86,64 @@ impl Members {
             options,
             connect_timeout,
             preferred: AtomicUsize::new(0),
+            #[cfg(feature = "tls")]
+            tls_identity: None,
+            #[cfg(feature = "tls")]
+            tls_probe: None,
         }
+    }
+
+    /// Sets the TLS probe (see the field).
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_tls_probe(mut self, probe: Option<TlsProbe>) -> Self {
+        self.tls_probe = probe;
+        self
+    }
+
+    /// Runs the TLS probe against member `index`, within `bound`: a
+    /// refusal the failed request did not show.
+    #[cfg(feature = "tls")]
+    pub(crate) async fn probe_tls(
+        &self,
+        index: usize,
+        bound: Duration,
+    ) -> Option<sharedstate_core::tls::TlsRefusal> {
+        let probe = self.tls_probe.clone()?;
+        let identity = self.tls_identity?;
+        let label = self.endpoint_label(index);
+        let (host, port) = match label.rsplit_once(':') {
+            Some((host, port)) => (host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?),
+            None => (label.clone(), 2379),
+        };
+        let name = probe.domain.clone().unwrap_or_else(|| host.clone());
+        let probe = sharedstate_core::tls::probe(probe.config, &host, port, &name, identity);
+        tokio::time::timeout(bound, probe).await.ok().flatten()
+    }
+
+    /// Marks the connections as TLS, with or without a client certificate.
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_tls_identity(
+        mut self,
+        identity: Option<sharedstate_core::tls::ClientIdentity>,
+    ) -> Self {
+        self.tls_identity = identity;
+        self
+    }
+
+    /// Whether TLS is configured, and with a client certificate.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_identity(&self) -> Option<sharedstate_core::tls::ClientIdentity> {
+        self.tls_identity
+    }
+
+    /// `host:port` of member `index`, for messages.
+    #[cfg(feature = "tls")]
+    pub(crate) fn endpoint_label(&self, index: usize) -> String {
+        let endpoint = self.members.get(index).map_or("", |m| m.endpoint.as_str());
+        let without_scheme = endpoint
+            .split_once("://")
+            .map_or(endpoint, |(_, rest)| rest);
+        without_scheme.trim_end_matches('/').to_owned()
     }
 
     pub(crate) fn len(&self) -> usize {

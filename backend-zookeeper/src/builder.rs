@@ -64,6 +64,9 @@ pub(crate) struct Config {
     /// `user:password` for the `digest` scheme.
     pub auth: Option<Vec<u8>>,
     pub acl: AclPolicy,
+    /// TLS settings and zookeeper-client's options made from them.
+    #[cfg(feature = "tls")]
+    pub tls: Option<(crate::ZooKeeperTls, zk::TlsOptions)>,
 }
 
 impl std::fmt::Debug for Config {
@@ -75,11 +78,57 @@ impl std::fmt::Debug for Config {
             .field("connect_timeout", &self.connect_timeout)
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("acl", &self.acl)
+            .field("tls", &self.tls_settings())
             .finish()
     }
 }
 
+/// How long a TLS connect runs before the backend probes the handshake
+/// itself (a healthy server has answered by then).
+#[cfg(feature = "tls")]
+const TLS_PROBE_AFTER: Duration = Duration::from_millis(300);
+/// Bound on the probe's handshake with one host.
+#[cfg(feature = "tls")]
+const TLS_PROBE_BOUND: Duration = Duration::from_secs(5);
+
 impl Config {
+    #[cfg(feature = "tls")]
+    fn tls_settings(&self) -> Option<&crate::ZooKeeperTls> {
+        self.tls.as_ref().map(|(tls, _)| tls)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls_settings(&self) -> Option<()> {
+        None
+    }
+
+    /// Establishes the client's session, over TLS when configured. A TLS
+    /// handshake the server or this client refuses fails at once with
+    /// `Unauthorized` naming the cause (see the `tls` module).
+    async fn establish(&self, connector: zk::Connector) -> Result<zk::Client> {
+        #[cfg(feature = "tls")]
+        if let Some((tls, options)) = &self.tls {
+            crate::tls::ensure_crypto_provider();
+            let connecting = connector
+                .with_tls(options.clone())
+                .secure_connect(&self.hosts);
+            tokio::pin!(connecting);
+            let probe = async {
+                tokio::time::sleep(TLS_PROBE_AFTER).await;
+                crate::tls::probe(&self.hosts, tls, TLS_PROBE_BOUND).await
+            };
+            let connected = tokio::select! {
+                connected = &mut connecting => connected,
+                refusal = probe => match refusal {
+                    Some(refusal) => return Err(crate::tls::refused(refusal)),
+                    None => connecting.await,
+                },
+            };
+            return connected.map_err(error::connect);
+        }
+        connector.connect(&self.hosts).await.map_err(error::connect)
+    }
+
     /// Opens one session with these settings, creating the chroot node when
     /// it is missing.
     pub(crate) async fn open_session(&self) -> Result<zk::Client> {
@@ -87,16 +136,12 @@ impl Config {
         if let Some(auth) = &self.auth {
             connector = connector.with_auth("digest", auth);
         }
-        let client = match tokio::time::timeout(
-            self.connect_timeout,
-            connector.connect(&self.hosts),
-        )
-        .await
-        {
-            Err(_) => return Err(error::connect_timeout(self.connect_timeout)),
-            Ok(Err(e)) => return Err(error::connect(e)),
-            Ok(Ok(client)) => client,
-        };
+        let client =
+            match tokio::time::timeout(self.connect_timeout, self.establish(connector)).await {
+                Err(_) => return Err(error::connect_timeout(self.connect_timeout)),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(client)) => client,
+            };
         let Some(chroot) = &self.chroot else {
             return Ok(client);
         };
@@ -130,6 +175,8 @@ pub struct ZooKeeperBuilder {
     connect_timeout: Duration,
     auth: Option<(String, String)>,
     acl: AclPolicy,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::ZooKeeperTls>,
 }
 
 impl std::fmt::Debug for ZooKeeperBuilder {
@@ -141,11 +188,22 @@ impl std::fmt::Debug for ZooKeeperBuilder {
             .field("user", &self.auth.as_ref().map(|(user, _)| user))
             .field("password", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("acl", &self.acl)
+            .field("tls", &self.tls_settings())
             .finish()
     }
 }
 
 impl ZooKeeperBuilder {
+    #[cfg(feature = "tls")]
+    fn tls_settings(&self) -> Option<&crate::ZooKeeperTls> {
+        self.tls.as_ref()
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls_settings(&self) -> Option<()> {
+        None
+    }
+
     pub(crate) fn new(connect_string: impl Into<String>) -> Self {
         ZooKeeperBuilder {
             connect_string: connect_string.into(),
@@ -153,6 +211,8 @@ impl ZooKeeperBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             auth: None,
             acl: AclPolicy::Open,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -182,8 +242,27 @@ impl ZooKeeperBuilder {
         self
     }
 
+    /// Connects over TLS (ZooKeeper's `secureClientPort`): every host of
+    /// the connect string, except one written `tcp://host:port`, and each
+    /// certificate checked against the CA and the host's name as written.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, tls: crate::ZooKeeperTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     pub(crate) fn into_config(self) -> Result<Config> {
         let (hosts, chroot) = split_connect_string(&self.connect_string)?;
+        #[cfg(feature = "tls")]
+        let tls = match self.tls {
+            Some(tls) => {
+                crate::tls::check_host_names(&hosts)?;
+                let options = tls.client_options()?;
+                Some((tls, options))
+            }
+            None => None,
+        };
         if self.session_timeout.is_zero() {
             return Err(error::invalid_url("session timeout must not be zero"));
         }
@@ -203,6 +282,8 @@ impl ZooKeeperBuilder {
                 .auth
                 .map(|(user, password)| format!("{user}:{password}").into_bytes()),
             acl: self.acl,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 
@@ -212,29 +293,47 @@ impl ZooKeeperBuilder {
     ///
     /// `InvalidArgument` for a malformed connect string or settings,
     /// `Unavailable` when no session is established within the connect
-    /// timeout, `Unauthorized` when the credentials are refused.
+    /// timeout, `Unauthorized` when the credentials are refused or a TLS
+    /// certificate is (the message names the cause).
     pub async fn connect(self) -> Result<ZooKeeperBackend> {
         let config = self.into_config()?;
         ZooKeeperBackend::start(config).await
     }
 
     /// Parses `zk://h1:2181,h2:2181/chroot?key=value&...` (scheme `zk` or
-    /// `zookeeper`). Query keys:
+    /// `zookeeper`), or `zks://h1:2281,h2:2281/chroot?ca_file=...` for TLS
+    /// to the servers' `secureClientPort` (feature `tls`). Query keys:
     ///
     /// - `session_timeout_ms`: session timeout in milliseconds;
     /// - `connect_timeout_ms`: connect timeout in milliseconds;
     /// - `user` and `password`: digest credentials (percent-encoded);
-    /// - `acl`: `open` (default), `creator-all` or `read-only-world`.
+    /// - `acl`: `open` (default), `creator-all` or `read-only-world`;
+    /// - `zks://` only: `ca_file` (required: the PEM CA that signed the
+    ///   servers' certificates), `cert_file` and `key_file` (PEM, together:
+    ///   the client certificate, for servers with `ssl.clientAuth`).
+    ///
+    /// The servers' certificates must name the hosts as written in the URL.
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` for another scheme, no host, an unknown query key
-    /// or a malformed value.
+    /// `InvalidArgument` for another scheme, no host, an unknown query key,
+    /// a malformed value, TLS keys on a `zk://` URL, or `zks://` in a build
+    /// without the `tls` feature.
     pub fn from_url(url: &str) -> Result<Self> {
-        let rest = url
-            .strip_prefix("zk://")
-            .or_else(|| url.strip_prefix("zookeeper://"))
-            .ok_or_else(|| error::invalid_url(format!("{url:?} is not a zk:// URL")))?;
+        let (rest, secure) = if let Some(rest) = url.strip_prefix("zks://") {
+            (rest, true)
+        } else {
+            let rest = url
+                .strip_prefix("zk://")
+                .or_else(|| url.strip_prefix("zookeeper://"))
+                .ok_or_else(|| {
+                    error::invalid_url(format!(
+                        "{} is not a zk:// or zks:// URL",
+                        sharedstate_core::redact_url(url)
+                    ))
+                })?;
+            (rest, false)
+        };
         let (target, query) = match rest.split_once('?') {
             Some((target, query)) => (target, Some(query)),
             None => (rest, None),
@@ -242,6 +341,7 @@ impl ZooKeeperBuilder {
         let mut builder = ZooKeeperBuilder::new(target);
         let mut user = None;
         let mut password = None;
+        let mut tls_files = TlsFiles::default();
         for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             let millis = || {
                 value
@@ -254,6 +354,9 @@ impl ZooKeeperBuilder {
                 "connect_timeout_ms" => builder.connect_timeout = millis()?,
                 "user" => user = Some(value.into_owned()),
                 "password" => password = Some(value.into_owned()),
+                "ca_file" => tls_files.ca = Some(value.into_owned()),
+                "cert_file" => tls_files.cert = Some(value.into_owned()),
+                "key_file" => tls_files.key = Some(value.into_owned()),
                 "acl" => {
                     builder.acl = AclPolicy::parse(&value).ok_or_else(|| {
                         error::invalid_url(format!(
@@ -272,7 +375,56 @@ impl ZooKeeperBuilder {
             _ => return Err(error::invalid_url("user and password go together")),
         }
         split_connect_string(&builder.connect_string)?;
-        Ok(builder)
+        tls_files.apply(secure, builder)
+    }
+}
+
+/// The TLS files a URL names.
+#[derive(Default)]
+struct TlsFiles {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsFiles {
+    fn apply(self, secure: bool, builder: ZooKeeperBuilder) -> Result<ZooKeeperBuilder> {
+        if !secure {
+            return match (&self.ca, &self.cert, &self.key) {
+                (None, None, None) => Ok(builder),
+                _ => Err(error::invalid_url(
+                    "ca_file, cert_file and key_file need a zks:// URL (TLS); zk:// is plain TCP",
+                )),
+            };
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(error::invalid_url("cert_file and key_file go together"));
+        }
+        let Some(ca) = self.ca.clone() else {
+            return Err(error::invalid_url(
+                "zks:// needs ca_file=<PEM file of the CA that signed the servers' certificates>",
+            ));
+        };
+        self.load(ca, builder)
+    }
+
+    #[cfg(feature = "tls")]
+    fn load(self, ca: String, builder: ZooKeeperBuilder) -> Result<ZooKeeperBuilder> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                Some((std::path::Path::new(cert), std::path::Path::new(key)))
+            }
+            _ => None,
+        };
+        let tls = crate::ZooKeeperTls::from_files(std::path::Path::new(&ca), identity)?;
+        Ok(builder.tls(tls))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn load(self, _ca: String, _builder: ZooKeeperBuilder) -> Result<ZooKeeperBuilder> {
+        Err(error::invalid_url(
+            "zks:// needs sharedstate-zookeeper's \"tls\" feature",
+        ))
     }
 }
 
@@ -313,7 +465,42 @@ pub(crate) fn split_connect_string(s: &str) -> Result<(String, Option<String>)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use sharedstate_core::ErrorKind;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text: a builder or `InvalidArgument`, never a panic, and no
+        /// password in the message.
+        #[test]
+        fn prop_urls_parse_or_refuse_cleanly(
+            url in "(zk|zks|zookeeper|etcd)://[a-z0-9.,:/\\[\\]@_+-]{0,30}(\\?[a-z_=&%0-9./-]{0,40})?|.{0,40}",
+        ) {
+            if let Err(error) = ZooKeeperBuilder::from_url(&url) {
+                prop_assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{}", error);
+            }
+        }
+
+        #[test]
+        fn prop_connect_strings_split_or_refuse(s in "[a-z0-9.,:/+]{0,30}") {
+            if let Ok((hosts, chroot)) = split_connect_string(&s) {
+                prop_assert!(!hosts.is_empty());
+                if let Some(chroot) = chroot {
+                    prop_assert!(chroot.starts_with('/') && !chroot.ends_with('/'));
+                }
+            }
+        }
+
+        #[test]
+        fn prop_refusals_never_show_the_password(secret in "S3cr[a-z0-9]{6}", junk in "[a-z?=&]{0,10}") {
+            let url = format!("zk://h:1?user=u&password={secret}&{junk}=x&session_timeout_ms={junk}");
+            if let Err(error) = ZooKeeperBuilder::from_url(&url) {
+                let shown = format!("{} {:?}", error, error);
+                prop_assert!(!shown.contains(&secret), "{}", shown);
+            }
+        }
+    }
 
     #[test]
     fn connect_strings() {

@@ -56,6 +56,7 @@
 //! created implicitly (parents) get the client's [`AclPolicy`] too. Watches
 //! need ZooKeeper 3.6 or later (persistent watches).
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod error;
@@ -64,6 +65,8 @@ mod kv;
 mod lock;
 mod registration;
 mod session;
+#[cfg(feature = "tls")]
+mod tls;
 mod watch;
 
 use std::collections::HashMap;
@@ -81,6 +84,9 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 pub use builder::{AclPolicy, ZooKeeperBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SESSION_TIMEOUT};
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::ZooKeeperTls;
 
 /// Largest value accepted: ZooKeeper's default `jute.maxbuffer` is 1 MiB
 /// for a whole packet, so values keep some headroom for the path and the

@@ -16,7 +16,7 @@ use crate::errors::{CliError, CliResult, Exit};
 pub enum Service {
     /// `memory://[name]`: this process only.
     Memory,
-    /// `zk://` or `zookeeper://`.
+    /// `zk://`, `zookeeper://`, or `zks://` (TLS).
     ZooKeeper,
     /// `etcd://` or `etcds://`.
     Etcd,
@@ -60,22 +60,36 @@ impl HostPort {
     }
 }
 
-/// A backend URL, checked.
-#[derive(Debug, Clone)]
+/// A backend URL, checked. `Debug` shows it redacted.
+#[derive(Clone)]
 pub struct Endpoint {
-    /// The URL as given.
+    /// The URL as given (with its password: for connecting only).
     pub url: String,
+    /// The URL with its password redacted: for every message.
+    pub shown: String,
     /// The service it names.
     pub service: Service,
     /// Its hosts (empty for `memory://`).
     pub hosts: Vec<HostPort>,
 }
 
-const FORMS: &str = "zk://host:2181[,host2:2181][/chroot] or etcd://host:2379[,host2:2379]";
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.shown)
+            .field("service", &self.service)
+            .field("hosts", &self.hosts)
+            .finish()
+    }
+}
+
+const FORMS: &str = "zk://host:2181[,host2:2181][/chroot] or etcd://host:2379[,host2:2379] \
+                     (zks:// and etcds:// for TLS)";
 
 fn invalid(url: &str, why: impl std::fmt::Display) -> CliError {
     CliError::usage(format!(
-        "invalid backend URL {url:?}: {why}; expected {FORMS}"
+        "invalid backend URL {:?}: {why}; expected {FORMS}",
+        sharedstate::redact_url(url)
     ))
 }
 
@@ -90,7 +104,7 @@ pub fn parse(url: &str) -> CliResult<Endpoint> {
     };
     let service = match scheme {
         "memory" => Service::Memory,
-        "zk" | "zookeeper" => Service::ZooKeeper,
+        "zk" | "zookeeper" | "zks" => Service::ZooKeeper,
         "etcd" | "etcds" => Service::Etcd,
         other => return Err(invalid(url, format_args!("unknown scheme {other:?}"))),
     };
@@ -101,9 +115,16 @@ pub fn parse(url: &str) -> CliResult<Endpoint> {
             protoc = if service == Service::Etcd { " (needs protoc)" } else { "" },
         )));
     }
+    if matches!(scheme, "zks" | "etcds") && !cfg!(feature = "tls") {
+        return Err(CliError::usage(format!(
+            "this sharedstate command was built without TLS ({scheme}://); rebuild it with `--features tls`"
+        )));
+    }
+    let shown = sharedstate::redact_url(url);
     if service == Service::Memory {
         return Ok(Endpoint {
             url: url.to_owned(),
+            shown,
             service,
             hosts: Vec::new(),
         });
@@ -122,6 +143,7 @@ pub fn parse(url: &str) -> CliResult<Endpoint> {
     }
     Ok(Endpoint {
         url: url.to_owned(),
+        shown,
         service,
         hosts,
     })
@@ -258,7 +280,7 @@ pub fn unreachable(endpoint: &Endpoint, detail: &str) -> CliError {
         Exit::Unavailable,
         format!(
             "cannot reach {}: {detail}; is the server running, and is the URL right? (--backend or SHAREDSTATE_BACKEND)",
-            endpoint.url
+            endpoint.shown
         ),
     )
 }
@@ -266,6 +288,34 @@ pub fn unreachable(endpoint: &Endpoint, detail: &str) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text: an endpoint or a usage error, never a panic; neither
+        /// shows a password written in the URL.
+        #[test]
+        fn prop_urls_parse_or_refuse_cleanly(
+            scheme in "(zk|zks|etcd|etcds|memory|redis|)",
+            sep in "(://|:/|)",
+            rest in "[a-z0-9.,:/\\[\\]_-]{0,24}",
+            secret in "S3cr[a-z0-9]{6}",
+        ) {
+            let url = format!("{scheme}{sep}u:{secret}@{rest}?password={secret}");
+            match parse(&url) {
+                Ok(endpoint) => {
+                    prop_assert!(!endpoint.shown.contains(&secret), "{}", endpoint.shown);
+                    let shown = format!("{:?}", endpoint);
+                    prop_assert!(!shown.contains(&secret), "{}", shown);
+                }
+                Err(error) => {
+                    prop_assert_eq!(error.exit, Exit::Usage);
+                    prop_assert!(!error.message.contains(&secret), "{}", error.message);
+                }
+            }
+        }
+    }
 
     fn hosts(url: &str) -> Vec<HostPort> {
         parse(url).expect("valid").hosts
@@ -324,6 +374,21 @@ mod tests {
             .unwrap_err()
             .message
             .contains("unknown scheme \"redis\""));
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        let url = "etcd://alice:pa55word@127.0.0.1:notaport?password=pa55word";
+        let err = parse(url).unwrap_err();
+        assert!(!err.message.contains("pa55word"), "{err}");
+        if cfg!(feature = "etcd") {
+            let endpoint = parse("etcd://alice:pa55word@h:2379?password=pa55word").expect("valid");
+            assert!(!endpoint.shown.contains("pa55word"), "{}", endpoint.shown);
+            assert!(!format!("{endpoint:?}").contains("pa55word"));
+            let unreachable = unreachable(&endpoint, "h:2379 refused the connection");
+            assert!(!unreachable.message.contains("pa55word"), "{unreachable}");
+            assert!(unreachable.message.contains("alice"), "{unreachable}");
+        }
     }
 
     #[test]

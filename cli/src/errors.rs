@@ -179,7 +179,7 @@ pub fn state_above(path: &str) -> Option<String> {
 /// What the messages mention: the backend URL and the state path.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// The backend URL as given.
+    /// The backend URL as given, its password redacted: what messages show.
     pub url: String,
     /// The state path as given.
     pub path: String,

@@ -39,6 +39,8 @@ use std::sync::Arc;
 use sharedstate_core::{CoordinationBackend, Key, Result};
 
 pub mod behaviours;
+mod changes;
+pub use changes::apply_changes;
 #[cfg(feature = "containers")]
 pub mod chaos;
 #[cfg(feature = "containers")]

@@ -184,6 +184,46 @@ impl TryFrom<String> for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any string: a key or a clear refusal, never a panic; an accepted
+        /// key is its own text, its segments rebuild it, and its parent and
+        /// children are keys too.
+        #[test]
+        fn prop_keys_accept_or_refuse_cleanly(path in "(/[^/]{0,6}){0,4}|.{0,40}") {
+            match Key::new(path.clone()) {
+                Ok(key) => {
+                    prop_assert_eq!(key.as_str(), path.as_str());
+                    let rebuilt: String = key.segments().map(|s| format!("/{s}")).collect();
+                    prop_assert_eq!(rebuilt, path.clone());
+                    if let Some(parent) = key.parent() {
+                        let again = parent.child(key.name()).expect("the parent takes the name back");
+                        prop_assert_eq!(again.as_str(), path.as_str());
+                    }
+                    let bytes = key.as_str().len();
+                    prop_assert!(bytes <= MAX_KEY_BYTES);
+                    // What ZooKeeper refuses (U+D800-U+F8FF; Rust strings hold no
+                    // surrogates, so from U+E000) never passes.
+                    let refused = |c: char| ('\u{E000}'..='\u{F8FF}').contains(&c)
+                        || ('\u{FFF0}'..='\u{FFFF}').contains(&c);
+                    prop_assert!(!key.as_str().chars().any(refused));
+                }
+                Err(error) => prop_assert_eq!(error.kind(), crate::ErrorKind::InvalidKey),
+            }
+        }
+
+        #[test]
+        fn prop_children_accept_or_refuse_cleanly(segment in ".{0,12}") {
+            let root = Key::new("/root").expect("key");
+            if let Ok(child) = root.child(&segment) {
+                prop_assert_eq!(child.name(), segment.as_str());
+                prop_assert_eq!(child.parent().map(|p| p.as_str().to_owned()), Some("/root".to_owned()));
+            }
+        }
+    }
 
     #[test]
     fn accepts_ordinary_paths() {

@@ -7,7 +7,10 @@ mod backend;
 mod error;
 mod key;
 mod lock;
+mod redact;
 mod registration;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod version;
 
 pub use backend::{
@@ -17,6 +20,7 @@ pub use backend::{
 pub use error::{Error, ErrorKind, Operation, Outcome, Result};
 pub use key::{Key, MAX_KEY_BYTES};
 pub use lock::{LockGuard, LockRelease};
+pub use redact::{redact_url, REDACTED};
 pub use registration::{Registration, RegistrationClose};
 pub use version::{FencingToken, Version, Versioned};
 

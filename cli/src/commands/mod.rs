@@ -36,7 +36,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> CliResult {
     let global = Global {
         endpoint: endpoint::parse(&url)?,
         suggest: Suggest {
-            backend_flag: cli.backend_from_flag.then(|| url.clone()),
+            // Suggested commands repeat the URL, never its password.
+            backend_flag: cli.backend_from_flag.then(|| sharedstate::redact_url(&url)),
         },
         timeout: cli.timeout,
         lock_timeout: cli.lock_timeout,
@@ -140,7 +141,7 @@ const PROBE_BOUND: Duration = Duration::from_secs(1);
 impl Global {
     fn context(&self, path: &str) -> Context {
         Context {
-            url: self.endpoint.url.clone(),
+            url: self.endpoint.shown.clone(),
             path: path.to_owned(),
             suggest: self.suggest.clone(),
         }
@@ -167,7 +168,8 @@ impl Global {
     /// own connect timeout. A failed connect says what the probe found
     /// instead of the client's internals.
     async fn connect(&self, cx: &Context) -> CliResult<Arc<dyn CoordinationBackend>> {
-        let connecting = tokio::time::timeout(self.timeout, sharedstate::connect(&cx.url));
+        let connecting =
+            tokio::time::timeout(self.timeout, sharedstate::connect(&self.endpoint.url));
         tokio::pin!(connecting);
         let early_probe = async {
             tokio::time::sleep(PROBE_AFTER).await;

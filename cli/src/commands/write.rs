@@ -341,6 +341,73 @@ pub async fn patch(global: &Global, args: PatchArgs, out: &mut (dyn Write + Send
 }
 
 #[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::{Patch, PatchKind};
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            "[a-z/~-]{0,4}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c/~0-9-]{0,2}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// JSON Patch operations, well-formed or not, on paths that may or may
+    /// not exist.
+    fn operations() -> impl Strategy<Value = Value> {
+        let op = (
+            "(add|remove|replace|move|copy|test|bogus)",
+            "(/[a-c0-9~/-]{0,2}){0,3}",
+            "(/[a-c0-9-]{0,2}){0,2}",
+            json(),
+        )
+            .prop_map(|(op, path, from, value)| {
+                json!({"op": op, "path": path, "from": from, "value": value})
+            });
+        prop::collection::vec(op, 0..5).prop_map(Value::Array)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// RFC 7396: applying a merge patch twice changes nothing more.
+        #[test]
+        fn prop_merge_patches_apply_and_are_idempotent(doc in json(), patch in json()) {
+            let patch = Patch::parse(patch, PatchKind::Merge).expect("any JSON is a merge patch");
+            let once = patch.apply(doc).expect("merge patches always apply");
+            let twice = patch.apply(once.clone()).expect("and again");
+            prop_assert_eq!(once, twice);
+        }
+
+        /// A JSON Patch parses or is refused, applies or fails as a whole;
+        /// never a panic.
+        #[test]
+        fn prop_json_patches_apply_or_fail_cleanly(doc in json(), ops in operations()) {
+            if let Ok(patch) = Patch::parse(ops, PatchKind::JsonPatch) {
+                match patch.apply(doc.clone()) {
+                    Ok(patched) => {
+                        // The result is a document the engine can store.
+                        serde_json::to_vec(&patched).expect("serialises");
+                    }
+                    Err(message) => prop_assert!(!message.is_empty()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::super::tests::{fails, ok};
     use crate::errors::Exit;

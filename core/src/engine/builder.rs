@@ -213,7 +213,8 @@ where
                 }
             },
         };
-        let decoded = decode::<T>(&keys.payload, &versioned.value)?;
+        let max_bytes = backend.capabilities().max_value_bytes;
+        let decoded = decode::<T>(&keys.payload, &versioned.value, max_bytes)?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
         let base = ListenerInfo::for_this_process(instance_id.clone());
         // The registration says from the start what this instance applied.

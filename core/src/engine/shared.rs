@@ -147,10 +147,24 @@ impl<T> Decoded<T> {
 }
 
 /// Decodes a payload into `T`, its canonical JSON, and the payload's JSON.
+/// A payload larger than the backend's `max_value_bytes` (an outside writer
+/// can store one: etcdctl up to etcd's 1.5 MiB request limit) is refused
+/// like an undecodable one: no instance could write it back, so accepting it
+/// would block every update.
 pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     key: &Key,
     bytes: &[u8],
+    max_bytes: usize,
 ) -> Result<Decoded<T>> {
+    if bytes.len() > max_bytes {
+        return Err(Error::new(ErrorKind::ValueTooLarge, Operation::Decode)
+            .with_key(key)
+            .with_message(format!(
+                "payload of {} bytes exceeds the limit of {max_bytes} bytes (max_value_bytes); \
+                 an outside writer stored it, and no instance could write it back",
+                bytes.len()
+            )));
+    }
     let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(ErrorKind::Decode, Operation::Decode)
             .with_key(key)
@@ -284,7 +298,8 @@ where
         if versioned.version <= current.seen {
             return false;
         }
-        match decode::<T>(&self.keys.payload, &versioned.value) {
+        let max_bytes = self.backend.capabilities().max_value_bytes;
+        match decode::<T>(&self.keys.payload, &versioned.value, max_bytes) {
             Ok(decoded) => {
                 self.install(
                     &mut last,
@@ -388,6 +403,7 @@ where
             return;
         }
         tracing::warn!(key = %self.keys.payload, "payload deleted; keeping the last good copy");
+        // Replaced first, as in `apply_remote`.
         self.replace(Snapshot {
             value: current.value.clone(),
             json: current.json.clone(),
@@ -462,14 +478,14 @@ mod tests {
     #[test]
     fn rejections_say_the_reason_and_the_location_once() {
         let key = Key::new("/p/payload").expect("key");
-        let error = decode::<serde_json::Value>(&key, b"{n: 2")
+        let error = decode::<serde_json::Value>(&key, b"{n: 2", usize::MAX)
             .err()
             .expect("not JSON");
         assert_eq!(
             error.message(),
             Some("payload is not valid JSON (line 1, column 2): key must be a string")
         );
-        let error = decode::<Vec<String>>(&key, br#""firefox*""#)
+        let error = decode::<Vec<String>>(&key, br#""firefox*""#, usize::MAX)
             .err()
             .expect("wrong type");
         assert_eq!(
