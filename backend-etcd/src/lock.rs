@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::Client;
 use etcd_client::{
-    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
 use sharedstate_core::{
     Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, PutMode,
@@ -305,6 +305,14 @@ fn poke_if_lost(inner: &Inner, error: &Error) {
 
 /// Waits until no waiter older than ours is left; returns `read`'s value
 /// as of that moment.
+///
+/// The watch on the predecessor starts at the store's current revision,
+/// never at a past one: etcd serves a watch that starts at or before its
+/// current revision from its "unsynced" group, which it catches up only
+/// every 100 ms, so under contention (the revision moves between our read
+/// and the watch) every hand-over would wait for that loop. A watch from
+/// now is live at once; the gap between our read and the watch's creation
+/// is closed by re-checking the predecessor when the store moved meanwhile.
 async fn wait_for_turn(
     inner: &Arc<Inner>,
     key: &Key,
@@ -315,6 +323,7 @@ async fn wait_for_turn(
 ) -> Result<Option<Versioned>> {
     let op = Operation::Lock;
     let timeout = inner.config.request_timeout;
+    let mut failures = 0u32;
     loop {
         // Our key must still be ours; then find the newest older waiter.
         let older = GetOptions::new()
@@ -338,43 +347,84 @@ async fn wait_for_turn(
         else {
             return Ok(first_kv_at(&response, 1).map(into_versioned));
         };
-        // Watch the predecessor from just after our read: its deletion
-        // cannot slip between the read and the watch.
-        let open = |client: Client| {
-            let mut watcher = client.watch_client();
-            let options = WatchOptions::new().with_start_revision(revision + 1);
-            let predecessor = predecessor.key().to_vec();
-            async move { watcher.watch(predecessor, Some(options)).await }
-        };
-        let mut stream = match call_raw(&inner.members, timeout, Retry::Read, open).await {
-            Ok(stream) => stream,
+        match watch_deletion(inner, key, &predecessor, revision, timeout).await {
+            Ok(()) => failures = 0,
             Err(error) => {
-                tracing::debug!(%error, %key, "watching the lock predecessor failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        loop {
-            match stream.message().await {
-                Ok(Some(answer)) => {
-                    if answer.canceled()
-                        || answer
-                            .events()
-                            .iter()
-                            .any(|e| e.kv().is_some_and(|kv| kv.version() == 0))
-                    {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::debug!(%error, %key, "the lock predecessor watch broke; re-checking");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    break;
-                }
+                // The watch could not be opened or broke: check again after
+                // a short, growing pause (an unreachable member, not a
+                // hand-over: a hand-over never sleeps).
+                failures += 1;
+                tracing::debug!(%error, %key, "watching the lock predecessor failed; re-checking");
+                let pause_ms = (5u64 << failures.min(6)).min(200);
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
             }
         }
     }
+}
+
+/// Returns once `predecessor` (read at `read_at`) is deleted or replaced:
+/// then the caller reads the waiters again.
+async fn watch_deletion(
+    inner: &Arc<Inner>,
+    key: &Key,
+    predecessor: &etcd_client::KeyValue,
+    read_at: i64,
+    timeout: std::time::Duration,
+) -> std::result::Result<(), String> {
+    let name = predecessor.key().to_vec();
+    let open = |client: Client| {
+        let mut watcher = client.watch_client();
+        let name = name.clone();
+        // No start revision: the watch starts at the current revision.
+        async move { watcher.watch(name, None).await }
+    };
+    let mut stream = call_raw(&inner.members, timeout, Retry::Read, open)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut created = false;
+    loop {
+        let answer = match stream.message().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return Err("the watch ended".into()),
+            Err(error) => return Err(error.to_string()),
+        };
+        if answer.canceled() {
+            return Err(format!("the watch was cancelled: {}", answer.cancel_reason()));
+        }
+        if answer
+            .events()
+            .iter()
+            .any(|e| e.kv().is_some_and(|kv| kv.version() == 0))
+        {
+            return Ok(());
+        }
+        if !created && answer.created() {
+            created = true;
+            let live_from = answer.header().map_or(i64::MAX, |h| h.revision());
+            if live_from > read_at && !still_there(inner, key, predecessor).await? {
+                // Deleted between our read and the watch.
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Whether `predecessor` still exists as the same key (same creation).
+async fn still_there(
+    inner: &Arc<Inner>,
+    key: &Key,
+    predecessor: &etcd_client::KeyValue,
+) -> std::result::Result<bool, String> {
+    let txn = Txn::new().when([Compare::create_revision(
+        predecessor.key(),
+        CompareOp::Equal,
+        predecessor.create_revision(),
+    )]);
+    inner
+        .txn(Operation::Lock, key, Retry::Read, txn)
+        .await
+        .map(|response| response.succeeded())
+        .map_err(|error| error.to_string())
 }
 
 /// The transaction of a fenced write: lock compare + mode compare, put
