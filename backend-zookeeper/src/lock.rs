@@ -271,6 +271,9 @@ async fn acquire(
     let options = zk::CreateMode::EphemeralSequential.with_acls(inner.acls());
     let mut children = None;
     let mut pipelined = None;
+    // Our node as the create answered it (its czxid is the fencing token):
+    // no extra round trip to learn it.
+    let mut held: Option<Held> = None;
     for _ in 0..ATTEMPTS {
         // Create and list in one pipelined round trip: the server handles
         // them in order, so the listing includes our child.
@@ -284,7 +287,13 @@ async fn acquire(
             None => None,
         };
         match created {
-            Ok(_) => {
+            Ok((stat, sequence)) => {
+                let name = format!("{PROTECTED_PREFIX}{guid}{LOCK_NAME}{sequence}");
+                held = Some(Held {
+                    path: format!("{key}/{name}"),
+                    name,
+                    czxid: stat.czxid,
+                });
                 // Only valid if the listing below shows no predecessor.
                 pipelined = if listed.is_ok() { got } else { None };
                 children = Some(match listed {
@@ -318,7 +327,6 @@ async fn acquire(
             plain(ErrorKind::Unavailable, op, key).with_message("could not create the lock node")
         );
     };
-    let mut held: Option<Held> = None;
     loop {
         if lost.is_cancelled() {
             return Err(plain(ErrorKind::SessionLost, op, key));
@@ -381,7 +389,24 @@ async fn acquire(
             Err(zk::Error::SessionExpired) => return Err(plain(ErrorKind::SessionLost, op, key)),
             Err(e) => return Err(error::map(e, op, key)),
         }
-        children = list_children(client, key).await?;
+        // The listing and the read in one pipelined flight, as on the first
+        // round trip: when the listing shows no predecessor any more, the
+        // read that follows it sees every write of the holders before us
+        // (each deleted its node with its write, in one multi).
+        let list = client.list_children(key.as_str());
+        let get = read.map(|read| client.get_data(read.as_str()));
+        let listed = list.await;
+        let got = match get {
+            Some(get) => Some(get.await),
+            None => None,
+        };
+        children = match listed {
+            Ok(listed) => {
+                pipelined = got;
+                listed
+            }
+            Err(_) => list_children(client, key).await?,
+        };
     }
 }
 
