@@ -6,6 +6,7 @@
 //! registration per live instance), `<path>/lock` (the write lock).
 
 mod builder;
+mod contention;
 mod events;
 mod freshness;
 mod listeners;

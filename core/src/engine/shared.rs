@@ -118,6 +118,8 @@ pub(crate) struct Shared<T> {
     /// Wakes the watcher task when the snapshot was replaced (by a local
     /// write too), so it can report what the instance applied.
     pub changed: tokio::sync::Notify,
+    /// Optimistic writers' conflict handling (see the `contention` module).
+    pub contention: super::contention::Contention,
     events: broadcast::Sender<Published>,
     /// Every background task of this instance (the watcher, change
     /// handlers), in one place: `close()` waits for them.
@@ -240,6 +242,7 @@ where
             write_gate: tokio::sync::Mutex::new(()),
             update_lock: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
+            contention: Default::default(),
             events,
             tasks: tokio_util::task::TaskTracker::new(),
         }
@@ -271,6 +274,7 @@ where
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
         // A permit is kept when the watcher is busy: no wake-up is lost.
         self.changed.notify_one();
+        self.contention.snapshot_replaced();
     }
 
     /// Broadcasts `event` as the next publication; returns its number.

@@ -2,13 +2,14 @@
 //! (conditional write, retried on conflict).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::contention;
 use super::merge::keep_unknown;
 use super::shared::{encode_value, Decoded, Shared, Snapshot};
 use super::{UnknownFields, WriteMode};
@@ -236,19 +237,24 @@ where
             .await
         {
             Ok(version) => {
+                shared.contention.observe_write(sent_at.elapsed());
                 shared.apply_local(version, draft.decoded);
                 shared.proof.prove(sent_at);
                 return Ok(draft.result);
             }
             Err(error) if error.kind() == ErrorKind::Conflict => {
                 drop(gate);
-                let asked_at = Instant::now();
-                let latest = backend.get(&keys.payload).await?;
-                refresh(shared, latest.as_ref(), asked_at).await;
+                let read_latest = async {
+                    let asked_at = Instant::now();
+                    let latest = backend.get(&keys.payload).await?;
+                    refresh(shared, latest.as_ref(), asked_at).await;
+                    Ok(())
+                };
                 if strictness == Strictness::FailIfStale {
+                    read_latest.await?;
                     return Err(stale(shared));
                 }
-                tokio::time::sleep(backoff(attempt)).await;
+                contention::after_conflict(shared, expected, &error, attempt, read_latest).await?;
             }
             Err(error) if error.outcome() == Outcome::Unknown => {
                 drop(gate);
@@ -334,12 +340,4 @@ async fn refresh<T>(
     let _gate = shared.write_gate.lock().await;
     shared.apply_read(latest);
     shared.proof.prove(asked_at);
-}
-
-/// Jittered exponential backoff between optimistic retries, capped at 50 ms,
-/// so contending writers spread out instead of colliding in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let cap_ms = 1u64 << attempt.min(6).saturating_sub(1);
-    let cap_us = cap_ms.min(50) * 1000;
-    Duration::from_micros(fastrand::u64(0..=cap_us))
 }
