@@ -14,8 +14,11 @@ mod harness;
 mod paired;
 mod plot;
 mod raw_etcd;
+mod raw_etcd_lock;
 mod raw_zk;
 mod report;
+mod scale;
+mod targets;
 mod zkstate_peer;
 
 use std::path::PathBuf;
@@ -53,9 +56,15 @@ enum Command {
         #[arg(long)]
         smoke: bool,
         /// Only these suites (comma separated): memory, zk-paired, zk,
-        /// zk-raw, zkstate, etcd-paired, etcd, etcd-raw.
+        /// zk-raw, zkstate, etcd-paired, etcd, etcd-raw,
+        /// etcd-raw-lock.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Only these engine scenarios (comma separated): read,
+        /// update-uncontended, locked-split, propagation, contended,
+        /// payload-size, fanout (and any added later).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
         /// Where the JSON results go.
         #[arg(long, default_value = "target/bench-results")]
         out: PathBuf,
@@ -151,8 +160,9 @@ async fn main() -> anyhow::Result<()> {
             no_memory,
             smoke,
             only,
+            scenarios,
             out,
-        } => run(zk, etcd, !no_memory, smoke, &only, &out).await,
+        } => run(zk, etcd, !no_memory, smoke, &only, &scenarios, &out).await,
         Command::Report {
             results,
             markdown,
@@ -167,6 +177,7 @@ async fn run(
     memory: bool,
     smoke: bool,
     only: &[String],
+    scenarios: &[String],
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     let plan = Plan::new(smoke);
@@ -186,6 +197,7 @@ async fn run(
         url,
         root: root.clone(),
         plan,
+        scenarios: scenarios.to_vec(),
     };
     if memory && wanted("memory") {
         eprintln!("== memory: sharedstate engine (in-process reference)");
@@ -230,6 +242,14 @@ async fn run(
                 out,
                 "etcd-raw",
                 &raw_etcd::run(endpoint, &root, &plan).await,
+            )?;
+        }
+        if wanted("etcd-raw-lock") {
+            eprintln!("== etcd: raw etcd-client lock recipe (contended) and the watch-start probe");
+            write_records(
+                out,
+                "etcd-raw-lock",
+                &raw_etcd_lock::run(endpoint, &root, &plan).await,
             )?;
         }
         if wanted("etcd") {
