@@ -235,7 +235,10 @@ def main():
     parser.add_argument("--hosts", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--only", default="",
+                        help="comma-separated scenarios (update-uncontended, propagation, contended)")
     args = parser.parse_args()
+    only = [s for s in args.only.split(",") if s]
     if args.smoke:
         plan = {"warmup": 3, "samples": 20, "budget": 5.0, "contended_for": 0.7}
     else:
@@ -244,6 +247,8 @@ def main():
     records = []
     for name, step in (("update-uncontended", uncontended), ("propagation", propagation),
                        ("contended", contended)):
+        if only and name not in only:
+            continue
         try:
             records.extend(step(args.hosts, f"{root}/{name}", plan))
         except Exception as error:  # noqa: BLE001 - reported as a failed record

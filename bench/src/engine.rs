@@ -75,6 +75,8 @@ pub struct Ctx {
     pub url: String,
     pub root: String,
     pub plan: Plan,
+    /// Only these engine scenarios (empty: all), for targeted runs.
+    pub scenarios: Vec<String>,
 }
 
 impl Ctx {
@@ -138,7 +140,10 @@ pub async fn run(ctx: &Ctx) -> Vec<Record> {
     let mut out = Vec::new();
     macro_rules! step {
         ($name:expr, $call:expr) => {
-            match $call.await {
+            if !ctx.scenarios.is_empty() && !ctx.scenarios.iter().any(|s| s == $name) {
+                // Not asked for in this targeted run.
+            } else {
+                match $call.await {
                 Ok(records) => out.extend(records),
                 Err(error) => {
                     let record = ctx
@@ -148,6 +153,7 @@ pub async fn run(ctx: &Ctx) -> Vec<Record> {
                     out.push(record);
                 }
             }
+            }
         };
     }
     step!("read", read(ctx));
@@ -156,7 +162,11 @@ pub async fn run(ctx: &Ctx) -> Vec<Record> {
     step!("propagation", propagation(ctx));
     step!("contended", contended(ctx));
     step!("payload-size", payload_size(ctx));
-    step!("fanout", fanout(ctx));
+    for sessions in ctx.plan.fanout_sizes() {
+        step!("fanout", crate::scale::fanout(ctx, sessions));
+    }
+    step!("requests-per-update", crate::scale::requests_per_update(ctx));
+    step!("many-states", crate::scale::many_states(ctx, ctx.plan.many_states));
     out
 }
 
@@ -575,106 +585,5 @@ async fn payload_size(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
         }
         close(vec![a, b]).await;
     }
-    Ok(records)
-}
-
-async fn fanout(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
-    let plan = ctx.plan;
-    let path = ctx.path("fanout");
-    let writer = open(ctx, &path, small(), WriteMode::Optimistic).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
-    let mut readers = Vec::new();
-    let open_started = Instant::now();
-    // Open in chunks: all at once would mostly measure connection storms.
-    for chunk in (0..plan.fanout).collect::<Vec<_>>().chunks(10) {
-        let opened = futures::future::join_all(
-            chunk
-                .iter()
-                .map(|_| open(ctx, &path, small(), WriteMode::Optimistic)),
-        )
-        .await;
-        for (offset, part) in opened.into_iter().enumerate() {
-            let part = part?;
-            let index = chunk[0] + offset;
-            let tx = tx.clone();
-            let mut subscription = part.1.subscribe();
-            tokio::spawn(async move {
-                while let Some(event) = subscription.next().await {
-                    if let StateEvent::Changed(set) = event {
-                        if tx
-                            .send((index, set.version.as_u64(), Instant::now()))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                }
-            });
-            readers.push(part);
-        }
-    }
-    let open_time = open_started.elapsed();
-    let mut all = histogram();
-    let mut each = histogram();
-    let mut errors = 0u64;
-    let mut notes = Vec::new();
-    let started = Instant::now();
-    for round in 0..plan.fanout_rounds + 1 {
-        while rx.try_recv().is_ok() {}
-        let t0 = Instant::now();
-        if let Err(error) = writer.1.update(|v| v.counter += 1).await {
-            errors += 1;
-            notes.push(format!("update failed: {error}"));
-            continue;
-        }
-        let target = writer.1.version().as_u64();
-        let mut seen = vec![false; readers.len()];
-        let mut missing = readers.len();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut last = t0;
-        while missing > 0 {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((index, version, at))) if version >= target => {
-                    if !seen[index] {
-                        seen[index] = true;
-                        missing -= 1;
-                        last = last.max(at);
-                        if round > 0 {
-                            record_ns(&mut each, at.saturating_duration_since(t0));
-                        }
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
-        if missing > 0 {
-            errors += 1;
-            notes.push(format!(
-                "round {round}: {missing} sessions got nothing within 30 s"
-            ));
-        } else if round > 0 {
-            record_ns(&mut all, last.saturating_duration_since(t0));
-        }
-    }
-    let wall = started.elapsed();
-    let sessions = readers.len();
-    let mut r_all = ctx
-        .record("fanout", &format!("{sessions} sessions: all"))
-        .with_histogram(&all, wall)
-        .extra("sessions", sessions)
-        .extra("open_all_ms", open_time.as_millis() as u64)
-        .note(format!("opening {sessions} sessions took {open_time:.1?}"));
-    r_all.errors = errors;
-    r_all.notes.extend(notes);
-    let r_each = ctx
-        .record("fanout", &format!("{sessions} sessions: each"))
-        .with_histogram(&each, wall)
-        .extra("sessions", sessions);
-    let records = vec![done(r_all), done(r_each)];
-    drop(tx);
-    let mut everything = vec![writer];
-    everything.extend(readers);
-    close(everything).await;
     Ok(records)
 }

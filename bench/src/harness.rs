@@ -27,8 +27,12 @@ pub struct Plan {
     pub budget: Duration,
     /// How long each contended run lasts.
     pub contended_for: Duration,
-    /// Sessions in the fan-out scenario.
+    /// Sessions in the fan-out scenario (and `fanout_large`, when not 0:
+    /// the scale target compares the two).
     pub fanout: usize,
+    pub fanout_large: usize,
+    /// `SharedState`s opened on one client in the many-states scenario.
+    pub many_states: usize,
     /// Fan-out rounds (updates) measured.
     pub fanout_rounds: usize,
     /// Samples per payload size.
@@ -45,6 +49,8 @@ impl Plan {
                 budget: Duration::from_secs(5),
                 contended_for: Duration::from_millis(700),
                 fanout: 5,
+                fanout_large: 0,
+                many_states: 20,
                 fanout_rounds: 3,
                 payload_samples: 5,
             }
@@ -56,10 +62,23 @@ impl Plan {
                 budget: Duration::from_secs(30),
                 contended_for: Duration::from_secs(8),
                 fanout: 100,
+                fanout_large: 1000,
+                many_states: 1000,
                 fanout_rounds: 20,
                 payload_samples: 60,
             }
         }
+    }
+}
+
+impl Plan {
+    /// The fan-out sizes measured.
+    pub fn fanout_sizes(&self) -> Vec<usize> {
+        let mut sizes = vec![self.fanout];
+        if self.fanout_large > 0 {
+            sizes.push(self.fanout_large);
+        }
+        sizes
     }
 }
 

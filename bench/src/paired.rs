@@ -1,5 +1,6 @@
 //! The target comparisons measured interleaved: each round does one raw
-//! CAS, one optimistic and one locked engine update, one raw propagation,
+//! CAS, one optimistic and one locked engine update, one raw locked update
+//! (the same round trips as the engine's), one raw propagation,
 //! one engine propagation, one raw read and one `read_consistent()`, so the floor and ours see the same machine load
 //! (the cores are shared with other builds; suites run minutes apart would
 //! compare different moments, not different code).
@@ -23,12 +24,17 @@ pub enum Raw {
         cas: (String, i32),
         prop: (String, i32),
         rx: mpsc::UnboundedReceiver<(i32, Instant)>,
+        /// The lock parent and the key written under the lock.
+        locked: (String, String),
     },
     Etcd {
         client: etcd_client::Client,
         cas: (String, i64),
         prop: (String, i64),
         rx: mpsc::UnboundedReceiver<(i64, Instant)>,
+        /// The waiter key (on `lease`) and the key written under the lock.
+        locked: (String, String),
+        lease: i64,
     },
 }
 
@@ -43,12 +49,17 @@ impl Raw {
         let prop_version = raw_zk::ensure(&client, &prop_path, &data).await?;
         let mut rx = raw_zk::watch(watcher.clone(), prop_path.clone());
         raw_zk::arrival(&mut rx, prop_version).await?;
+        let lock_dir = format!("{root}/paired-raw/lock");
+        let locked_path = format!("{root}/paired-raw/locked");
+        raw_zk::ensure(&client, &lock_dir, b"").await?;
+        raw_zk::ensure(&client, &locked_path, &data).await?;
         Ok(Raw::Zk {
             client,
             _watcher: watcher,
             cas: (cas_path, cas_version),
             prop: (prop_path, prop_version),
             rx,
+            locked: (lock_dir, locked_path),
         })
     }
 
@@ -64,11 +75,20 @@ impl Raw {
         let prop_rev = put.header().map(|h| h.revision()).unwrap_or_default();
         let rx = raw_etcd::watch(watcher, prop_key.clone());
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // A lease that outlives the run (300 s): the waiter key's, as the
+        // engine's session lease.
+        let lease = client.lease_grant(300, None).await?.id();
+        let locked_key = format!("{root}/paired-raw/locked");
+        client
+            .put(locked_key.as_str(), serde_json::to_vec(&small())?, None)
+            .await?;
         Ok(Raw::Etcd {
             client,
             cas: (cas_key, cas_rev),
             prop: (prop_key, prop_rev),
             rx,
+            locked: (format!("{root}/paired-raw/lock/{lease:x}"), locked_key),
+            lease,
         })
     }
 
@@ -81,6 +101,81 @@ impl Raw {
             }
             Raw::Etcd { client, cas, .. } => {
                 cas.1 = raw_etcd::cas(client, &cas.0, data, cas.1).await?;
+            }
+        }
+        Ok(t0.elapsed())
+    }
+
+    /// The raw-client minimum of a locked update (uncontended): ZooKeeper's
+    /// pipelined create ephemeral-sequential + getChildren + getData, then
+    /// `multi(check, setData, delete)`; etcd's txn (create the waiter key
+    /// on the lease + read the oldest waiter + read the value), then the
+    /// fenced txn that writes and deletes the waiter key.
+    async fn locked_update(&mut self, data: &[u8]) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        match self {
+            Raw::Zk { client, locked, .. } => {
+                let (dir, path) = (&locked.0, &locked.1);
+                let options = zookeeper_client::CreateMode::EphemeralSequential
+                    .with_acls(zookeeper_client::Acls::anyone_all());
+                let prefix = format!("{dir}/lock-");
+                let create = client.create(&prefix, &[], &options);
+                let list = client.list_children(dir);
+                let get = client.get_data(path);
+                let (_, sequence) = create.await?;
+                let children = list.await?;
+                let (_, stat) = get.await?;
+                let node = format!("{prefix}{sequence}");
+                if children.len() != 1 {
+                    return Err(anyhow!("raw lock contended: {children:?}"));
+                }
+                let mut multi = client.new_multi_writer();
+                multi.add_check_version(&node, -1)?;
+                multi.add_set_data(path, data, Some(stat.version))?;
+                multi.add_delete(&node, None)?;
+                multi.commit().await?;
+            }
+            Raw::Etcd {
+                client,
+                locked,
+                lease,
+                ..
+            } => {
+                use etcd_client::{
+                    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+                };
+                let (waiter, key) = (locked.0.as_str(), locked.1.as_str());
+                let prefix = waiter
+                    .rsplit_once('/')
+                    .map(|(p, _)| format!("{p}/"))
+                    .unwrap_or_default();
+                let oldest = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Ascend)
+                    .with_limit(1)
+                    .with_keys_only();
+                let txn = Txn::new()
+                    .when([Compare::create_revision(waiter, CompareOp::Equal, 0)])
+                    .and_then([
+                        TxnOp::put(waiter, Vec::new(), Some(PutOptions::new().with_lease(*lease))),
+                        TxnOp::get(prefix.as_str(), Some(oldest)),
+                        TxnOp::get(key, None),
+                    ]);
+                let response = client.txn(txn).await?;
+                let token = response
+                    .header()
+                    .map(|h| h.revision())
+                    .ok_or_else(|| anyhow!("txn without a header"))?;
+                if !response.succeeded() {
+                    return Err(anyhow!("raw waiter key exists already"));
+                }
+                let fenced = Txn::new()
+                    .when([Compare::create_revision(waiter, CompareOp::Equal, token)])
+                    .and_then([TxnOp::put(key, data, None), TxnOp::delete(waiter, None)])
+                    .or_else([TxnOp::delete(waiter, None)]);
+                if !client.txn(fenced).await?.succeeded() {
+                    return Err(anyhow!("raw fenced txn failed"));
+                }
             }
         }
         Ok(t0.elapsed())
@@ -172,6 +267,7 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
         ("raw", "raw CAS"),
         ("sharedstate", "optimistic update"),
         ("sharedstate", "locked update"),
+        ("raw", "raw locked update"),
         ("raw", "raw watch"),
         ("sharedstate", "propagation"),
         ("raw", "raw read"),
@@ -187,10 +283,11 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
             notes.push(format!("stopped by the {budget:?} budget"));
             break;
         }
-        let results: [anyhow::Result<Duration>; 7] = [
+        let results: [anyhow::Result<Duration>; 8] = [
             raw.cas(&data).await,
             timed(optimistic.1.update(|v| v.counter += 1)).await,
             timed(locked.1.update(|v| v.counter += 1)).await,
+            raw.locked_update(&data).await,
             raw.propagate(&data).await,
             async {
                 while rx.try_recv().is_ok() {}
@@ -226,8 +323,8 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
     for (k, (implementation, variant)) in names.iter().enumerate() {
         let mut record = Record::new(&ctx.label, implementation, "paired", variant)
             .with_histogram(&hists[k], wall)
-            .note("interleaved with the other six, round by round");
-        record.ops_per_sec = 0.0; // rounds interleave seven operations
+            .note("interleaved with the other seven, round by round");
+        record.ops_per_sec = 0.0; // rounds interleave eight operations
         record.errors = errors[k];
         record.notes.extend(notes.clone());
         announce(&record);

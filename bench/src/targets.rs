@@ -1,0 +1,352 @@
+//! The performance targets table (issue 16): for each target, what was
+//! measured, the floor it is compared with (a raw client doing the same
+//! round trips, or a peer), met or not, and for a target not met the
+//! measured floor that explains it.
+
+use std::fmt::Write as _;
+
+use crate::harness::{fmt_ns, Record};
+
+/// One row: target, backend, measured, floor, met, why not met.
+struct Row {
+    target: String,
+    backend: &'static str,
+    measured: String,
+    floor: String,
+    met: Option<bool>,
+    explanation: String,
+}
+
+fn find<'a>(
+    records: &'a [Record],
+    backend: &str,
+    implementation: &str,
+    scenario: &str,
+    variant: &str,
+) -> Option<&'a Record> {
+    records.iter().find(|r| {
+        r.backend == backend
+            && r.implementation == implementation
+            && r.scenario == scenario
+            && r.variant == variant
+            && !r.quantiles_ns.is_empty()
+    })
+}
+
+fn extra_f64(r: &Record, name: &str) -> Option<f64> {
+    r.extra.get(name).and_then(|v| v.as_f64())
+}
+
+fn slowest(r: &Record) -> Option<u64> {
+    r.quantile(1.0)
+}
+
+fn lost(r: &Record) -> i64 {
+    r.extra
+        .get("lost_updates")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(-1)
+}
+
+fn not_measured(target: String, backend: &'static str) -> Row {
+    Row {
+        target,
+        backend,
+        measured: "not measured".into(),
+        floor: "-".into(),
+        met: None,
+        explanation: String::new(),
+    }
+}
+
+/// ZooKeeper contended writers against kazoo.
+fn against_kazoo(records: &[Record], out: &mut Vec<Row>) {
+    let cas_rate = find(records, "zk", "raw", "raw-cas", "set_data(version)").map(|r| r.ops_per_sec);
+    let locked_floor = find(records, "zk", "raw", "paired", "raw locked update")
+        .and_then(Record::p50)
+        .zip(find(records, "zk", "raw", "paired", "raw watch").and_then(Record::p50));
+    for writers in [4, 8] {
+        for (mode, peer, factor) in [("optimistic", "Counter", 1.5), ("locked", "Lock", 2.0)] {
+            let target = format!(
+                "{writers} writers {mode}: at least {factor}x kazoo {peer}, 0 lost{}",
+                if mode == "optimistic" {
+                    ", slowest increment no slower than kazoo's"
+                } else {
+                    ""
+                }
+            );
+            let ours = find(records, "zk", "sharedstate", "contended", &format!("{writers} writers {mode}"));
+            let kazoo = find(records, "zk", "kazoo", "contended", &format!("{writers} writers {peer}"));
+            let (Some(ours), Some(kazoo)) = (ours, kazoo) else {
+                out.push(not_measured(target, "zk"));
+                continue;
+            };
+            let x = ours.ops_per_sec / kazoo.ops_per_sec.max(1e-9);
+            let tail_ok = mode == "locked" || slowest(ours) <= slowest(kazoo);
+            let met = x >= factor && lost(ours) == 0 && tail_ok;
+            // What the service allows at best: one writer's back-to-back
+            // CAS chain (optimistic); one hand-over = the deletion reaching
+            // the next waiter + its locked update (locked).
+            let (floor_rate, floor_text) = match mode {
+                "optimistic" => (
+                    cas_rate,
+                    cas_rate.map(|r| format!("raw CAS chain {r:.0} ops/s")),
+                ),
+                _ => {
+                    let rate = locked_floor.map(|(l, w)| 1e9 / (l + w) as f64);
+                    (
+                        rate,
+                        locked_floor.map(|(l, w)| {
+                            format!(
+                                "hand-over = raw watch {} + raw locked update {}: {:.0} ops/s",
+                                fmt_ns(w),
+                                fmt_ns(l),
+                                1e9 / (l + w) as f64
+                            )
+                        }),
+                    )
+                }
+            };
+            let explanation = if met {
+                String::new()
+            } else {
+                match floor_rate {
+                    Some(rate) if rate < factor * kazoo.ops_per_sec => format!(
+                        "the floor allows {:.2}x kazoo at most",
+                        rate / kazoo.ops_per_sec.max(1e-9)
+                    ),
+                    Some(rate) => format!(
+                        "below the floor's {:.2}x kazoo: ours is at {:.0}% of the floor",
+                        rate / kazoo.ops_per_sec.max(1e-9),
+                        100.0 * ours.ops_per_sec / rate
+                    ),
+                    None => "floor not measured".into(),
+                }
+            };
+            out.push(Row {
+                target,
+                backend: "zk",
+                measured: format!(
+                    "{:.0} ops/s = {x:.2}x kazoo ({:.0}); slowest {} vs {}; lost {}",
+                    ours.ops_per_sec,
+                    kazoo.ops_per_sec,
+                    slowest(ours).map(fmt_ns).unwrap_or_default(),
+                    slowest(kazoo).map(fmt_ns).unwrap_or_default(),
+                    lost(ours)
+                ),
+                floor: floor_text.unwrap_or_else(|| "-".into()),
+                met: Some(met),
+                explanation,
+            });
+        }
+    }
+}
+
+/// The uncontended locked update against its raw floor (interleaved).
+fn locked_floor(records: &[Record], backend: &'static str, out: &mut Vec<Row>) {
+    let target = "locked update (uncontended) within 1.15x the raw locked update (p50)".to_string();
+    let ours = find(records, backend, "sharedstate", "paired", "locked update").and_then(Record::p50);
+    let floor = find(records, backend, "raw", "paired", "raw locked update").and_then(Record::p50);
+    let cas = find(records, backend, "raw", "paired", "raw CAS").and_then(Record::p50);
+    let (Some(ours), Some(floor)) = (ours, floor) else {
+        out.push(not_measured(target, backend));
+        return;
+    };
+    let x = ours as f64 / floor as f64;
+    let requests = records
+        .iter()
+        .find(|r| {
+            r.backend == backend && r.scenario == "requests-per-update" && r.variant == "locked"
+        })
+        .and_then(|r| extra_f64(r, "requests_per_update"));
+    out.push(Row {
+        target,
+        backend,
+        measured: format!(
+            "{} = {x:.2}x{}",
+            fmt_ns(ours),
+            requests
+                .map(|n| format!("; {n:.1} server requests per update"))
+                .unwrap_or_default()
+        ),
+        floor: format!(
+            "{} ({}){}",
+            fmt_ns(floor),
+            if backend == "zk" {
+                "4 requests: create, getChildren, getData pipelined, then multi"
+            } else {
+                "2 requests: two txns"
+            },
+            cas.map(|c| format!(" ({:.2}x one raw CAS: two round trips)", floor as f64 / c as f64))
+                .unwrap_or_default()
+        ),
+        met: Some(x <= 1.15),
+        explanation: if x <= 1.15 {
+            String::new()
+        } else {
+            "interleaved p50s: the gap is the engine's own (encode, merge, diff, local queue)".into()
+        },
+    });
+}
+
+/// etcd: contended locked writers against the raw lock recipe.
+fn etcd_lock(records: &[Record], out: &mut Vec<Row>) {
+    for writers in [4, 8] {
+        let target = format!("{writers} writers locked: within 1.5x the raw lock recipe's throughput, 0 lost");
+        let ours = find(records, "etcd", "sharedstate", "contended", &format!("{writers} writers locked"));
+        let raw = find(
+            records,
+            "etcd",
+            "raw",
+            "contended-lock",
+            &format!("{writers} writers, watch from now + re-check"),
+        );
+        let (Some(ours), Some(raw)) = (ours, raw) else {
+            out.push(not_measured(target, "etcd"));
+            continue;
+        };
+        let x = raw.ops_per_sec / ours.ops_per_sec.max(1e-9);
+        let met = x <= 1.5 && lost(ours) == 0;
+        out.push(Row {
+            target,
+            backend: "etcd",
+            measured: format!(
+                "{:.0} ops/s (p90 {}), lost {}: raw is {x:.2}x ours",
+                ours.ops_per_sec,
+                ours.quantile(0.9).map(fmt_ns).unwrap_or_default(),
+                lost(ours)
+            ),
+            floor: format!(
+                "raw recipe {:.0} ops/s (p90 {})",
+                raw.ops_per_sec,
+                raw.quantile(0.9).map(fmt_ns).unwrap_or_default()
+            ),
+            met: Some(met),
+            explanation: if met {
+                String::new()
+            } else {
+                "see the raw recipe's own figures beside it".into()
+            },
+        });
+    }
+    let target = "no fixed sleep in a hand-over: 4 writers locked p90 under 50 ms".to_string();
+    let ours = find(records, "etcd", "sharedstate", "contended", "4 writers locked");
+    let past = find(records, "etcd", "raw", "watch-start", "from a past revision").and_then(Record::p50);
+    let now = find(records, "etcd", "raw", "watch-start", "from now").and_then(Record::p50);
+    match ours.and_then(|r| r.quantile(0.9)) {
+        Some(p90) => out.push(Row {
+            target,
+            backend: "etcd",
+            measured: format!("p90 {}", fmt_ns(p90)),
+            floor: match (past, now) {
+                (Some(p), Some(n)) => format!(
+                    "a deletion reaches a watch started at a past revision in {}, one started now in {} (etcd syncs past-revision watches every 100 ms)",
+                    fmt_ns(p),
+                    fmt_ns(n)
+                ),
+                _ => "-".into(),
+            },
+            met: Some(p90 < 50_000_000),
+            explanation: String::new(),
+        }),
+        None => out.push(not_measured(target, "etcd")),
+    }
+}
+
+/// Scale targets, per backend.
+fn scale(records: &[Record], backend: &'static str, out: &mut Vec<Row>) {
+    let fanout = |n: usize| {
+        records.iter().find(|r| {
+            r.backend == backend
+                && r.implementation == "sharedstate"
+                && r.scenario == "fanout"
+                && r.variant == format!("{n} sessions: all")
+                && !r.quantiles_ns.is_empty()
+        })
+    };
+    let target = "propagation p99 to 1,000 sessions within 3x that to 100".to_string();
+    match (fanout(100), fanout(1000)) {
+        (Some(small), Some(large)) => {
+            let (a, b) = (small.p99().unwrap_or(0), large.p99().unwrap_or(0));
+            let x = b as f64 / a.max(1) as f64;
+            out.push(Row {
+                target,
+                backend,
+                measured: format!(
+                    "1,000: p50 {} / p99 {} = {x:.2}x the p99 to 100{}",
+                    large.p50().map(fmt_ns).unwrap_or_default(),
+                    fmt_ns(b),
+                    large
+                        .extra
+                        .get("open_all_ms")
+                        .map(|v| format!("; opened in {v} ms"))
+                        .unwrap_or_default()
+                ),
+                floor: format!("100: p99 {}", fmt_ns(a)),
+                met: Some(x <= 3.0),
+                explanation: if x <= 3.0 {
+                    String::new()
+                } else {
+                    "one client process receives every session's notification and read: the bench host's cores are the floor".into()
+                },
+            });
+        }
+        _ => out.push(not_measured(target, backend)),
+    }
+    let many = records.iter().find(|r| {
+        r.backend == backend && r.scenario == "many-states" && r.variant.ends_with(": open")
+    });
+    let target = "memory per idle instance under 64 KiB beyond two copies of the payload".to_string();
+    match many {
+        Some(r) => {
+            let beyond = extra_f64(r, "rss_beyond_two_payloads_bytes").unwrap_or(f64::NAN);
+            let per = extra_f64(r, "rss_per_instance_bytes").unwrap_or(f64::NAN);
+            let rate = extra_f64(r, "idle_server_requests_per_s");
+            out.push(Row {
+                target,
+                backend,
+                measured: format!(
+                    "{:.1} KiB per instance, {:.1} KiB beyond two payloads ({}){}",
+                    per / 1024.0,
+                    beyond / 1024.0,
+                    r.variant.trim_end_matches(": open"),
+                    rate.map(|r| format!("; idle: {r:.0} server requests/s"))
+                        .unwrap_or_default()
+                ),
+                floor: "-".into(),
+                met: Some(beyond < 64.0 * 1024.0),
+                explanation: String::new(),
+            });
+        }
+        None => out.push(not_measured(target, backend)),
+    }
+}
+
+/// Writes the targets table.
+pub fn table(md: &mut String, records: &[Record]) {
+    let mut rows = Vec::new();
+    against_kazoo(records, &mut rows);
+    for backend in ["zk", "etcd"] {
+        locked_floor(records, backend, &mut rows);
+    }
+    etcd_lock(records, &mut rows);
+    for backend in ["zk", "etcd", "memory"] {
+        scale(records, backend, &mut rows);
+    }
+    let _ = writeln!(md, "## Targets (issue 16: contention, the locked floor, scale)\n");
+    let _ = writeln!(md, "| target | backend | measured | floor | met | why not met (measured floor) |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for row in rows {
+        let met = match row.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {met} | {} |",
+            row.target, row.backend, row.measured, row.floor, row.explanation
+        );
+    }
+    let _ = writeln!(md);
+}
