@@ -24,9 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::Client;
-use etcd_client::{
-    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use sharedstate_core::{
     Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, PutMode,
     Result, Version, Versioned,
@@ -324,6 +322,7 @@ async fn wait_for_turn(
     let op = Operation::Lock;
     let timeout = inner.config.request_timeout;
     let mut failures = 0u32;
+    let waiting_since = Instant::now();
     loop {
         // Our key must still be ours; then find the newest older waiter.
         let older = GetOptions::new()
@@ -345,9 +344,13 @@ async fn wait_for_turn(
         let revision = header_revision(response.header(), op, key)?;
         let Some(predecessor) = range_at(&response, 0).and_then(|get| get.kvs().first().cloned())
         else {
+            tracing::trace!(%key, waited = ?waiting_since.elapsed(), "lock granted after waiting");
             return Ok(first_kv_at(&response, 1).map(into_versioned));
         };
-        match watch_deletion(inner, key, &predecessor, revision, timeout).await {
+        let watch_started = Instant::now();
+        let watched = watch_deletion(inner, key, &predecessor, revision, timeout).await;
+        tracing::trace!(%key, took = ?watch_started.elapsed(), read_at = revision, "the lock predecessor went");
+        match watched {
             Ok(()) => failures = 0,
             Err(error) => {
                 // The watch could not be opened or broke: check again after
@@ -389,7 +392,10 @@ async fn watch_deletion(
             Err(error) => return Err(error.to_string()),
         };
         if answer.canceled() {
-            return Err(format!("the watch was cancelled: {}", answer.cancel_reason()));
+            return Err(format!(
+                "the watch was cancelled: {}",
+                answer.cancel_reason()
+            ));
         }
         if answer
             .events()
@@ -401,6 +407,7 @@ async fn watch_deletion(
         if !created && answer.created() {
             created = true;
             let live_from = answer.header().map_or(i64::MAX, |h| h.revision());
+            tracing::trace!(%key, live_from, read_at, "lock predecessor watch created");
             if live_from > read_at && !still_there(inner, key, predecessor).await? {
                 // Deleted between our read and the watch.
                 return Ok(());

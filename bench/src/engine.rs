@@ -144,15 +144,15 @@ pub async fn run(ctx: &Ctx) -> Vec<Record> {
                 // Not asked for in this targeted run.
             } else {
                 match $call.await {
-                Ok(records) => out.extend(records),
-                Err(error) => {
-                    let record = ctx
-                        .record($name, "failed")
-                        .note(format!("failed: {error:#}"));
-                    crate::harness::announce(&record);
-                    out.push(record);
+                    Ok(records) => out.extend(records),
+                    Err(error) => {
+                        let record = ctx
+                            .record($name, "failed")
+                            .note(format!("failed: {error:#}"));
+                        crate::harness::announce(&record);
+                        out.push(record);
+                    }
                 }
-            }
             }
         };
     }
@@ -165,8 +165,14 @@ pub async fn run(ctx: &Ctx) -> Vec<Record> {
     for sessions in ctx.plan.fanout_sizes() {
         step!("fanout", crate::scale::fanout(ctx, sessions));
     }
-    step!("requests-per-update", crate::scale::requests_per_update(ctx));
-    step!("many-states", crate::scale::many_states(ctx, ctx.plan.many_states));
+    step!(
+        "requests-per-update",
+        crate::scale::requests_per_update(ctx)
+    );
+    step!(
+        "many-states",
+        crate::scale::many_states(ctx, ctx.plan.many_states)
+    );
     out
 }
 

@@ -157,7 +157,11 @@ impl Raw {
                 let txn = Txn::new()
                     .when([Compare::create_revision(waiter, CompareOp::Equal, 0)])
                     .and_then([
-                        TxnOp::put(waiter, Vec::new(), Some(PutOptions::new().with_lease(*lease))),
+                        TxnOp::put(
+                            waiter,
+                            Vec::new(),
+                            Some(PutOptions::new().with_lease(*lease)),
+                        ),
                         TxnOp::get(prefix.as_str(), Some(oldest)),
                         TxnOp::get(key, None),
                     ]);

@@ -90,11 +90,7 @@ fn header_revision(response: &TxnResponse) -> anyhow::Result<i64> {
 /// The time from a delete request until a watch on that key delivers the
 /// deletion, for a watch started at a past revision (with a write in
 /// between, as in a contended lock) and for one started now.
-async fn watch_start_probe(
-    endpoint: &str,
-    root: &str,
-    plan: &Plan,
-) -> anyhow::Result<Vec<Record>> {
+async fn watch_start_probe(endpoint: &str, root: &str, plan: &Plan) -> anyhow::Result<Vec<Record>> {
     let mut client = connect(endpoint).await?;
     let key = format!("{root}/etcd-raw-lock/probe");
     let other = format!("{root}/etcd-raw-lock/probe-other");
@@ -182,12 +178,7 @@ impl Writer {
     /// One locked increment: the same transactions as the engine's locked
     /// update (create the waiter key + read the oldest waiter + read the
     /// value; wait; the fenced write that also deletes the waiter key).
-    async fn increment(
-        &mut self,
-        prefix: &str,
-        data: &str,
-        from: WatchFrom,
-    ) -> anyhow::Result<()> {
+    async fn increment(&mut self, prefix: &str, data: &str, from: WatchFrom) -> anyhow::Result<()> {
         let oldest = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
@@ -254,7 +245,8 @@ impl Writer {
                 .with_sort(SortTarget::Create, SortOrder::Descend)
                 .with_limit(1)
                 .with_keys_only();
-            let txn = Txn::new().and_then([TxnOp::get(prefix, Some(older)), TxnOp::get(data, None)]);
+            let txn =
+                Txn::new().and_then([TxnOp::get(prefix, Some(older)), TxnOp::get(data, None)]);
             let response = self.client.txn(txn).await?;
             let revision = header_revision(&response)?;
             let Some((predecessor, create, _)) = kv_at(&response, 0) else {
@@ -280,7 +272,10 @@ impl Writer {
                     // predecessor still there?
                     let still = self
                         .client
-                        .get(predecessor.clone(), Some(GetOptions::new().with_keys_only()))
+                        .get(
+                            predecessor.clone(),
+                            Some(GetOptions::new().with_keys_only()),
+                        )
                         .await?;
                     if still.kvs().first().map(|kv| kv.create_revision()) != Some(create) {
                         continue;
@@ -327,7 +322,11 @@ async fn contended(
 ) -> anyhow::Result<Record> {
     let base = format!(
         "{root}/etcd-raw-lock/{writers}-{}",
-        if from == WatchFrom::Now { "now" } else { "read" }
+        if from == WatchFrom::Now {
+            "now"
+        } else {
+            "read"
+        }
     );
     let prefix = format!("{base}/lock/");
     let data = format!("{base}/counter");

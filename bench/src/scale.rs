@@ -85,9 +85,8 @@ async fn server_counters(url: &str) -> ServerCounters {
             }
         },
         "etcd" => {
-            let request = format!(
-                "GET /metrics HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-            );
+            let request =
+                format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n");
             match exchange(address, request.as_bytes()).await {
                 Ok(text) => ServerCounters {
                     watches: field(&text, "etcd_debugging_mvcc_watcher_total"),

@@ -61,7 +61,8 @@ fn not_measured(target: String, backend: &'static str) -> Row {
 
 /// ZooKeeper contended writers against kazoo.
 fn against_kazoo(records: &[Record], out: &mut Vec<Row>) {
-    let cas_rate = find(records, "zk", "raw", "raw-cas", "set_data(version)").map(|r| r.ops_per_sec);
+    let cas_rate =
+        find(records, "zk", "raw", "raw-cas", "set_data(version)").map(|r| r.ops_per_sec);
     let locked_floor = find(records, "zk", "raw", "paired", "raw locked update")
         .and_then(Record::p50)
         .zip(find(records, "zk", "raw", "paired", "raw watch").and_then(Record::p50));
@@ -75,8 +76,20 @@ fn against_kazoo(records: &[Record], out: &mut Vec<Row>) {
                     ""
                 }
             );
-            let ours = find(records, "zk", "sharedstate", "contended", &format!("{writers} writers {mode}"));
-            let kazoo = find(records, "zk", "kazoo", "contended", &format!("{writers} writers {peer}"));
+            let ours = find(
+                records,
+                "zk",
+                "sharedstate",
+                "contended",
+                &format!("{writers} writers {mode}"),
+            );
+            let kazoo = find(
+                records,
+                "zk",
+                "kazoo",
+                "contended",
+                &format!("{writers} writers {peer}"),
+            );
             let (Some(ours), Some(kazoo)) = (ours, kazoo) else {
                 out.push(not_measured(target, "zk"));
                 continue;
@@ -145,7 +158,8 @@ fn against_kazoo(records: &[Record], out: &mut Vec<Row>) {
 /// The uncontended locked update against its raw floor (interleaved).
 fn locked_floor(records: &[Record], backend: &'static str, out: &mut Vec<Row>) {
     let target = "locked update (uncontended) within 1.15x the raw locked update (p50)".to_string();
-    let ours = find(records, backend, "sharedstate", "paired", "locked update").and_then(Record::p50);
+    let ours =
+        find(records, backend, "sharedstate", "paired", "locked update").and_then(Record::p50);
     let floor = find(records, backend, "raw", "paired", "raw locked update").and_then(Record::p50);
     let cas = find(records, backend, "raw", "paired", "raw CAS").and_then(Record::p50);
     let (Some(ours), Some(floor)) = (ours, floor) else {
@@ -177,14 +191,18 @@ fn locked_floor(records: &[Record], backend: &'static str, out: &mut Vec<Row>) {
             } else {
                 "2 requests: two txns"
             },
-            cas.map(|c| format!(" ({:.2}x one raw CAS: two round trips)", floor as f64 / c as f64))
-                .unwrap_or_default()
+            cas.map(|c| format!(
+                " ({:.2}x one raw CAS: two round trips)",
+                floor as f64 / c as f64
+            ))
+            .unwrap_or_default()
         ),
         met: Some(x <= 1.15),
         explanation: if x <= 1.15 {
             String::new()
         } else {
-            "interleaved p50s: the gap is the engine's own (encode, merge, diff, local queue)".into()
+            "interleaved p50s: the gap is the engine's own (encode, merge, diff, local queue)"
+                .into()
         },
     });
 }
@@ -192,8 +210,16 @@ fn locked_floor(records: &[Record], backend: &'static str, out: &mut Vec<Row>) {
 /// etcd: contended locked writers against the raw lock recipe.
 fn etcd_lock(records: &[Record], out: &mut Vec<Row>) {
     for writers in [4, 8] {
-        let target = format!("{writers} writers locked: within 1.5x the raw lock recipe's throughput, 0 lost");
-        let ours = find(records, "etcd", "sharedstate", "contended", &format!("{writers} writers locked"));
+        let target = format!(
+            "{writers} writers locked: within 1.5x the raw lock recipe's throughput, 0 lost"
+        );
+        let ours = find(
+            records,
+            "etcd",
+            "sharedstate",
+            "contended",
+            &format!("{writers} writers locked"),
+        );
         let raw = find(
             records,
             "etcd",
@@ -230,8 +256,21 @@ fn etcd_lock(records: &[Record], out: &mut Vec<Row>) {
         });
     }
     let target = "no fixed sleep in a hand-over: 4 writers locked p90 under 50 ms".to_string();
-    let ours = find(records, "etcd", "sharedstate", "contended", "4 writers locked");
-    let past = find(records, "etcd", "raw", "watch-start", "from a past revision").and_then(Record::p50);
+    let ours = find(
+        records,
+        "etcd",
+        "sharedstate",
+        "contended",
+        "4 writers locked",
+    );
+    let past = find(
+        records,
+        "etcd",
+        "raw",
+        "watch-start",
+        "from a past revision",
+    )
+    .and_then(Record::p50);
     let now = find(records, "etcd", "raw", "watch-start", "from now").and_then(Record::p50);
     match ours.and_then(|r| r.quantile(0.9)) {
         Some(p90) => out.push(Row {
@@ -296,7 +335,8 @@ fn scale(records: &[Record], backend: &'static str, out: &mut Vec<Row>) {
     let many = records.iter().find(|r| {
         r.backend == backend && r.scenario == "many-states" && r.variant.ends_with(": open")
     });
-    let target = "memory per idle instance under 64 KiB beyond two copies of the payload".to_string();
+    let target =
+        "memory per idle instance under 64 KiB beyond two copies of the payload".to_string();
     match many {
         Some(r) => {
             let beyond = extra_f64(r, "rss_beyond_two_payloads_bytes").unwrap_or(f64::NAN);
@@ -333,8 +373,14 @@ pub fn table(md: &mut String, records: &[Record]) {
     for backend in ["zk", "etcd", "memory"] {
         scale(records, backend, &mut rows);
     }
-    let _ = writeln!(md, "## Targets (issue 16: contention, the locked floor, scale)\n");
-    let _ = writeln!(md, "| target | backend | measured | floor | met | why not met (measured floor) |");
+    let _ = writeln!(
+        md,
+        "## Targets (issue 16: contention, the locked floor, scale)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| target | backend | measured | floor | met | why not met (measured floor) |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     for row in rows {
         let met = match row.met {

@@ -56,7 +56,9 @@ impl Contention {
 
     /// A successful write took `elapsed`.
     pub(crate) fn observe_write(&self, elapsed: Duration) {
-        let sample = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+        let sample = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         // Races between writers of one instance only blur the mean.
         let old = self.write_latency_us.load(Ordering::Relaxed);
         let new = if old == 0 {
@@ -84,8 +86,8 @@ impl Contention {
     /// The pause before retry `attempt` (1-based): uniform in a window of
     /// `min(attempt, 4)` write latencies, capped at 50 ms.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let window = (self.write_latency() * attempt.clamp(1, BACKOFF_MAX_LATENCIES))
-            .min(BACKOFF_MAX);
+        let window =
+            (self.write_latency() * attempt.clamp(1, BACKOFF_MAX_LATENCIES)).min(BACKOFF_MAX);
         let window_us = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
         Duration::from_micros(fastrand::u64(0..=window_us))
     }
