@@ -126,6 +126,8 @@ async fn connect_etcd(_url: &str) -> Result<Arc<dyn CoordinationBackend>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "memory")]
+    use crate::backend::Bytes;
 
     /// Any text that names no network backend: a backend or a clear error,
     /// never a panic, and never a password in the message. (zk:// and

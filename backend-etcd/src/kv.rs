@@ -16,7 +16,7 @@ use etcd_client::{
 use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Version, Versioned};
 
 use crate::error::{call, closed, to_error, EtcdError, Retry};
-use crate::session::{Backoff, LeaseHandle};
+use crate::session::{backoff, LeaseHandle};
 use crate::Inner;
 
 /// The largest value accepted: below etcd's default request limit
@@ -172,12 +172,12 @@ pub(crate) fn delete_owned_later<H: Send + 'static>(
     let key = key.clone();
     tokio::spawn(async move {
         let _hold = hold;
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         loop {
             tokio::select! {
                 _ = inner.closed.cancelled() => return,
                 _ = lease.lost.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
             match delete_owned_once(&inner, operation, &key, &etcd_key, lease.id).await {
                 Ok(()) => {

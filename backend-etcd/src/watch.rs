@@ -19,8 +19,9 @@ use sharedstate_core::{
 use tokio::sync::{mpsc, watch};
 
 use crate::kv::version_of;
-use crate::session::Backoff;
+use crate::session::backoff;
 use crate::Inner;
+use sharedstate_core::backend::Backoff;
 
 type Sender = mpsc::UnboundedSender<Result<WatchEvent>>;
 
@@ -47,7 +48,7 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         status,
         last,
         breaks,
-        reopen_backoff: Backoff::new(),
+        reopen_backoff: backoff(),
     };
     tokio::spawn(watcher.run(revision + 1));
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
@@ -69,7 +70,7 @@ pub(crate) fn watch_from(inner: &Arc<Inner>, key: &Key, after: i64) -> Result<Wa
         status,
         last,
         breaks,
-        reopen_backoff: Backoff::new(),
+        reopen_backoff: backoff(),
     };
     tokio::spawn(watcher.run(after.saturating_add(1)));
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
@@ -211,7 +212,7 @@ impl Watcher {
     /// loop of reopens.
     async fn ended(&mut self, opened_at: tokio::time::Instant) -> End {
         if opened_at.elapsed() < QUICK_END {
-            let pause = self.reopen_backoff.next();
+            let pause = self.reopen_backoff.next_delay();
             tokio::select! {
                 _ = self.inner.closed.cancelled() => return End::Stop,
                 _ = self.tx.closed() => return End::Stop,
@@ -276,7 +277,7 @@ impl Watcher {
     /// Reads the key until it works and sends `Resync`; returns the
     /// revision to watch from, or `None` when the watch must end.
     async fn resync(&mut self) -> Option<i64> {
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         loop {
             // What the session looked like before the read: a break during
             // it calls for another Resync.
@@ -307,7 +308,7 @@ impl Watcher {
                     tokio::select! {
                         _ = self.inner.closed.cancelled() => return None,
                         _ = self.tx.closed() => return None,
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }

@@ -36,7 +36,8 @@ pub(crate) type ClientId = u64;
 /// into any of them.
 ///
 /// ```
-/// use sharedstate_core::{Bytes, CoordinationBackend, Key, PutMode};
+/// use sharedstate_core::backend::Bytes;
+/// use sharedstate_core::{CoordinationBackend, Key, PutMode};
 /// use sharedstate_memory::MemoryCluster;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -66,7 +67,8 @@ impl MemoryCluster {
     /// `ErrorKind::ValueTooLarge`.
     ///
     /// ```
-    /// use sharedstate_core::{Bytes, CoordinationBackend, ErrorKind, Key, PutMode};
+    /// use sharedstate_core::backend::Bytes;
+    /// use sharedstate_core::{CoordinationBackend, ErrorKind, Key, PutMode};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let client = sharedstate_memory::MemoryCluster::with_max_value_bytes(4).client();
@@ -154,16 +156,7 @@ impl Shared {
 
     /// `ValueTooLarge` when `value` is over the limit.
     pub(crate) fn check_size(&self, value: &Bytes, op: Operation, key: &Key) -> Result<()> {
-        if value.len() > self.max_value_bytes {
-            return Err(
-                error(ErrorKind::ValueTooLarge, op, key).with_message(format!(
-                    "{} bytes, the limit is {}",
-                    value.len(),
-                    self.max_value_bytes
-                )),
-            );
-        }
-        Ok(())
+        sharedstate_core::backend::check_size(op, key, value, self.max_value_bytes)
     }
 }
 

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sharedstate_core::{
-    Error, ErrorKind, FencingToken, Key, LockGuard, LockRelease, Operation, Result,
-};
+use sharedstate_core::backend::LockRelease;
+use sharedstate_core::{Error, ErrorKind, FencingToken, Key, LockGuard, Operation, Result};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -245,7 +244,7 @@ pub(crate) fn guard(shared: &Arc<Shared>, client: ClientId, key: &Key, grant: Gr
         key: key.clone(),
         token: grant.token,
     };
-    LockGuard::new(
+    sharedstate_core::backend::lock_guard(
         key.clone(),
         format!("{key}#{}", grant.token),
         FencingToken::new(grant.token),

@@ -28,8 +28,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
+use sharedstate_core::backend::LockRelease;
 use sharedstate_core::{
-    ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, Result, Versioned,
+    ErrorKind, FencingToken, Key, LockGuard, LockOptions, Operation, Result, Versioned,
 };
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
@@ -146,7 +147,7 @@ async fn lock_reading(
                 path: held.path.clone(),
                 epoch: session.epoch,
             };
-            let guard = LockGuard::new(
+            let guard = sharedstate_core::backend::lock_guard(
                 key.clone(),
                 held.path,
                 FencingToken::new(u64::try_from(held.czxid).unwrap_or(0)),
