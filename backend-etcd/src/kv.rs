@@ -26,16 +26,7 @@ pub const MAX_VALUE_BYTES: usize = 1_000_000;
 
 /// `ValueTooLarge` before anything is sent.
 pub(crate) fn check_size(operation: Operation, key: &Key, value: &Bytes) -> Result<()> {
-    let max = MAX_VALUE_BYTES;
-    if value.len() > max {
-        return Err(Error::new(ErrorKind::ValueTooLarge, operation)
-            .with_key(key)
-            .with_message(format!(
-                "the value has {} bytes, this backend accepts at most {max}",
-                value.len()
-            )));
-    }
-    Ok(())
+    sharedstate_core::backend::check_size(operation, key, value, MAX_VALUE_BYTES)
 }
 
 pub(crate) fn check_open(inner: &Inner, operation: Operation, key: &Key) -> Result<()> {

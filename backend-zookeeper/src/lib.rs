@@ -280,16 +280,7 @@ impl Drop for ZooKeeperBackend {
 }
 
 pub(crate) fn check_size(operation: Operation, key: &Key, value: &Bytes) -> Result<()> {
-    if value.len() > MAX_VALUE_BYTES {
-        Err(error::too_large(
-            operation,
-            key,
-            value.len(),
-            MAX_VALUE_BYTES,
-        ))
-    } else {
-        Ok(())
-    }
+    sharedstate_core::backend::check_size(operation, key, value, MAX_VALUE_BYTES)
 }
 
 /// A zxid as a [`Version`] (zxids are positive).
