@@ -14,6 +14,7 @@ mod key;
 mod lock;
 mod redact;
 mod registration;
+pub mod state;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod version;
