@@ -94,13 +94,13 @@ pub use kv::MAX_VALUE_BYTES;
 use builder::Config;
 use error::Retry;
 use registration::Registry;
-use session::Session;
+use session::LeaseKeeper;
 
 /// State shared by the backend, its tasks, lock guards and registrations.
 pub(crate) struct Inner {
     pub(crate) members: Arc<members::Members>,
     pub(crate) config: Config,
-    pub(crate) session: Session,
+    pub(crate) session: LeaseKeeper,
     pub(crate) registry: tokio::sync::Mutex<Registry>,
     pub(crate) closed: CancellationToken,
     pub(crate) lock_queues: lock::LocalQueues,

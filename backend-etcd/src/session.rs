@@ -1,6 +1,6 @@
 //! The session: one etcd lease kept alive by a background task.
 //!
-//! States, as published on [`Session::subscribe`]:
+//! States, as published on [`LeaseKeeper::subscribe`]:
 //!
 //! - `Connected(epoch)`: the keep-alive stream answers.
 //! - `Suspended(epoch)`: the keep-alive stream broke or stopped answering;
@@ -37,19 +37,20 @@ pub(crate) struct LeaseHandle {
     pub(crate) lost: CancellationToken,
 }
 
-/// Session bookkeeping shared by the backend and its keep-alive task.
+/// The session as the backend keeps it: the current lease, its TTL and
+/// the published status, shared by the backend and its keep-alive task.
 #[derive(Debug)]
-pub(crate) struct Session {
+pub(crate) struct LeaseKeeper {
     status: SessionPublisher,
     current: Mutex<LeaseHandle>,
     ttl_secs: AtomicU64,
     poke: Notify,
 }
 
-impl Session {
+impl LeaseKeeper {
     /// A connected session (epoch 0) on a freshly granted lease.
     pub(crate) fn new(lease_id: i64, ttl_secs: i64) -> Self {
-        Session {
+        LeaseKeeper {
             status: SessionPublisher::new(),
             current: Mutex::new(LeaseHandle {
                 id: lease_id,

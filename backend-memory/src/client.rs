@@ -13,7 +13,7 @@ use sharedstate_core::{
 };
 use tokio::sync::watch;
 
-use crate::cluster::{error, ClientId, Shared};
+use crate::cluster::{error, ClientId, ClusterCore};
 use crate::lock::{guard, Acquire, PendingLock};
 use crate::session::MemoryRegistration;
 
@@ -44,14 +44,14 @@ use crate::session::MemoryRegistration;
 /// - `close` (and drop) fire `lost()` on the client's lock guards, and make
 ///   its pending `lock` calls fail with `Closed`.
 pub struct MemoryBackend {
-    shared: Arc<Shared>,
+    shared: Arc<ClusterCore>,
     client: ClientId,
     status: Arc<SessionPublisher>,
     stalled: watch::Receiver<bool>,
 }
 
 impl MemoryBackend {
-    pub(crate) fn open(shared: Arc<Shared>) -> Self {
+    pub(crate) fn open(shared: Arc<ClusterCore>) -> Self {
         let (client, status, stalled) = shared.lock().open_client();
         MemoryBackend {
             shared,

@@ -53,7 +53,7 @@ pub(crate) type ClientId = u64;
 /// ```
 #[derive(Clone)]
 pub struct MemoryCluster {
-    shared: Arc<Shared>,
+    shared: Arc<ClusterCore>,
 }
 
 impl MemoryCluster {
@@ -82,7 +82,7 @@ impl MemoryCluster {
     /// ```
     pub fn with_max_value_bytes(max: usize) -> Self {
         MemoryCluster {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ClusterCore {
                 max_value_bytes: max,
                 state: Mutex::new(State::default()),
             }),
@@ -140,13 +140,14 @@ impl fmt::Debug for MemoryCluster {
     }
 }
 
-/// What the cluster handles, clients, guards and registrations share.
-pub(crate) struct Shared {
+/// The cluster itself: what its handles (`MemoryCluster`), clients, guards
+/// and registrations share (the engine's `Shared` is unrelated).
+pub(crate) struct ClusterCore {
     pub(crate) max_value_bytes: usize,
     state: Mutex<State>,
 }
 
-impl Shared {
+impl ClusterCore {
     /// Locks the cluster state. Never hold the guard across an `.await`.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the tree half-written
@@ -160,9 +161,9 @@ impl Shared {
     }
 }
 
-impl fmt::Debug for Shared {
+impl fmt::Debug for ClusterCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("ClusterCore")
             .field("max_value_bytes", &self.max_value_bytes)
             .finish_non_exhaustive()
     }

@@ -10,7 +10,7 @@ use sharedstate_core::backend::{RegistrationClose, SessionPublisher};
 use sharedstate_core::{ErrorKind, Key, Operation, PutMode, Result};
 use tokio::sync::watch;
 
-use crate::cluster::{ClientId, SessionId, Shared, State};
+use crate::cluster::{ClientId, ClusterCore, SessionId, State};
 
 /// The cluster's view of one client.
 pub(crate) struct ClientRecord {
@@ -307,7 +307,7 @@ fn closed(op: Operation) -> sharedstate_core::Error {
 /// Updates and closes one registration of one client.
 #[derive(Debug)]
 pub(crate) struct MemoryRegistration {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ClusterCore>,
     pub(crate) client: ClientId,
     pub(crate) id: u64,
     /// The client's stall fault: an update waits while it holds.
