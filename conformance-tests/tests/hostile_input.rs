@@ -45,7 +45,7 @@ fn edited(doc: &Value, insert: &Value, at: usize) -> Value {
     match doc {
         Value::Array(items) => {
             let mut items: Vec<Value> = items.iter().map(|v| edited(v, insert, at)).collect();
-            if at % 3 == 0 && !items.is_empty() {
+            if at.is_multiple_of(3) && !items.is_empty() {
                 items.remove(0);
             }
             items.insert(at.min(items.len()), insert.clone());

@@ -2,22 +2,24 @@
 //! from, apart from what a user of the engine calls.
 //!
 //! A user needs none of this module: [`SharedState`](crate::SharedState),
-//! [`connect`-style constructors] of the backend crates and the contract's
-//! own types at the crate root are enough. A backend author needs the
-//! contract (re-exported here so that `use sharedstate_core::backend::*`
-//! is all an implementation imports), the handles' constructors, and the
-//! kit every backend shares:
+//! the backend crates' constructors and the contract's types at the crate
+//! root are enough. A backend author needs the contract (re-exported here,
+//! so that `use sharedstate_core::backend::*` is all an implementation
+//! imports), the handles' constructors ([`lock_guard`], [`disarm`],
+//! [`registration`]), the traits behind the handles ([`LockRelease`],
+//! [`RegistrationClose`]), and the kit every backend shares:
 //!
 //! - [`SessionPublisher`]: the session status channel, enforcing the event
 //!   order the engine relies on (a new epoch is `Connected` before anything
-//!   is resynced on it; nothing after `Closed`).
+//!   is resynced on it; one epoch per session; nothing after `Closed`).
 //! - [`Backoff`]: the one jittered exponential backoff for retry loops.
 //! - [`check_size`]: the `ValueTooLarge` check made before anything is sent.
 //! - [`spawn_cleanup`]: the drop-then-spawn release of a handle dropped
 //!   without an explicit release (what [`LockGuard`] and [`Registration`]
 //!   do on drop).
 //!
-//! [`connect`-style constructors]: crate::CoordinationBackend
+//! `ARCHITECTURE.md` at the repository's root shows where each backend
+//! uses them.
 
 mod backoff;
 mod cleanup;
