@@ -192,15 +192,11 @@ pub async fn locked_update<E>(
             release(guard).await;
             return Err(UpdateError::Missing);
         };
-        let new = match change(&current) {
-            Ok(Some(new)) => new,
-            Ok(None) => {
+        let new = match changed(&current, &mut change) {
+            Ok(new) => new,
+            Err(done) => {
                 release(guard).await;
-                return Ok(Written::Unchanged(current.version));
-            }
-            Err(refused) => {
-                release(guard).await;
-                return Err(UpdateError::Refused(refused));
+                return done;
             }
         };
         let write = backend.fenced_put_and_release(
@@ -209,13 +205,11 @@ pub async fn locked_update<E>(
             PutMode::Update(current.version),
             guard,
         );
-        match bounded(Step::Write, options.request_timeout, write).await {
-            Ok(version) => return Ok(Written::Changed(version)),
-            Err(UpdateError::Backend { error, .. }) if error.kind() == ErrorKind::Conflict => {
-                tracing::debug!(attempt, key = %keys.payload, "a writer that ignores the lock raced a locked update; retrying");
-            }
-            Err(error) => return Err(widen(error)),
+        let written = bounded(Step::Write, options.request_timeout, write).await;
+        if let Some(done) = settled(written) {
+            return done;
         }
+        tracing::debug!(attempt, key = %keys.payload, "a writer that ignores the lock raced a locked update; retrying");
     }
     Err(UpdateError::GaveUp { attempts })
 }
@@ -246,21 +240,45 @@ pub async fn optimistic_update<E>(
         .await
         .map_err(widen)?
         .ok_or(UpdateError::Missing)?;
-        let new = match change(&current) {
-            Ok(Some(new)) => new,
-            Ok(None) => return Ok(Written::Unchanged(current.version)),
-            Err(refused) => return Err(UpdateError::Refused(refused)),
+        let new = match changed(&current, &mut change) {
+            Ok(new) => new,
+            Err(done) => return done,
         };
         let write = backend.put(&keys.payload, new, PutMode::Update(current.version));
-        match bounded(Step::Write, options.request_timeout, write).await {
-            Ok(version) => return Ok(Written::Changed(version)),
-            Err(UpdateError::Backend { error, .. }) if error.kind() == ErrorKind::Conflict => {
-                tracing::debug!(attempt, key = %keys.payload, "the payload moved on during an optimistic update; retrying");
-            }
-            Err(error) => return Err(widen(error)),
+        let written = bounded(Step::Write, options.request_timeout, write).await;
+        if let Some(done) = settled(written) {
+            return done;
         }
+        tracing::debug!(attempt, key = %keys.payload, "the payload moved on during an optimistic update; retrying");
     }
     Err(UpdateError::GaveUp { attempts })
+}
+
+type Outcome<E> = std::result::Result<Written, UpdateError<E>>;
+
+/// The new payload `change` asks for, or the update's end: `Unchanged` when
+/// it asks for nothing, `Refused` when it refuses.
+fn changed<E>(
+    current: &Versioned,
+    change: &mut impl FnMut(&Versioned) -> std::result::Result<Option<Bytes>, E>,
+) -> std::result::Result<Bytes, Outcome<E>> {
+    match change(current) {
+        Ok(Some(new)) => Ok(new),
+        Ok(None) => Err(Ok(Written::Unchanged(current.version))),
+        Err(refused) => Err(Err(UpdateError::Refused(refused))),
+    }
+}
+
+/// The update's end after a write, or `None` to try again (a conflict: the
+/// payload moved on since it was read).
+fn settled<E>(
+    written: std::result::Result<Version, UpdateError<std::convert::Infallible>>,
+) -> Option<Outcome<E>> {
+    match written {
+        Ok(version) => Some(Ok(Written::Changed(version))),
+        Err(UpdateError::Backend { error, .. }) if error.kind() == ErrorKind::Conflict => None,
+        Err(error) => Some(Err(widen(error))),
+    }
 }
 
 async fn release(guard: LockGuard) {
