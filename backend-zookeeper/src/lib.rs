@@ -67,6 +67,7 @@ mod registration;
 mod session;
 #[cfg(feature = "tls")]
 mod tls;
+mod version_cache;
 mod watch;
 
 use std::collections::HashMap;
@@ -112,7 +113,7 @@ pub(crate) struct Inner {
     /// The session status of [`CoordinationBackend::session`], in the order
     /// the engine relies on (the supervisor publishes it).
     pub status: SessionPublisher,
-    pub versions: kv::VersionCache,
+    pub versions: version_cache::VersionCache,
     pub registrations: Mutex<HashMap<u64, registration::Entry>>,
     pub next_id: std::sync::atomic::AtomicU64,
     pub closed: CancellationToken,
@@ -198,7 +199,7 @@ impl ZooKeeperBackend {
                 lost: CancellationToken::new(),
             }))),
             status: SessionPublisher::new(),
-            versions: kv::VersionCache::default(),
+            versions: version_cache::VersionCache::default(),
             registrations: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
             closed: CancellationToken::new(),
