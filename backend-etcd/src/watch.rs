@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use etcd_client::WatchOptions;
+use etcd_client::{WatchOptions, WatchRequestSender, WatchResponseStream};
 use futures::StreamExt;
 use sharedstate_core::{
     ErrorKind, Key, Operation, Result, SessionState, SessionStatus, Versioned, WatchEvent,
@@ -120,36 +120,10 @@ impl Watcher {
     /// leader) is marked suspect, and the watch resyncs on another member.
     async fn follow(&mut self, start: i64) -> End {
         let timeout = self.inner.config.request_timeout;
-        let member = self.inner.members.index_for(0);
         let opened_at = tokio::time::Instant::now();
-        let client = match self.inner.members.client(member).await {
-            Ok(client) => client,
-            Err(error) => {
-                self.inner.members.failed(member);
-                tracing::debug!(%error, key = %self.key, "connecting to the etcd member for a watch failed");
-                return End::Resync;
-            }
-        };
-        let mut watch_client = client.watch_client();
-        let options = WatchOptions::new().with_start_revision(start);
-        let open = watch_client.watch(self.key.as_str(), Some(options));
-        let opened = tokio::select! {
-            _ = self.inner.closed.cancelled() => return End::Stop,
-            _ = self.tx.closed() => return End::Stop,
-            opened = tokio::time::timeout(self.inner.members.attempt_timeout(timeout), open) => opened,
-        };
-        let (mut watcher, mut stream) = match opened {
-            Ok(Ok(stream)) => stream.split(),
-            Ok(Err(error)) => {
-                self.inner.members.failed(member);
-                tracing::debug!(%error, key = %self.key, "opening the etcd watch failed");
-                return End::Resync;
-            }
-            Err(_) => {
-                self.inner.members.failed(member);
-                tracing::debug!(key = %self.key, "opening the etcd watch timed out");
-                return End::Resync;
-            }
+        let (member, mut watcher, mut stream) = match self.open(start).await {
+            Ok(opened) => opened,
+            Err(end) => return end,
         };
         let mut last_message = tokio::time::Instant::now();
         let mut progress_asked: Option<tokio::time::Instant> = None;
@@ -203,6 +177,48 @@ impl Watcher {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Opens the etcd watch from `start` on the preferred member; `Err`
+    /// says how `follow` ends when that fails (the member is marked).
+    async fn open(
+        &mut self,
+        start: i64,
+    ) -> Result<(usize, WatchRequestSender, WatchResponseStream), End> {
+        let timeout = self.inner.config.request_timeout;
+        let member = self.inner.members.index_for(0);
+        let client = match self.inner.members.client(member).await {
+            Ok(client) => client,
+            Err(error) => {
+                self.inner.members.failed(member);
+                tracing::debug!(%error, key = %self.key, "connecting to the etcd member for a watch failed");
+                return Err(End::Resync);
+            }
+        };
+        let mut watch_client = client.watch_client();
+        let options = WatchOptions::new().with_start_revision(start);
+        let open = watch_client.watch(self.key.as_str(), Some(options));
+        let opened = tokio::select! {
+            _ = self.inner.closed.cancelled() => return Err(End::Stop),
+            _ = self.tx.closed() => return Err(End::Stop),
+            opened = tokio::time::timeout(self.inner.members.attempt_timeout(timeout), open) => opened,
+        };
+        match opened {
+            Ok(Ok(stream)) => {
+                let (watcher, stream) = stream.split();
+                Ok((member, watcher, stream))
+            }
+            Ok(Err(error)) => {
+                self.inner.members.failed(member);
+                tracing::debug!(%error, key = %self.key, "opening the etcd watch failed");
+                Err(End::Resync)
+            }
+            Err(_) => {
+                self.inner.members.failed(member);
+                tracing::debug!(key = %self.key, "opening the etcd watch timed out");
+                Err(End::Resync)
             }
         }
     }
