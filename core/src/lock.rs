@@ -121,7 +121,7 @@ impl fmt::Debug for LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Some(releaser) = self.releaser.take() {
-            crate::backend::spawn_cleanup(
+            crate::backend::cleanup::spawn_cleanup(
                 "releasing a dropped lock",
                 self.key.clone(),
                 releaser.release(),

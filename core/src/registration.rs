@@ -111,7 +111,7 @@ impl fmt::Debug for Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(closer) = self.closer.take() {
-            crate::backend::spawn_cleanup(
+            crate::backend::cleanup::spawn_cleanup(
                 "closing a dropped registration",
                 self.key.clone(),
                 closer.close(),

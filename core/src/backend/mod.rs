@@ -22,7 +22,7 @@
 //! uses them.
 
 mod backoff;
-mod cleanup;
+pub(crate) mod cleanup;
 mod session;
 
 pub use backoff::Backoff;
