@@ -11,8 +11,9 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use sharedstate_conformance::apply_changes;
+use sharedstate_core::backend::Bytes;
 use sharedstate_core::{
-    diff, Bytes, Change, CoordinationBackend, ErrorKind, PutMode, SharedState, StateEvent,
+    diff, Change, CoordinationBackend, ErrorKind, PutMode, SharedState, StateEvent,
 };
 use sharedstate_memory::MemoryCluster;
 
