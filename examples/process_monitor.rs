@@ -116,10 +116,14 @@ async fn demo(args: &Args) -> Result<(), sharedstate::Error> {
 async fn agent_until_ctrl_c(args: &Args) -> Result<(), sharedstate::Error> {
     let backend = sharedstate::connect(&args.backend).await?;
     let mut agent = Agent::open("agent".into(), backend, &args.path).await?;
+    // One listener for the whole loop: a fresh `ctrl_c()` per iteration
+    // misses a Ctrl-C that arrives while the loop body runs (a scan).
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let interval = Duration::from_secs(agent.monitor()?.interval_secs.max(1));
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
             reported = agent.report_next_change() => reported?,
             _ = tokio::time::sleep(interval) => agent.scan()?,
         }

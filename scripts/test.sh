@@ -34,8 +34,10 @@
 #   test      cargo test --workspace --all-features --no-fail-fast
 #   fuzz      the property tests (proptest, every test named prop_*: the
 #             differ, payloads, keys, URLs, patches) again with
-#             SHAREDSTATE_PROPTEST_CASES cases each (default 4096), about a
-#             minute; the libFuzzer targets run by hand: scripts/fuzz.sh
+#             SHAREDSTATE_PROPTEST_CASES cases each (default 4096), then
+#             every libFuzzer target in fuzz/ for SHAREDSTATE_FUZZ_SECONDS
+#             (default 10) on stable (scripts/fuzz.sh --stable); the long
+#             runs by hand: scripts/fuzz.sh
 #   bench     scripts/bench.sh --smoke: every benchmark scenario, briefly
 #
 # Environment:
@@ -50,6 +52,8 @@
 #                           instead of starting containers
 #   SHAREDSTATE_PROPTEST_CASES
 #                           cases per property test in step fuzz (default 4096)
+#   SHAREDSTATE_FUZZ_SECONDS
+#                           seconds per libFuzzer target in step fuzz (default 10)
 #   SHAREDSTATE_DOCKERD_LOG dockerd's log when this script starts it
 #                           (default /tmp/sharedstate-dockerd.log)
 #
@@ -88,11 +92,15 @@ TEST_LABEL=sharedstate.test=1
 export DEBIAN_FRONTEND=noninteractive
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# One build per run: incremental caches only cost disk (gigabytes) here.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+MIN_FREE_DISK_GB=6 # a full run's target/ needs about 5 GB
 
 log() { printf '\n==> [test.sh] %s\n' "$*" >&2; }
 warn() { printf '==> [test.sh] WARNING: %s\n' "$*" >&2; }
 err() { printf '==> [test.sh] ERROR: %s\n' "$*" >&2; }
 now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
+free_disk_gb() { df -Pk "$ROOT" | awk 'NR == 2 { printf "%.1f", $4 / 1048576 }'; }
 elapsed() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.1f", e - s }'; }
 as_root() {
 	if [[ "$(id -u)" == 0 ]]; then
@@ -400,12 +408,13 @@ step_build() { cargo test --workspace --all-features --no-run; }
 # --no-fail-fast: every test binary runs, so one run shows every failure.
 step_test() { cargo test --workspace --all-features --no-fail-fast; }
 
-# The property tests with many more cases than the test step's 256: a
-# bounded fuzzing run on stable (cargo-fuzz needs nightly and minutes to
-# install and build: scripts/fuzz.sh, by hand).
+# The property tests with many more cases than the test step's 256, then a
+# bounded libFuzzer run of every target on stable (the sanitizer runs,
+# nightly, are by hand: scripts/fuzz.sh).
 step_fuzz() {
 	PROPTEST_CASES="${SHAREDSTATE_PROPTEST_CASES:-4096}" \
-		cargo test --workspace --all-features --no-fail-fast prop_
+		cargo test --workspace --all-features --no-fail-fast prop_ || return 1
+	bash "$ROOT/scripts/fuzz.sh" --stable "${SHAREDSTATE_FUZZ_SECONDS:-10}"
 }
 
 # The benchmarks in seconds (debug build, few samples), so they cannot rot;
@@ -450,7 +459,10 @@ main() {
 	local step start rc secs phase
 	for step in "${STEPS[@]}"; do
 		selected "$step" || continue
-		log "step $step"
+		log "step $step ($(free_disk_gb) GB free on the disk of $ROOT)"
+		if awk -v f="$(free_disk_gb)" -v m="$MIN_FREE_DISK_GB" 'BEGIN { exit !(f < m) }'; then
+			warn "less than $MIN_FREE_DISK_GB GB free: the linker crashes when the disk fills (free space, e.g. cargo clean)"
+		fi
 		start="$(now)"
 		"step_$step"
 		rc=$?
@@ -471,5 +483,6 @@ main() {
 	((${#FAILED[@]} == 0))
 }
 
-main "$@"
-exit $?
+# One line, read whole before it runs: after main returns, bash reads on
+# from its old offset, which an edit of this file may have moved.
+{ main "$@"; exit $?; }

@@ -14,6 +14,12 @@
 //! | `etcd://host1:2379,host2:2379` | `etcd` |
 //! | `etcds://host1:2379?ca_file=ca.pem[&cert_file=c.pem&key_file=c.key][&domain=name]` (TLS) | `etcd` + `tls` |
 //!
+//! The crate root is what an application calls. [`state`] is one state
+//! without its type (its keys, locked and optimistic updates over bytes,
+//! for tools such as the `sharedstate` command); [`backend`] is for those
+//! who implement a backend (the handles' constructors and the kit every
+//! backend shares).
+//!
 //! Passwords in URLs (`etcd://user:password@host`, `password=`) never
 //! appear in errors or logs: [`redact_url`] shows them as `<redacted>`.
 //!
@@ -126,6 +132,8 @@ async fn connect_etcd(_url: &str) -> Result<Arc<dyn CoordinationBackend>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "memory")]
+    use crate::backend::Bytes;
 
     /// Any text that names no network backend: a backend or a clear error,
     /// never a panic, and never a password in the message. (zk:// and

@@ -14,12 +14,13 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use sharedstate::backend::Bytes;
 use sharedstate::etcd::EtcdBackend;
 use sharedstate::testing::fixtures::{
     self, start_tls_server, ClientAuth, ServerCertificate, ServiceKind, TestPki,
 };
 use sharedstate::zookeeper::{ZooKeeperBackend, ZooKeeperTls};
-use sharedstate::{Bytes, CoordinationBackend, Key, LockOptions, PutMode};
+use sharedstate::{CoordinationBackend, Key, LockOptions, PutMode};
 
 const ZK_PASSWORD: &str = "zk-Pa55-d1gest-secret";
 const ETCD_PASSWORD: &str = "etcd-Pa55-user-secret";

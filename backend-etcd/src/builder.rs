@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{call_raw, kind_of, to_error, Retry};
 use crate::members::Members;
 use crate::registration::Registry;
-use crate::session::Session;
+use crate::session::LeaseKeeper;
 use crate::{EtcdBackend, Inner};
 
 /// Default lease TTL of a session.
@@ -223,7 +223,7 @@ impl EtcdBuilder {
         let inner = Arc::new(Inner {
             members,
             config,
-            session: Session::new(granted.id(), granted.ttl()),
+            session: LeaseKeeper::new(granted.id(), granted.ttl()),
             registry: tokio::sync::Mutex::new(Registry::default()),
             closed: CancellationToken::new(),
             lock_queues: crate::lock::LocalQueues::default(),

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::Client;
+use sharedstate_core::backend::Backoff;
 use sharedstate_core::{Error, ErrorKind, Key, Operation, Outcome};
 
 use crate::members::Members;
@@ -242,7 +243,9 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     let share = members.attempt_timeout(timeout);
-    let mut pause = Duration::from_millis(5);
+    // Between rounds: 5 ms doubling to 200 ms, jittered.
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
+    let mut pause = backoff.next_delay();
     // Whether any attempt may have reached a member.
     let mut sent = false;
     let mut round = 0;
@@ -266,7 +269,7 @@ where
                     });
                 }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
+                pause = backoff.next_delay();
                 continue;
             }
         };
@@ -325,7 +328,7 @@ where
         }
         tracing::debug!(%error, "etcd call failed; retrying on another member");
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
+        pause = backoff.next_delay();
     }
 }
 

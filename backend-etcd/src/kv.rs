@@ -16,7 +16,7 @@ use etcd_client::{
 use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Version, Versioned};
 
 use crate::error::{call, closed, to_error, EtcdError, Retry};
-use crate::session::{Backoff, LeaseHandle};
+use crate::session::{backoff, LeaseHandle};
 use crate::Inner;
 
 /// The largest value accepted: below etcd's default request limit
@@ -26,16 +26,7 @@ pub const MAX_VALUE_BYTES: usize = 1_000_000;
 
 /// `ValueTooLarge` before anything is sent.
 pub(crate) fn check_size(operation: Operation, key: &Key, value: &Bytes) -> Result<()> {
-    let max = MAX_VALUE_BYTES;
-    if value.len() > max {
-        return Err(Error::new(ErrorKind::ValueTooLarge, operation)
-            .with_key(key)
-            .with_message(format!(
-                "the value has {} bytes, this backend accepts at most {max}",
-                value.len()
-            )));
-    }
-    Ok(())
+    sharedstate_core::backend::check_size(operation, key, value, MAX_VALUE_BYTES)
 }
 
 pub(crate) fn check_open(inner: &Inner, operation: Operation, key: &Key) -> Result<()> {
@@ -172,12 +163,12 @@ pub(crate) fn delete_owned_later<H: Send + 'static>(
     let key = key.clone();
     tokio::spawn(async move {
         let _hold = hold;
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         loop {
             tokio::select! {
                 _ = inner.closed.cancelled() => return,
                 _ = lease.lost.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
             match delete_owned_once(&inner, operation, &key, &etcd_key, lease.id).await {
                 Ok(()) => {

@@ -94,13 +94,13 @@ pub use kv::MAX_VALUE_BYTES;
 use builder::Config;
 use error::Retry;
 use registration::Registry;
-use session::Session;
+use session::LeaseKeeper;
 
 /// State shared by the backend, its tasks, lock guards and registrations.
 pub(crate) struct Inner {
     pub(crate) members: Arc<members::Members>,
     pub(crate) config: Config,
-    pub(crate) session: Session,
+    pub(crate) session: LeaseKeeper,
     pub(crate) registry: tokio::sync::Mutex<Registry>,
     pub(crate) closed: CancellationToken,
     pub(crate) lock_queues: lock::LocalQueues,
@@ -189,7 +189,7 @@ impl EtcdBackend {
         self.inner.session.current().id
     }
 
-    /// Fault injection for tests: revokes the session lease from a second,
+    /// Fault injection for tests (feature `testing`): revokes the session lease from a second,
     /// separate connection to this backend's endpoints, and returns once
     /// etcd has revoked it (the session's locks and registrations are
     /// gone). The backend then reports `Lost`, opens a new session and
@@ -198,6 +198,8 @@ impl EtcdBackend {
     /// # Errors
     ///
     /// `Unavailable` when etcd cannot be reached, `Closed` after close.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn force_session_expiry(&self) -> Result<()> {
         let endpoints = self.inner.config.endpoints.clone();
         self.force_session_expiry_via(&endpoints).await
@@ -210,6 +212,8 @@ impl EtcdBackend {
     /// # Errors
     ///
     /// `Unavailable` when etcd cannot be reached, `Closed` after close.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn force_session_expiry_via<S: AsRef<str>>(&self, endpoints: &[S]) -> Result<()> {
         let op = Operation::FaultInjection;
         if self.inner.closed.is_cancelled() {
@@ -283,15 +287,7 @@ impl CoordinationBackend for EtcdBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: MAX_VALUE_BYTES,
-            linearizable_reads: true,
-            watch: true,
-            locks: true,
-            fenced_writes: true,
-            registrations: true,
-            delete_requires_no_children: false,
-        }
+        Capabilities::new(MAX_VALUE_BYTES)
     }
 
     fn session(&self) -> watch_channel::Receiver<SessionStatus> {
@@ -357,14 +353,14 @@ impl CoordinationBackend for EtcdBackend {
         let written = lock::fenced_put(&self.inner, key, value, mode, &guard, true).await;
         match &written {
             // The transaction ran: its branches deleted the lock key.
-            Ok(_) => drop(guard.disarm()),
+            Ok(_) => drop(sharedstate_core::backend::disarm(guard)),
             Err(e)
                 if matches!(
                     e.kind(),
                     ErrorKind::Conflict | ErrorKind::AlreadyExists | ErrorKind::LockLost
                 ) && e.operation() == Operation::FencedPut =>
             {
-                drop(guard.disarm());
+                drop(sharedstate_core::backend::disarm(guard));
             }
             // Not sent, or the outcome is unknown: release separately.
             Err(_) => guard.release_or_warn("a failed fenced write").await,

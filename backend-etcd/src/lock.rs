@@ -25,9 +25,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::Client;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
+use sharedstate_core::backend::LockRelease;
 use sharedstate_core::{
-    Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, PutMode,
-    Result, Version, Versioned,
+    Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, Operation, PutMode, Result,
+    Version, Versioned,
 };
 use tokio::time::Instant;
 
@@ -274,7 +275,7 @@ fn guard(
     lease: &LeaseHandle,
     turn: Option<Turn>,
 ) -> LockGuard {
-    LockGuard::new(
+    sharedstate_core::backend::lock_guard(
         key.clone(),
         waiter.clone(),
         FencingToken::new(u64::try_from(token).unwrap_or(0)),

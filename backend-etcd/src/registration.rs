@@ -7,7 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
-use sharedstate_core::{Error, ErrorKind, Key, Operation, Registration, RegistrationClose, Result};
+use sharedstate_core::backend::RegistrationClose;
+use sharedstate_core::{Error, ErrorKind, Key, Operation, Registration, Result};
 
 use crate::error::{closed, Retry};
 use crate::kv::delete_owned;
@@ -129,7 +130,7 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
         },
     );
     drop(registry);
-    Ok(Registration::new(
+    Ok(sharedstate_core::backend::registration(
         key.clone(),
         Box::new(EtcdRegistration {
             inner: Arc::clone(inner),

@@ -1,6 +1,6 @@
 //! The session: one etcd lease kept alive by a background task.
 //!
-//! States, as published on [`Session::subscribe`]:
+//! States, as published on [`LeaseKeeper::subscribe`]:
 //!
 //! - `Connected(epoch)`: the keep-alive stream answers.
 //! - `Suspended(epoch)`: the keep-alive stream broke or stopped answering;
@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::Client;
+use sharedstate_core::backend::{Backoff, SessionPublisher};
 use sharedstate_core::{ErrorKind, SessionState, SessionStatus};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -36,28 +37,26 @@ pub(crate) struct LeaseHandle {
     pub(crate) lost: CancellationToken,
 }
 
-/// Session bookkeeping shared by the backend and its keep-alive task.
+/// The session as the backend keeps it: the current lease, its TTL and
+/// the published status, shared by the backend and its keep-alive task.
 #[derive(Debug)]
-pub(crate) struct Session {
-    status: watch::Sender<SessionStatus>,
+pub(crate) struct LeaseKeeper {
+    status: SessionPublisher,
     current: Mutex<LeaseHandle>,
     ttl_secs: AtomicU64,
-    breaks: AtomicU64,
     poke: Notify,
 }
 
-impl Session {
+impl LeaseKeeper {
     /// A connected session (epoch 0) on a freshly granted lease.
     pub(crate) fn new(lease_id: i64, ttl_secs: i64) -> Self {
-        let (status, _) = watch::channel(SessionStatus::connected(0));
-        Session {
-            status,
+        LeaseKeeper {
+            status: SessionPublisher::new(),
             current: Mutex::new(LeaseHandle {
                 id: lease_id,
                 lost: CancellationToken::new(),
             }),
             ttl_secs: AtomicU64::new(positive_secs(ttl_secs)),
-            breaks: AtomicU64::new(0),
             poke: Notify::new(),
         }
     }
@@ -69,7 +68,7 @@ impl Session {
 
     /// The status right now.
     pub(crate) fn status(&self) -> SessionStatus {
-        *self.status.borrow()
+        self.status.status()
     }
 
     /// The current lease.
@@ -94,32 +93,18 @@ impl Session {
         Duration::from_secs(self.ttl_secs.load(Ordering::Relaxed))
     }
 
-    fn set_state(&self, state: SessionState) {
-        self.status.send_if_modified(|status| {
-            if status.state == state || status.state == SessionState::Closed {
-                false
-            } else {
-                if state != SessionState::Connected {
-                    self.breaks.fetch_add(1, Ordering::AcqRel);
-                }
-                status.state = state;
-                true
-            }
-        });
-    }
-
     /// How many times the connection broke (Suspended or Lost) so far. The
     /// status channel keeps only the latest value, so a quick
     /// Suspended-then-Connected may look unchanged to a slow reader; this
     /// counter does not.
     pub(crate) fn breaks(&self) -> u64 {
-        self.breaks.load(Ordering::Acquire)
+        self.status.breaks()
     }
 
     /// Fires every lock guard's `lost()` and publishes `Lost`.
     fn declare_lost(&self) {
         self.lock_current().lost.cancel();
-        self.set_state(SessionState::Lost);
+        self.status.lost();
     }
 
     /// Installs a new lease (called with the registry lock held, so that
@@ -135,26 +120,13 @@ impl Session {
 
     /// Publishes `Connected` on a new session (epoch + 1).
     fn connected_new_epoch(&self) {
-        self.status.send_if_modified(|status| {
-            if status.state == SessionState::Closed {
-                return false;
-            }
-            *status = SessionStatus::connected(status.epoch + 1);
-            true
-        });
+        self.status.new_session();
     }
 
     /// Ends the session for good: guards fire, state `Closed`.
     pub(crate) fn close(&self) {
         self.lock_current().lost.cancel();
-        self.status.send_if_modified(|status| {
-            if status.state == SessionState::Closed {
-                false
-            } else {
-                status.state = SessionState::Closed;
-                true
-            }
-        });
+        self.status.close();
     }
 }
 
@@ -173,7 +145,7 @@ enum Outcome {
 /// The keep-alive task: runs until the backend is closed.
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut last_ack = Instant::now();
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     let mut breaks_in_row = 0;
     loop {
         let lease = inner.session.current();
@@ -207,7 +179,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 if inner.session.status().state == SessionState::Connected {
                     tracing::warn!(%error, lease = lease.id, "etcd connection lost; session suspended");
                 }
-                inner.session.set_state(SessionState::Suspended);
+                inner.session.status.suspended();
                 if last_ack.elapsed() >= inner.session.ttl() {
                     tracing::warn!(
                         lease = lease.id,
@@ -220,10 +192,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     last_ack = Instant::now();
                     backoff.reset();
                 } else {
-                    let wait = backoff.next();
-                    tokio::select! {
-                        _ = inner.closed.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => {}
+                    if !backoff.wait(&inner.closed).await {
+                        return;
                     }
                 }
             }
@@ -269,7 +239,7 @@ async fn keep_alive(
     backoff.reset();
     if inner.session.status().state == SessionState::Suspended {
         tracing::info!(lease = lease_id, "etcd connection restored; session kept");
-        inner.session.set_state(SessionState::Connected);
+        inner.session.status.reconnected();
     }
     crate::registration::reconcile_pending(inner, lease_id).await;
     loop {
@@ -312,7 +282,7 @@ async fn keep_alive(
 /// closed meanwhile.
 async fn renew(inner: &Arc<Inner>, mut stale: Option<i64>) -> bool {
     let timeout = inner.config.request_timeout;
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     loop {
         if inner.closed.is_cancelled() {
             return false;
@@ -347,35 +317,16 @@ async fn renew(inner: &Arc<Inner>, mut stale: Option<i64>) -> bool {
             }
             Err(error) => {
                 tracing::warn!(%error, "granting a new etcd lease failed; retrying");
-                let wait = backoff.next();
-                tokio::select! {
-                    _ = inner.closed.cancelled() => return false,
-                    _ = tokio::time::sleep(wait) => {}
+                if !backoff.wait(&inner.closed).await {
+                    return false;
                 }
             }
         }
     }
 }
 
-/// Exponential backoff from 100 ms to 2 s.
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(2));
-        now
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
+/// The backoff of this backend's retry loops (keep-alive, lease grants,
+/// re-watches, deferred deletes): from 100 ms to 2 s, jittered.
+pub(crate) fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
 }

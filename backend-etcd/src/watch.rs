@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use etcd_client::WatchOptions;
+use etcd_client::{WatchOptions, WatchRequestSender, WatchResponseStream};
 use futures::StreamExt;
 use sharedstate_core::{
     ErrorKind, Key, Operation, Result, SessionState, SessionStatus, Versioned, WatchEvent,
@@ -19,8 +19,9 @@ use sharedstate_core::{
 use tokio::sync::{mpsc, watch};
 
 use crate::kv::version_of;
-use crate::session::Backoff;
+use crate::session::backoff;
 use crate::Inner;
+use sharedstate_core::backend::Backoff;
 
 type Sender = mpsc::UnboundedSender<Result<WatchEvent>>;
 
@@ -47,7 +48,7 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         status,
         last,
         breaks,
-        reopen_backoff: Backoff::new(),
+        reopen_backoff: backoff(),
     };
     tokio::spawn(watcher.run(revision + 1));
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
@@ -69,7 +70,7 @@ pub(crate) fn watch_from(inner: &Arc<Inner>, key: &Key, after: i64) -> Result<Wa
         status,
         last,
         breaks,
-        reopen_backoff: Backoff::new(),
+        reopen_backoff: backoff(),
     };
     tokio::spawn(watcher.run(after.saturating_add(1)));
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
@@ -119,36 +120,10 @@ impl Watcher {
     /// leader) is marked suspect, and the watch resyncs on another member.
     async fn follow(&mut self, start: i64) -> End {
         let timeout = self.inner.config.request_timeout;
-        let member = self.inner.members.index_for(0);
         let opened_at = tokio::time::Instant::now();
-        let client = match self.inner.members.client(member).await {
-            Ok(client) => client,
-            Err(error) => {
-                self.inner.members.failed(member);
-                tracing::debug!(%error, key = %self.key, "connecting to the etcd member for a watch failed");
-                return End::Resync;
-            }
-        };
-        let mut watch_client = client.watch_client();
-        let options = WatchOptions::new().with_start_revision(start);
-        let open = watch_client.watch(self.key.as_str(), Some(options));
-        let opened = tokio::select! {
-            _ = self.inner.closed.cancelled() => return End::Stop,
-            _ = self.tx.closed() => return End::Stop,
-            opened = tokio::time::timeout(self.inner.members.attempt_timeout(timeout), open) => opened,
-        };
-        let (mut watcher, mut stream) = match opened {
-            Ok(Ok(stream)) => stream.split(),
-            Ok(Err(error)) => {
-                self.inner.members.failed(member);
-                tracing::debug!(%error, key = %self.key, "opening the etcd watch failed");
-                return End::Resync;
-            }
-            Err(_) => {
-                self.inner.members.failed(member);
-                tracing::debug!(key = %self.key, "opening the etcd watch timed out");
-                return End::Resync;
-            }
+        let (member, mut watcher, mut stream) = match self.open(start).await {
+            Ok(opened) => opened,
+            Err(end) => return end,
         };
         let mut last_message = tokio::time::Instant::now();
         let mut progress_asked: Option<tokio::time::Instant> = None;
@@ -206,12 +181,54 @@ impl Watcher {
         }
     }
 
+    /// Opens the etcd watch from `start` on the preferred member; `Err`
+    /// says how `follow` ends when that fails (the member is marked).
+    async fn open(
+        &mut self,
+        start: i64,
+    ) -> Result<(usize, WatchRequestSender, WatchResponseStream), End> {
+        let timeout = self.inner.config.request_timeout;
+        let member = self.inner.members.index_for(0);
+        let client = match self.inner.members.client(member).await {
+            Ok(client) => client,
+            Err(error) => {
+                self.inner.members.failed(member);
+                tracing::debug!(%error, key = %self.key, "connecting to the etcd member for a watch failed");
+                return Err(End::Resync);
+            }
+        };
+        let mut watch_client = client.watch_client();
+        let options = WatchOptions::new().with_start_revision(start);
+        let open = watch_client.watch(self.key.as_str(), Some(options));
+        let opened = tokio::select! {
+            _ = self.inner.closed.cancelled() => return Err(End::Stop),
+            _ = self.tx.closed() => return Err(End::Stop),
+            opened = tokio::time::timeout(self.inner.members.attempt_timeout(timeout), open) => opened,
+        };
+        match opened {
+            Ok(Ok(stream)) => {
+                let (watcher, stream) = stream.split();
+                Ok((member, watcher, stream))
+            }
+            Ok(Err(error)) => {
+                self.inner.members.failed(member);
+                tracing::debug!(%error, key = %self.key, "opening the etcd watch failed");
+                Err(End::Resync)
+            }
+            Err(_) => {
+                self.inner.members.failed(member);
+                tracing::debug!(key = %self.key, "opening the etcd watch timed out");
+                Err(End::Resync)
+            }
+        }
+    }
+
     /// A stream that ended: when it ended right after opening (a member
     /// that refuses watches), pause before trying again, instead of a hot
     /// loop of reopens.
     async fn ended(&mut self, opened_at: tokio::time::Instant) -> End {
         if opened_at.elapsed() < QUICK_END {
-            let pause = self.reopen_backoff.next();
+            let pause = self.reopen_backoff.next_delay();
             tokio::select! {
                 _ = self.inner.closed.cancelled() => return End::Stop,
                 _ = self.tx.closed() => return End::Stop,
@@ -276,7 +293,7 @@ impl Watcher {
     /// Reads the key until it works and sends `Resync`; returns the
     /// revision to watch from, or `None` when the watch must end.
     async fn resync(&mut self) -> Option<i64> {
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         loop {
             // What the session looked like before the read: a break during
             // it calls for another Resync.
@@ -307,7 +324,7 @@ impl Watcher {
                     tokio::select! {
                         _ = self.inner.closed.cancelled() => return None,
                         _ = self.tx.closed() => return None,
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }

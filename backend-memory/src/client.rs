@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use sharedstate_core::backend::SessionPublisher;
 use sharedstate_core::{
     Capabilities, CoordinationBackend, ErrorKind, Key, LockGuard, LockOptions, Operation, PutMode,
     Registration, Result, SessionStatus, Version, Versioned, WatchStream,
 };
 use tokio::sync::watch;
 
-use crate::cluster::{error, ClientId, Shared};
+use crate::cluster::{error, ClientId, ClusterCore};
 use crate::lock::{guard, Acquire, PendingLock};
 use crate::session::MemoryRegistration;
 
@@ -43,14 +44,14 @@ use crate::session::MemoryRegistration;
 /// - `close` (and drop) fire `lost()` on the client's lock guards, and make
 ///   its pending `lock` calls fail with `Closed`.
 pub struct MemoryBackend {
-    shared: Arc<Shared>,
+    shared: Arc<ClusterCore>,
     client: ClientId,
-    status: Arc<watch::Sender<SessionStatus>>,
+    status: Arc<SessionPublisher>,
     stalled: watch::Receiver<bool>,
 }
 
 impl MemoryBackend {
-    pub(crate) fn open(shared: Arc<Shared>) -> Self {
+    pub(crate) fn open(shared: Arc<ClusterCore>) -> Self {
         let (client, status, stalled) = shared.lock().open_client();
         MemoryBackend {
             shared,
@@ -160,7 +161,7 @@ impl fmt::Debug for MemoryBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryBackend")
             .field("client", &self.client)
-            .field("status", &*self.status.borrow())
+            .field("status", &self.status.status())
             .finish()
     }
 }
@@ -178,15 +179,9 @@ impl CoordinationBackend for MemoryBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: self.shared.max_value_bytes,
-            linearizable_reads: true,
-            watch: true,
-            locks: true,
-            fenced_writes: true,
-            registrations: true,
-            delete_requires_no_children: true,
-        }
+        let mut capabilities = Capabilities::new(self.shared.max_value_bytes);
+        capabilities.delete_requires_no_children = true;
+        capabilities
     }
 
     fn session(&self) -> watch::Receiver<SessionStatus> {
@@ -288,7 +283,7 @@ impl CoordinationBackend for MemoryBackend {
         state.release_lock(guard.key().as_str(), token);
         drop(state);
         // Released above, in the same critical section as the write.
-        drop(guard.disarm());
+        drop(sharedstate_core::backend::disarm(guard));
         written
     }
 
@@ -302,7 +297,10 @@ impl CoordinationBackend for MemoryBackend {
             id,
             stalled: self.stalled.clone(),
         };
-        Ok(Registration::new(key.clone(), Box::new(closer)))
+        Ok(sharedstate_core::backend::registration(
+            key.clone(),
+            Box::new(closer),
+        ))
     }
 
     async fn close(&self) -> Result<()> {

@@ -36,7 +36,8 @@ pub(crate) type ClientId = u64;
 /// into any of them.
 ///
 /// ```
-/// use sharedstate_core::{Bytes, CoordinationBackend, Key, PutMode};
+/// use sharedstate_core::backend::Bytes;
+/// use sharedstate_core::{CoordinationBackend, Key, PutMode};
 /// use sharedstate_memory::MemoryCluster;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -52,7 +53,7 @@ pub(crate) type ClientId = u64;
 /// ```
 #[derive(Clone)]
 pub struct MemoryCluster {
-    shared: Arc<Shared>,
+    shared: Arc<ClusterCore>,
 }
 
 impl MemoryCluster {
@@ -66,7 +67,8 @@ impl MemoryCluster {
     /// `ErrorKind::ValueTooLarge`.
     ///
     /// ```
-    /// use sharedstate_core::{Bytes, CoordinationBackend, ErrorKind, Key, PutMode};
+    /// use sharedstate_core::backend::Bytes;
+    /// use sharedstate_core::{CoordinationBackend, ErrorKind, Key, PutMode};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let client = sharedstate_memory::MemoryCluster::with_max_value_bytes(4).client();
@@ -80,7 +82,7 @@ impl MemoryCluster {
     /// ```
     pub fn with_max_value_bytes(max: usize) -> Self {
         MemoryCluster {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ClusterCore {
                 max_value_bytes: max,
                 state: Mutex::new(State::default()),
             }),
@@ -138,13 +140,14 @@ impl fmt::Debug for MemoryCluster {
     }
 }
 
-/// What the cluster handles, clients, guards and registrations share.
-pub(crate) struct Shared {
+/// The cluster itself: what its handles (`MemoryCluster`), clients, guards
+/// and registrations share (the engine's `Shared` is unrelated).
+pub(crate) struct ClusterCore {
     pub(crate) max_value_bytes: usize,
     state: Mutex<State>,
 }
 
-impl Shared {
+impl ClusterCore {
     /// Locks the cluster state. Never hold the guard across an `.await`.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the tree half-written
@@ -154,22 +157,13 @@ impl Shared {
 
     /// `ValueTooLarge` when `value` is over the limit.
     pub(crate) fn check_size(&self, value: &Bytes, op: Operation, key: &Key) -> Result<()> {
-        if value.len() > self.max_value_bytes {
-            return Err(
-                error(ErrorKind::ValueTooLarge, op, key).with_message(format!(
-                    "{} bytes, the limit is {}",
-                    value.len(),
-                    self.max_value_bytes
-                )),
-            );
-        }
-        Ok(())
+        sharedstate_core::backend::check_size(op, key, value, self.max_value_bytes)
     }
 }
 
-impl fmt::Debug for Shared {
+impl fmt::Debug for ClusterCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("ClusterCore")
             .field("max_value_bytes", &self.max_value_bytes)
             .finish_non_exhaustive()
     }

@@ -13,7 +13,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use sharedstate_core::{Bytes, CoordinationBackend, Key, LockOptions, PutMode, WatchEvent};
+//! use sharedstate_core::backend::Bytes;
+//! use sharedstate_core::{CoordinationBackend, Key, LockOptions, PutMode, WatchEvent};
 //! use futures::StreamExt;
 //! use sharedstate_memory::MemoryCluster;
 //!

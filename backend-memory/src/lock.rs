@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sharedstate_core::{
-    Error, ErrorKind, FencingToken, Key, LockGuard, LockRelease, Operation, Result,
-};
+use sharedstate_core::backend::LockRelease;
+use sharedstate_core::{Error, ErrorKind, FencingToken, Key, LockGuard, Operation, Result};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{error, ClientId, SessionId, Shared, State};
+use crate::cluster::{error, ClientId, ClusterCore, SessionId, State};
 
 /// One lock key: its holder and its queue.
 #[derive(Default)]
@@ -181,7 +180,7 @@ impl State {
 /// A queued lock request; dropping it (timeout, cancelled future) leaves
 /// the queue cleanly.
 pub(crate) struct PendingLock {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ClusterCore>,
     pub(crate) client: ClientId,
     pub(crate) key: Key,
     pub(crate) id: u64,
@@ -238,14 +237,19 @@ impl Drop for PendingLock {
 }
 
 /// Wraps a grant into the public guard.
-pub(crate) fn guard(shared: &Arc<Shared>, client: ClientId, key: &Key, grant: Grant) -> LockGuard {
+pub(crate) fn guard(
+    shared: &Arc<ClusterCore>,
+    client: ClientId,
+    key: &Key,
+    grant: Grant,
+) -> LockGuard {
     let releaser = MemoryLockRelease {
         shared: Arc::clone(shared),
         client,
         key: key.clone(),
         token: grant.token,
     };
-    LockGuard::new(
+    sharedstate_core::backend::lock_guard(
         key.clone(),
         format!("{key}#{}", grant.token),
         FencingToken::new(grant.token),
@@ -257,7 +261,7 @@ pub(crate) fn guard(shared: &Arc<Shared>, client: ClientId, key: &Key, grant: Gr
 /// Gives a held lock back.
 #[derive(Debug)]
 struct MemoryLockRelease {
-    shared: Arc<Shared>,
+    shared: Arc<ClusterCore>,
     client: ClientId,
     key: Key,
     token: u64,

@@ -6,25 +6,25 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sharedstate_core::{
-    ErrorKind, Key, Operation, PutMode, RegistrationClose, Result, SessionState, SessionStatus,
-};
+use sharedstate_core::backend::{RegistrationClose, SessionPublisher};
+use sharedstate_core::{ErrorKind, Key, Operation, PutMode, Result};
 use tokio::sync::watch;
 
-use crate::cluster::{ClientId, SessionId, Shared, State};
+use crate::cluster::{ClientId, ClusterCore, SessionId, State};
 
 /// The cluster's view of one client.
 pub(crate) struct ClientRecord {
     /// The live session; `None` between an expiry and the new session
     /// (only while suspended: otherwise the new session follows at once).
     session: Option<SessionId>,
-    epoch: u64,
     suspended: bool,
     /// Stalled: calls wait and watches deliver nothing, while the session
     /// still looks connected (a frozen server or a network that holds
     /// packets).
     stalled: Arc<watch::Sender<bool>>,
-    status: Arc<watch::Sender<SessionStatus>>,
+    /// The client's session status: the publisher keeps the transitions
+    /// (and their order) the engine relies on.
+    status: Arc<SessionPublisher>,
     /// Registrations to keep alive, by id: key and value.
     registrations: BTreeMap<u64, (Key, Bytes)>,
 }
@@ -34,35 +34,21 @@ impl ClientRecord {
     pub(crate) fn is_connected(&self) -> bool {
         self.session.is_some() && !self.suspended
     }
-
-    fn publish(&self, state: SessionState) {
-        let status = SessionStatus {
-            state,
-            epoch: self.epoch,
-        };
-        self.status.send_replace(status);
-    }
 }
 
 impl State {
     /// Adds a client with a new session (epoch 0).
     pub(crate) fn open_client(
         &mut self,
-    ) -> (
-        ClientId,
-        Arc<watch::Sender<SessionStatus>>,
-        watch::Receiver<bool>,
-    ) {
+    ) -> (ClientId, Arc<SessionPublisher>, watch::Receiver<bool>) {
         let client = self.next_id();
         let session = self.next_id();
-        let (status, _) = watch::channel(SessionStatus::connected(0));
-        let status = Arc::new(status);
+        let status = Arc::new(SessionPublisher::new());
         let (stalled, stall_rx) = watch::channel(false);
         self.clients.insert(
             client,
             ClientRecord {
                 session: Some(session),
-                epoch: 0,
                 suspended: false,
                 stalled: Arc::new(stalled),
                 status: Arc::clone(&status),
@@ -115,13 +101,14 @@ impl State {
     }
 
     /// Starts a new session for `client` (epoch + 1): re-creates its
-    /// registrations, resyncs its watches and reports `Connected`.
+    /// registrations, reports `Connected` and then resyncs its watches
+    /// (the publisher's notice is what the resync needs: the order the
+    /// real backends have and the engine relies on).
     fn start_session(&mut self, client: ClientId) {
         let session = self.next_id();
         let registrations = match self.clients.get_mut(&client) {
             Some(record) => {
                 record.session = Some(session);
-                record.epoch += 1;
                 record.registrations.values().cloned().collect::<Vec<_>>()
             }
             None => return,
@@ -138,18 +125,19 @@ impl State {
                 tracing::warn!(%error, %key, "re-creating a registration on the new session failed");
             }
         }
-        // Connected on the new epoch first, then the watches' Resync: the
-        // order the real backends have.
-        if let Some(record) = self.clients.get(&client) {
-            record.publish(SessionState::Connected);
+        let notice = self
+            .clients
+            .get(&client)
+            .and_then(|record| record.status.new_session());
+        if let Some(notice) = notice {
             tracing::debug!(
                 client,
                 session,
-                epoch = record.epoch,
+                epoch = notice.epoch(),
                 "memory session started"
             );
+            self.resync_watches(client, &notice);
         }
-        self.resync_watches(client);
     }
 
     /// Expires the client's session now; a new one follows at once unless
@@ -164,7 +152,7 @@ impl State {
             self.end_session(session, ErrorKind::SessionLost);
         }
         if let Some(record) = self.clients.get(&client) {
-            record.publish(SessionState::Lost);
+            record.status.lost();
         }
         if !suspended {
             self.start_session(client);
@@ -182,7 +170,7 @@ impl State {
         }
         record.suspended = true;
         if record.session.is_some() {
-            record.publish(SessionState::Suspended);
+            record.status.suspended();
         }
         self.pause_watches(client);
         Ok(())
@@ -219,8 +207,9 @@ impl State {
         }
         record.suspended = false;
         if record.session.is_some() {
-            record.publish(SessionState::Connected);
-            self.resync_watches(client);
+            if let Some(notice) = record.status.reconnected() {
+                self.resync_watches(client, &notice);
+            }
         } else {
             self.start_session(client);
         }
@@ -236,7 +225,7 @@ impl State {
             self.end_session(session, ErrorKind::Closed);
         }
         self.drop_watches(client);
-        record.publish(SessionState::Closed);
+        record.status.close();
         tracing::debug!(client, "memory client closed");
     }
 
@@ -318,7 +307,7 @@ fn closed(op: Operation) -> sharedstate_core::Error {
 /// Updates and closes one registration of one client.
 #[derive(Debug)]
 pub(crate) struct MemoryRegistration {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ClusterCore>,
     pub(crate) client: ClientId,
     pub(crate) id: u64,
     /// The client's stall fault: an update waits while it holds.

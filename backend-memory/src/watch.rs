@@ -8,6 +8,7 @@
 //! together; the latest is never lost.
 
 use futures::StreamExt;
+use sharedstate_core::backend::ConnectedNotice;
 use sharedstate_core::{Versioned, WatchEvent, WatchStream};
 use tokio::sync::watch;
 
@@ -109,8 +110,10 @@ impl State {
         }
     }
 
-    /// Makes every watch of `client` yield `Resync` with the current state.
-    pub(crate) fn resync_watches(&mut self, client: ClientId) {
+    /// Makes every watch of `client` yield `Resync` with the current state,
+    /// once the session's `Connected` is published (the `notice`).
+    pub(crate) fn resync_watches(&mut self, client: ClientId, notice: &ConnectedNotice) {
+        tracing::trace!(client, epoch = notice.epoch(), "memory watches resync");
         for (key, watchers) in &self.watchers {
             let current = self.nodes.get(key).map(|n| n.versioned());
             for watcher in watchers.iter().filter(|w| w.client == client && !w.silent) {

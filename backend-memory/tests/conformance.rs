@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use sharedstate_conformance::{BackendFactory, FaultInjector, TestClient};
-use sharedstate_core::{async_trait, Result};
+use sharedstate_core::backend::async_trait;
+use sharedstate_core::Result;
 use sharedstate_memory::{MemoryBackend, MemoryCluster};
 
 struct MemoryFactory {

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use sharedstate_core::backend::Bytes;
 use sharedstate_core::{
-    Bytes, CoordinationBackend, ErrorKind, Key, LockOptions, PutMode, SessionState, SessionStatus,
+    CoordinationBackend, ErrorKind, Key, LockOptions, PutMode, SessionState, SessionStatus,
     WatchEvent,
 };
 use sharedstate_memory::{MemoryCluster, DEFAULT_MAX_VALUE_BYTES};
@@ -14,6 +15,13 @@ const WAIT: Duration = Duration::from_secs(5);
 
 fn key(path: &str) -> Key {
     Key::new(path).expect("valid key")
+}
+
+fn connected(epoch: u64) -> SessionStatus {
+    SessionStatus {
+        state: SessionState::Connected,
+        epoch,
+    }
 }
 
 fn status(client: &dyn CoordinationBackend) -> SessionStatus {
@@ -33,7 +41,7 @@ async fn defaults_and_capabilities() {
     assert_eq!(client.name(), "memory");
     assert!(caps.linearizable_reads && caps.watch && caps.locks);
     assert!(caps.fenced_writes && caps.registrations && caps.delete_requires_no_children);
-    assert_eq!(status(&client), SessionStatus::connected(0));
+    assert_eq!(status(&client), connected(0));
 }
 
 #[tokio::test]
@@ -124,7 +132,7 @@ async fn expiry_while_suspended_waits_for_resume() {
     let err = a.get(&member).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     a.resume().unwrap();
-    assert_eq!(status(&a), SessionStatus::connected(1));
+    assert_eq!(status(&a), connected(1));
     let after = b.get(&member).await.unwrap().expect("re-created on resume");
     assert!(after.version > before.version);
 }
@@ -133,11 +141,11 @@ async fn expiry_while_suspended_waits_for_resume() {
 async fn faults_are_idempotent_and_fail_after_close() {
     let client = MemoryCluster::new().client();
     client.resume().unwrap();
-    assert_eq!(status(&client), SessionStatus::connected(0));
+    assert_eq!(status(&client), connected(0));
     client.suspend().unwrap();
     client.suspend().unwrap();
     client.resume().unwrap();
-    assert_eq!(status(&client), SessionStatus::connected(0));
+    assert_eq!(status(&client), connected(0));
     client.close().await.unwrap();
     client.close().await.unwrap();
     for result in [client.expire_session(), client.suspend(), client.resume()] {

@@ -9,9 +9,6 @@ pub(crate) enum ZkBackendError {
     /// A `zk://` URL or a connect string is malformed.
     #[error("invalid ZooKeeper URL or connect string: {0}")]
     InvalidUrl(String),
-    /// A value is larger than the backend accepts.
-    #[error("value of {size} bytes exceeds the limit of {limit} bytes")]
-    ValueTooLarge { size: usize, limit: usize },
     /// No session could be established in time.
     #[error("no ZooKeeper session established within {0:?}")]
     ConnectTimeout(std::time::Duration),
@@ -85,14 +82,6 @@ pub(crate) fn conflict(operation: Operation, key: &Key, current: Option<Version>
 /// `Closed`: the backend was closed.
 pub(crate) fn closed(operation: Operation) -> Error {
     Error::new(ErrorKind::Closed, operation).with_message("the ZooKeeper backend was closed")
-}
-
-/// `ValueTooLarge`, raised before anything is sent.
-pub(crate) fn too_large(operation: Operation, key: &Key, size: usize, limit: usize) -> Error {
-    let cause = ZkBackendError::ValueTooLarge { size, limit };
-    Error::new(ErrorKind::ValueTooLarge, operation)
-        .with_key(key)
-        .with_message(cause.to_string())
 }
 
 /// `InvalidArgument` for a malformed URL or connect string.

@@ -38,17 +38,12 @@
 //! through. Fence nodes never show in `list` (they are filtered, and
 //! `Key` reserves the `sharedstate-fence-` prefix).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use bytes::Bytes;
 use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Version, Versioned};
 use zookeeper_client as zk;
 
 use crate::{error, version_of, Inner};
 
-/// How many keys the version cache remembers before it starts over.
-const CACHE_CAPACITY: usize = 4096;
 /// Bound on the create-or-set loop of `Overwrite` (each turn means another
 /// client deleted or created the key in between).
 const OVERWRITE_ATTEMPTS: usize = 16;
@@ -59,66 +54,6 @@ const CREATE_ATTEMPTS: usize = 8;
 pub(crate) const FENCE_ATTEMPTS: usize = 8;
 /// The name prefix of fence nodes (reserved by `Key`).
 pub(crate) const FENCE_PREFIX: &str = "sharedstate-fence-";
-
-/// What a conditional operation on one incarnation of a key expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Expectation {
-    pub mzxid: i64,
-    pub data_version: i32,
-    /// The parent's sequence counter, when this client knows it.
-    pub counter: Option<i32>,
-}
-
-/// Per-key [`Expectation`]s observed by this client.
-#[derive(Default)]
-pub(crate) struct VersionCache {
-    map: Mutex<HashMap<String, Expectation>>,
-}
-
-impl VersionCache {
-    /// Remembers what a read of `path` found, unless a newer observation is
-    /// known (a known counter for the same write is kept).
-    pub(crate) fn observe(&self, path: &str, stat: &zk::Stat) {
-        self.record(path, stat, None);
-    }
-
-    /// Remembers a stat together with the parent's counter right after it.
-    pub(crate) fn record(&self, path: &str, stat: &zk::Stat, counter: Option<i32>) {
-        if stat.mzxid <= 0 {
-            return;
-        }
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = Expectation {
-            mzxid: stat.mzxid,
-            data_version: stat.version,
-            counter,
-        };
-        if let Some(known) = map.get_mut(path) {
-            if known.mzxid < stat.mzxid || (known.mzxid == stat.mzxid && counter.is_some()) {
-                *known = entry;
-            }
-            return;
-        }
-        if map.len() >= CACHE_CAPACITY {
-            map.clear();
-        }
-        map.insert(path.to_owned(), entry);
-    }
-
-    /// What is known about `path` at `mzxid`.
-    pub(crate) fn lookup(&self, path: &str, mzxid: i64) -> Option<Expectation> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(path).filter(|e| e.mzxid == mzxid).copied()
-    }
-
-    /// Forgets `path` (deleted, or the entry proved stale).
-    pub(crate) fn forget(&self, path: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(path);
-    }
-}
 
 fn raw(version: Version) -> i64 {
     i64::try_from(version.as_u64()).unwrap_or(i64::MAX)
@@ -616,42 +551,6 @@ pub(crate) async fn list(inner: &Inner, key: &Key) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stat(mzxid: i64, version: i32) -> zk::Stat {
-        zk::Stat {
-            czxid: 1,
-            mzxid,
-            pzxid: 1,
-            ctime: 0,
-            mtime: 0,
-            version,
-            cversion: 0,
-            aversion: 0,
-            ephemeral_owner: 0,
-            data_length: 0,
-            num_children: 0,
-        }
-    }
-
-    #[test]
-    fn cache_keeps_the_newest_observation() {
-        let cache = VersionCache::default();
-        cache.record("/a", &stat(10, 3), Some(7));
-        let known = cache.lookup("/a", 10).expect("observed");
-        assert_eq!((known.data_version, known.counter), (3, Some(7)));
-        // A re-read of the same write keeps the known counter.
-        cache.observe("/a", &stat(10, 3));
-        assert_eq!(cache.lookup("/a", 10).and_then(|e| e.counter), Some(7));
-        cache.observe("/a", &stat(5, 1));
-        assert_eq!(cache.lookup("/a", 10).map(|e| e.data_version), Some(3));
-        assert_eq!(cache.lookup("/a", 5), None);
-        cache.observe("/a", &stat(12, 4));
-        assert_eq!(cache.lookup("/a", 12).map(|e| e.counter), Some(None));
-        cache.forget("/a");
-        assert_eq!(cache.lookup("/a", 12), None);
-        cache.observe("/b", &stat(-1, -1));
-        assert_eq!(cache.lookup("/b", -1), None);
-    }
 
     #[test]
     fn fence_paths() {

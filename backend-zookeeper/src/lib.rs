@@ -67,6 +67,7 @@ mod registration;
 mod session;
 #[cfg(feature = "tls")]
 mod tls;
+mod version_cache;
 mod watch;
 
 use std::collections::HashMap;
@@ -75,9 +76,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use sharedstate_core::backend::SessionPublisher;
 use sharedstate_core::{
     Capabilities, CoordinationBackend, Error, ErrorKind, Key, LockGuard, LockOptions, Operation,
-    PutMode, Registration, Result, SessionState, SessionStatus, Version, Versioned, WatchStream,
+    PutMode, Registration, Result, SessionStatus, Version, Versioned, WatchStream,
 };
 use tokio::sync::watch as tokio_watch;
 use tokio_util::sync::CancellationToken;
@@ -108,8 +110,10 @@ pub(crate) struct Session {
 pub(crate) struct Inner {
     pub config: builder::Config,
     pub(crate) current: RwLock<Option<Arc<Session>>>,
-    pub status: tokio_watch::Sender<SessionStatus>,
-    pub versions: kv::VersionCache,
+    /// The session status of [`CoordinationBackend::session`], in the order
+    /// the engine relies on (the supervisor publishes it).
+    pub status: SessionPublisher,
+    pub versions: version_cache::VersionCache,
     pub registrations: Mutex<HashMap<u64, registration::Entry>>,
     pub next_id: std::sync::atomic::AtomicU64,
     pub closed: CancellationToken,
@@ -145,18 +149,6 @@ impl Inner {
         std::mem::replace(&mut *guard, session)
     }
 
-    pub(crate) fn set_status(&self, state: SessionState, epoch: u64) {
-        let status = SessionStatus { state, epoch };
-        self.status.send_if_modified(|current| {
-            if *current == status || current.state == SessionState::Closed {
-                false
-            } else {
-                *current = status;
-                true
-            }
-        });
-    }
-
     pub(crate) fn acls(&self) -> zk::Acls<'static> {
         self.config.acl.acls()
     }
@@ -175,7 +167,7 @@ impl fmt::Debug for ZooKeeperBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ZooKeeperBackend")
             .field("config", &self.inner.config)
-            .field("status", &*self.inner.status.borrow())
+            .field("status", &self.inner.status.status())
             .finish()
     }
 }
@@ -199,7 +191,6 @@ impl ZooKeeperBackend {
 
     pub(crate) async fn start(config: builder::Config) -> Result<Self> {
         let client = config.open_session().await?;
-        let (status, _) = tokio_watch::channel(SessionStatus::connected(0));
         let inner = Arc::new(Inner {
             config,
             current: RwLock::new(Some(Arc::new(Session {
@@ -207,8 +198,8 @@ impl ZooKeeperBackend {
                 epoch: 0,
                 lost: CancellationToken::new(),
             }))),
-            status,
-            versions: kv::VersionCache::default(),
+            status: SessionPublisher::new(),
+            versions: version_cache::VersionCache::default(),
             registrations: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
             closed: CancellationToken::new(),
@@ -232,12 +223,12 @@ impl ZooKeeperBackend {
             .0)
     }
 
-    /// Fault injection for tests: makes the server expire this client's
+    /// Fault injection for tests (feature `testing`): makes the server expire this client's
     /// session, the way Curator's `KillSession` does. A twin connection
     /// re-attaches to the session with its id and password and closes it;
     /// this returns once the server has ended the session (its ephemeral
     /// nodes and locks are gone). The backend then notices, reports
-    /// [`SessionState::Lost`], opens a new session and reports
+    /// [`SessionState::Lost`](sharedstate_core::SessionState::Lost), opens a new session and reports
     /// `Connected` with the next epoch. This client may win its session
     /// back before the twin's handshake completes; the twin then tries again
     /// (a few bounded attempts).
@@ -247,6 +238,8 @@ impl ZooKeeperBackend {
     /// `Closed` after close; `Unavailable` when the twin cannot attach in
     /// any attempt or the server does not confirm within the connect
     /// timeout.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn force_session_expiry(&self) -> Result<()> {
         let hosts = self.inner.config.hosts.clone();
         session::force_expiry(&self.inner, &hosts).await
@@ -263,6 +256,8 @@ impl ZooKeeperBackend {
     /// # Errors
     ///
     /// As [`force_session_expiry`](Self::force_session_expiry).
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn force_session_expiry_via(&self, hosts: &str) -> Result<()> {
         session::force_expiry(&self.inner, hosts).await
     }
@@ -286,16 +281,7 @@ impl Drop for ZooKeeperBackend {
 }
 
 pub(crate) fn check_size(operation: Operation, key: &Key, value: &Bytes) -> Result<()> {
-    if value.len() > MAX_VALUE_BYTES {
-        Err(error::too_large(
-            operation,
-            key,
-            value.len(),
-            MAX_VALUE_BYTES,
-        ))
-    } else {
-        Ok(())
-    }
+    sharedstate_core::backend::check_size(operation, key, value, MAX_VALUE_BYTES)
 }
 
 /// A zxid as a [`Version`] (zxids are positive).
@@ -310,17 +296,12 @@ impl CoordinationBackend for ZooKeeperBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: MAX_VALUE_BYTES,
-            // `sync` then read is sequentially consistent, not linearizable
-            // (ZOOKEEPER-1675); `get_linearizable` is.
-            linearizable_reads: false,
-            watch: true,
-            locks: true,
-            fenced_writes: true,
-            registrations: true,
-            delete_requires_no_children: true,
-        }
+        let mut capabilities = Capabilities::new(MAX_VALUE_BYTES);
+        // `sync` then read is sequentially consistent, not linearizable
+        // (ZOOKEEPER-1675); `get_linearizable` is.
+        capabilities.linearizable_reads = false;
+        capabilities.delete_requires_no_children = true;
+        capabilities
     }
 
     fn session(&self) -> tokio_watch::Receiver<SessionStatus> {
@@ -394,7 +375,7 @@ impl CoordinationBackend for ZooKeeperBackend {
         match fenced::fenced_put(&self.inner, key, value, mode, &guard, true).await {
             Ok(version) => {
                 // The lock node went in the same multi.
-                drop(guard.disarm());
+                drop(sharedstate_core::backend::disarm(guard));
                 Ok(version)
             }
             Err(e) => {

@@ -28,8 +28,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
+use sharedstate_core::backend::LockRelease;
 use sharedstate_core::{
-    ErrorKind, FencingToken, Key, LockGuard, LockOptions, LockRelease, Operation, Result, Versioned,
+    ErrorKind, FencingToken, Key, LockGuard, LockOptions, Operation, Result, Versioned,
 };
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
@@ -146,7 +147,7 @@ async fn lock_reading(
                 path: held.path.clone(),
                 epoch: session.epoch,
             };
-            let guard = LockGuard::new(
+            let guard = sharedstate_core::backend::lock_guard(
                 key.clone(),
                 held.path,
                 FencingToken::new(u64::try_from(held.czxid).unwrap_or(0)),
@@ -265,6 +266,30 @@ async fn acquire(
     lost: &CancellationToken,
     read: Option<&Key>,
 ) -> Result<(Held, Option<PipelinedRead>)> {
+    let created = create_lock_node(inner, session, key, guid, read).await?;
+    wait_for_turn(session, key, guid, lost, read, created).await
+}
+
+/// What the create's round trip told: the contenders, the pipelined read
+/// (valid only if no predecessor is listed), and our node as the create
+/// answered it (unknown after a lost answer).
+struct Created {
+    children: Vec<String>,
+    pipelined: Option<PipelinedRead>,
+    held: Option<Held>,
+}
+
+/// Creates this waiter's ephemeral-sequential node under `key` (and its
+/// parent when missing), listing the contenders (and reading `read`) in the
+/// same pipelined round trip. After a lost answer the listing shows whether
+/// the create happened (by `guid`).
+async fn create_lock_node(
+    inner: &Inner,
+    session: &Session,
+    key: &Key,
+    guid: &str,
+    read: Option<&Key>,
+) -> Result<Created> {
     let op = Operation::Lock;
     let client = &session.client;
     let prefix = format!("{key}/{PROTECTED_PREFIX}{guid}{LOCK_NAME}");
@@ -322,11 +347,39 @@ async fn acquire(
             Err(e) => return Err(error::map(e, op, key)),
         }
     }
-    let Some(mut children) = children else {
-        return Err(
-            plain(ErrorKind::Unavailable, op, key).with_message("could not create the lock node")
-        );
-    };
+    match children {
+        Some(children) => Ok(Created {
+            children,
+            pipelined,
+            held,
+        }),
+        None => {
+            Err(plain(ErrorKind::Unavailable, op, key)
+                .with_message("could not create the lock node"))
+        }
+    }
+}
+
+/// Waits until this waiter's node (the lowest with `guid`) is the first
+/// contender, watching only its predecessor (the recipe's herd-free wait);
+/// `pipelined` survives only when no wait was needed; after a wait the
+/// listing and the read of `read` travel together again. `held` is our
+/// node as its create answered, when known.
+async fn wait_for_turn(
+    session: &Session,
+    key: &Key,
+    guid: &str,
+    lost: &CancellationToken,
+    read: Option<&Key>,
+    created: Created,
+) -> Result<(Held, Option<PipelinedRead>)> {
+    let op = Operation::Lock;
+    let client = &session.client;
+    let Created {
+        mut children,
+        mut pipelined,
+        mut held,
+    } = created;
     loop {
         if lost.is_cancelled() {
             return Err(plain(ErrorKind::SessionLost, op, key));

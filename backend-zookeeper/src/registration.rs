@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sharedstate_core::{ErrorKind, Key, Operation, Registration, RegistrationClose, Result};
+use sharedstate_core::backend::{Backoff, RegistrationClose};
+use sharedstate_core::{ErrorKind, Key, Operation, Registration, Result};
 use zookeeper_client as zk;
 
 use crate::{error, kv, plain, Inner, Session};
@@ -115,7 +116,7 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
         delete_if_owned(inner, key).await;
         return Err(e);
     }
-    Ok(Registration::new(
+    Ok(sharedstate_core::backend::registration(
         key.clone(),
         Box::new(Closer {
             inner: Arc::downgrade(inner),
@@ -177,10 +178,9 @@ async fn catch_up(inner: &Inner, id: u64, created: &Entry) {
 
 async fn retry(inner: Weak<Inner>, epoch: u64, id: u64) {
     let started = std::time::Instant::now();
-    let mut delay = RETRY_DELAY * 4;
+    let mut backoff = Backoff::new(RETRY_DELAY * 4, Duration::from_secs(5));
     loop {
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next_delay()).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };

@@ -5,11 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sharedstate_core::{Error, ErrorKind, Operation, Result, SessionState};
+use sharedstate_core::backend::Backoff;
+#[cfg(feature = "testing")]
+use sharedstate_core::{Error, ErrorKind, Operation, Result};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use crate::{error, registration, Inner, Session};
+#[cfg(feature = "testing")]
+use crate::error;
+use crate::{registration, Inner, Session};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -31,10 +35,12 @@ pub(crate) async fn supervise(inner: Arc<Inner>) {
                 match state {
                     zk::SessionState::Disconnected => {
                         tracing::info!(epoch, "ZooKeeper connection lost; session suspended");
-                        inner.set_status(SessionState::Suspended, epoch);
+                        inner.status.suspended();
                     }
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                        inner.set_status(SessionState::Connected, epoch);
+                        // The same session is back (a first Connected, on
+                        // a session just opened, is already published).
+                        inner.status.reconnected();
                     }
                     zk::SessionState::Expired
                     | zk::SessionState::AuthFailed
@@ -52,11 +58,11 @@ pub(crate) async fn supervise(inner: Arc<Inner>) {
             return;
         }
         tracing::warn!(epoch, ?state, "ZooKeeper session lost; opening a new one");
-        inner.set_status(SessionState::Lost, epoch);
+        inner.status.lost();
         session.lost.cancel();
         drop(session);
 
-        let Some(client) = reconnect(&inner).await else {
+        let Some(client) = open_new_session(&inner).await else {
             return;
         };
         let new = Arc::new(Session {
@@ -75,14 +81,17 @@ pub(crate) async fn supervise(inner: Arc<Inner>) {
         registration::recreate_all(&inner, &new).await;
         drop(new);
         tracing::info!(epoch = epoch + 1, "new ZooKeeper session established");
-        inner.set_status(SessionState::Connected, epoch + 1);
+        // Connected(epoch + 1) now: the watches resync once they see it.
+        if let Some(notice) = inner.status.new_session() {
+            debug_assert_eq!(notice.epoch(), epoch + 1, "one epoch per session");
+        }
     }
 }
 
 /// Opens a new session with bounded exponential backoff, until it works or
 /// the backend is closed.
-async fn reconnect(inner: &Inner) -> Option<zk::Client> {
-    let mut delay = BACKOFF_START;
+async fn open_new_session(inner: &Inner) -> Option<zk::Client> {
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     loop {
         let attempt = tokio::select! {
             _ = inner.closed.cancelled() => return None,
@@ -91,12 +100,10 @@ async fn reconnect(inner: &Inner) -> Option<zk::Client> {
         match attempt {
             Ok(client) => return Some(client),
             Err(error) => {
-                tracing::warn!(%error, ?delay, "opening a new ZooKeeper session failed; retrying");
-                tokio::select! {
-                    _ = inner.closed.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
+                tracing::warn!(%error, "opening a new ZooKeeper session failed; retrying");
+                if !backoff.wait(&inner.closed).await {
+                    return None;
                 }
-                delay = (delay * 2).min(BACKOFF_MAX);
             }
         }
     }
@@ -106,11 +113,7 @@ async fn reconnect(inner: &Inner) -> Option<zk::Client> {
 /// session (waiting briefly for the server to confirm).
 pub(crate) async fn shutdown(inner: &Inner) {
     inner.closed.cancel();
-    let epoch = inner.status.borrow().epoch;
-    inner.status.send_replace(sharedstate_core::SessionStatus {
-        state: SessionState::Closed,
-        epoch,
-    });
+    inner.status.close();
     inner
         .registrations
         .lock()
@@ -134,13 +137,16 @@ pub(crate) async fn shutdown(inner: &Inner) {
     }
 }
 
-/// Makes the server expire the current session: a twin client attaches to
-/// it and closes it.
 /// Attempts to attach the twin session in `force_expiry`.
+#[cfg(feature = "testing")]
 const TWIN_ATTEMPTS: u32 = 4;
 /// Pause between twin attempts (times the attempt number).
+#[cfg(feature = "testing")]
 const TWIN_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Makes the server expire the current session: a twin client attaches to
+/// it and closes it.
+#[cfg(feature = "testing")]
 pub(crate) async fn force_expiry(inner: &Inner, hosts: &str) -> Result<()> {
     let op = Operation::FaultInjection;
     if inner.closed.is_cancelled() {

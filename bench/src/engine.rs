@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use sharedstate::backend::Bytes;
 use sharedstate::{
-    Bytes, CoordinationBackend, Key, LockOptions, PutMode, SharedState, StateEvent, WriteMode,
+    CoordinationBackend, Key, LockOptions, PutMode, SharedState, StateEvent, WriteMode,
 };
 use tokio::sync::mpsc;
 

@@ -99,7 +99,7 @@ fn agent_reports_a_glob_added_by_the_cli() {
     let backend = rt.block_on(sharedstate::connect(&url)).expect("connect");
     rt.block_on(backend.put(
         &payload,
-        sharedstate::Bytes::from_static(b"{globs"),
+        sharedstate::backend::Bytes::from_static(b"{globs"),
         sharedstate::PutMode::Overwrite,
     ))
     .expect("outside write");

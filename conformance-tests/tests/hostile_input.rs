@@ -11,8 +11,9 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use sharedstate_conformance::apply_changes;
+use sharedstate_core::backend::Bytes;
 use sharedstate_core::{
-    diff, Bytes, Change, CoordinationBackend, ErrorKind, PutMode, SharedState, StateEvent,
+    diff, Change, CoordinationBackend, ErrorKind, PutMode, SharedState, StateEvent,
 };
 use sharedstate_memory::MemoryCluster;
 
@@ -44,7 +45,7 @@ fn edited(doc: &Value, insert: &Value, at: usize) -> Value {
     match doc {
         Value::Array(items) => {
             let mut items: Vec<Value> = items.iter().map(|v| edited(v, insert, at)).collect();
-            if at % 3 == 0 && !items.is_empty() {
+            if at.is_multiple_of(3) && !items.is_empty() {
                 items.remove(0);
             }
             items.insert(at.min(items.len()), insert.clone());

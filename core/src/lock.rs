@@ -36,10 +36,8 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    /// For backend implementations: a guard for the lock on `key`, held
-    /// through the backend object `owner` (ZooKeeper: the sequential node's
-    /// path; etcd: the lock key), cancelled through `lost`.
-    pub fn new(
+    /// See [`backend::lock_guard`](crate::backend::lock_guard).
+    pub(crate) fn new(
         key: Key,
         owner: String,
         token: FencingToken,
@@ -103,10 +101,8 @@ impl LockGuard {
         }
     }
 
-    /// For backend implementations that release the lock themselves (in the
-    /// same atomic operation as a write): takes the releaser out so that
-    /// dropping the guard does nothing more.
-    pub fn disarm(mut self) -> Option<Box<dyn LockRelease>> {
+    /// See [`backend::disarm`](crate::backend::disarm).
+    pub(crate) fn disarm(mut self) -> Option<Box<dyn LockRelease>> {
         self.releaser.take()
     }
 }
@@ -125,20 +121,11 @@ impl fmt::Debug for LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Some(releaser) = self.releaser.take() {
-            let key = self.key.clone();
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn(async move {
-                        if let Err(error) = releaser.release().await {
-                            tracing::warn!(%error, %key, "releasing a dropped lock failed");
-                        }
-                    });
-                }
-                Err(_) => tracing::warn!(
-                    %key,
-                    "lock guard dropped outside a tokio runtime; the lock goes with the session"
-                ),
-            }
+            crate::backend::cleanup::spawn_cleanup(
+                "releasing a dropped lock",
+                self.key.clone(),
+                releaser.release(),
+            );
         }
     }
 }

@@ -55,8 +55,8 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// For backend implementations: wraps a live registration.
-    pub fn new(key: Key, closer: Box<dyn RegistrationClose>) -> Self {
+    /// See [`backend::registration`](crate::backend::registration).
+    pub(crate) fn new(key: Key, closer: Box<dyn RegistrationClose>) -> Self {
         Registration {
             key,
             closer: Some(closer),
@@ -111,20 +111,11 @@ impl fmt::Debug for Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(closer) = self.closer.take() {
-            let key = self.key.clone();
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn(async move {
-                        if let Err(error) = closer.close().await {
-                            tracing::warn!(%error, %key, "closing a dropped registration failed");
-                        }
-                    });
-                }
-                Err(_) => tracing::warn!(
-                    %key,
-                    "registration dropped outside a tokio runtime; it goes with the session"
-                ),
-            }
+            crate::backend::cleanup::spawn_cleanup(
+                "closing a dropped registration",
+                self.key.clone(),
+                closer.close(),
+            );
         }
     }
 }

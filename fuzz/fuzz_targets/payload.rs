@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-use sharedstate_core::{Bytes, CoordinationBackend, Key, PutMode, SharedState, StateEvent, Subscription};
+use sharedstate_core::backend::Bytes;
+use sharedstate_core::{CoordinationBackend, Key, PutMode, SharedState, StateEvent, Subscription};
 use sharedstate_memory::MemoryCluster;
 
 struct Harness {

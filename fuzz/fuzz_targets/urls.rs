@@ -9,6 +9,12 @@ use sharedstate_core::{redact_url, ErrorKind};
 const SECRET: &str = "S3cretFuzzPw";
 
 fuzz_target!(|text: &str| {
+    // An input that is itself the secret is echoed honestly: the oracle is
+    // about the secret in a password's place (a false alarm the fuzzer found
+    // by building "S3cretFuzzPw" from its comparison dictionary).
+    if text.contains(SECRET) {
+        return;
+    }
     for url in [
         text.to_owned(),
         format!("zk://{text}"),

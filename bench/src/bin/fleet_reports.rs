@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
-use sharedstate::{Bytes, CoordinationBackend, Key, PutMode, SharedState, Version};
+use sharedstate::backend::Bytes;
+use sharedstate::{CoordinationBackend, Key, PutMode, SharedState, Version};
 
 #[derive(Parser, Debug)]
 struct Args {

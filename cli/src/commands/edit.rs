@@ -356,7 +356,7 @@ mod tests {
         backend
             .put(
                 &key,
-                sharedstate::Bytes::from_static(b"{n: 1"),
+                sharedstate::backend::Bytes::from_static(b"{n: 1"),
                 sharedstate::PutMode::Overwrite,
             )
             .await

@@ -124,6 +124,7 @@ fn session_name(state: SessionState) -> &'static str {
         SessionState::Suspended => "suspended",
         SessionState::Lost => "lost",
         SessionState::Closed => "closed",
+        _ => "unknown",
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use sharedstate::state::StateKeys;
 use sharedstate::{CoordinationBackend, Key, Version, Versioned};
 
 use crate::args::{Cli, Command, OutputFormat};
@@ -98,26 +99,14 @@ pub struct Global {
     format: OutputFormat,
 }
 
-/// The keys under a state's path (the engine's layout).
-#[derive(Debug, Clone)]
-pub struct Paths {
-    root: Key,
-    payload: Key,
-    lock: Key,
-    listeners: Key,
-}
+/// The keys under a state's path: the engine's own layout.
+pub type Paths = StateKeys;
 
-impl Paths {
-    fn new(cx: &Context) -> CliResult<Self> {
-        let invalid = |e: sharedstate::Error| cx.backend(e);
-        let root = Key::new(cx.path.as_str()).map_err(invalid)?;
-        Ok(Paths {
-            payload: root.child("payload").map_err(invalid)?,
-            lock: root.child("lock").map_err(invalid)?,
-            listeners: root.child("listeners").map_err(invalid)?,
-            root,
-        })
-    }
+/// The layout under the command's path.
+fn paths(cx: &Context) -> CliResult<Paths> {
+    let invalid = |e: sharedstate::Error| cx.backend(e);
+    let root = Key::new(cx.path.as_str()).map_err(invalid)?;
+    StateKeys::new(root).map_err(invalid)
 }
 
 /// A connected backend and the state path a command works on.
@@ -150,7 +139,7 @@ impl Global {
     /// Validates `path` and connects, within `--timeout`.
     async fn open(&self, path: &str) -> CliResult<Env> {
         let cx = self.context(path);
-        let paths = Paths::new(&cx)?;
+        let paths = paths(&cx)?;
         let backend = self.connect(&cx).await?;
         Ok(Env {
             backend,

@@ -112,6 +112,7 @@ async fn follow(
                     SessionState::Suspended => format!("connection to {} lost; retrying", env.cx.url),
                     SessionState::Lost => "session expired; resyncing when a new one starts".to_owned(),
                     SessionState::Closed => "session closed".to_owned(),
+                    other => format!("session state {other:?}"),
                 };
                 eprintln!("{note}");
             }

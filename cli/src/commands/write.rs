@@ -4,7 +4,9 @@ use std::io::Write;
 use std::path::Path;
 
 use serde_json::Value;
-use sharedstate::{ErrorKind, LockGuard, LockOptions, PutMode, Version, Versioned};
+use sharedstate::backend::Bytes;
+use sharedstate::state::{self, locked_update, Step, UpdateError, UpdateOptions};
+use sharedstate::{ErrorKind, PutMode, Version, Versioned};
 
 use super::{encode, parse_json, read_json_arg, read_stdin, Env, Global, Written};
 use crate::args::{InitArgs, PatchArgs, SetArgs};
@@ -60,88 +62,62 @@ async fn conditional_set(env: &Env, value: &Value, expected: Version) -> CliResu
 
 /// Takes `<PATH>/lock`, reads the payload, lets `change` compute the new
 /// value from it (`None`: nothing to write), and writes it with a fenced
-/// conditional update that also releases the lock, exactly like the
-/// engine's locked `update`: the two never interleave.
+/// conditional update that also releases the lock: the engine's locked
+/// protocol, from [`sharedstate::state::locked_update`], so the two never
+/// interleave.
 pub(super) async fn locked_write(
     env: &Env,
     mut change: impl FnMut(&Versioned) -> CliResult<Option<Value>>,
 ) -> CliResult<Written> {
-    for attempt in 1..=LOCKED_ATTEMPTS {
-        let (guard, current) = lock_and_read(env).await?;
-        let Some(current) = current else {
-            return Err(release_after(guard, env.cx.no_payload()).await);
-        };
-        let new = match change(&current) {
-            Ok(Some(new)) => new,
-            Ok(None) => {
-                release(guard).await;
-                return Ok(Written::Unchanged(current.version));
-            }
-            Err(error) => return Err(release_after(guard, error).await),
+    let options = UpdateOptions::new(env.lock_timeout, env.timeout, LOCKED_ATTEMPTS);
+    // The size of the last payload tried, for the message of a write error.
+    let mut size = 0;
+    let encoded = |current: &Versioned| -> CliResult<Option<Bytes>> {
+        let Some(new) = change(current)? else {
+            return Ok(None);
         };
         let bytes = encode(&new);
-        if let Err(error) = env.check_size(&bytes) {
-            return Err(release_after(guard, error).await);
+        env.check_size(&bytes)?;
+        size = bytes.len();
+        Ok(Some(bytes.into()))
+    };
+    let written = locked_update(env.backend.as_ref(), &env.paths, &options, encoded).await;
+    match written {
+        Ok(state::Written::Changed(version)) => Ok(Written::Changed(version)),
+        Ok(state::Written::Unchanged(version)) => Ok(Written::Unchanged(version)),
+        Err(UpdateError::Missing) => Err(env.cx.no_payload()),
+        Err(UpdateError::Refused(error)) => Err(error),
+        Err(UpdateError::TimedOut { step, after }) => {
+            let what = match step {
+                Step::Lock => "taking the lock",
+                _ => "writing the payload",
+            };
+            Err(env.cx.timed_out(what, after))
         }
-        let size = bytes.len();
-        let write = env.backend.fenced_put_and_release(
-            &env.paths.payload,
-            bytes.into(),
-            PutMode::Update(current.version),
-            guard,
-        );
-        match tokio::time::timeout(env.timeout, write).await {
-            Err(_) => return Err(env.cx.timed_out("writing the payload", env.timeout)),
-            Ok(Ok(version)) => return Ok(Written::Changed(version)),
-            Ok(Err(error)) if error.kind() == ErrorKind::Conflict => {
-                tracing::debug!(attempt, "a writer that ignores the lock raced us; retrying");
-            }
-            Ok(Err(error)) if error.kind() == ErrorKind::LockLost => {
-                return Err(CliError::new(
-                    Exit::Unavailable,
-                    format!(
-                        "lost the lock {}/lock before writing (session expired?); nothing was written; retry",
-                        env.cx.path
-                    ),
-                ));
-            }
-            Ok(Err(error)) => return Err(env.write_error(error, size)),
-        }
+        Err(UpdateError::LockLost(_)) => Err(CliError::new(
+            Exit::Unavailable,
+            format!(
+                "lost the lock {}/lock before writing (session expired?); nothing was written; retry",
+                env.cx.path
+            ),
+        )),
+        Err(UpdateError::Backend {
+            step: Step::Write,
+            error,
+        }) => Err(env.write_error(error, size)),
+        Err(UpdateError::Backend { error, .. }) => Err(env.cx.backend(error)),
+        Err(UpdateError::GaveUp { attempts }) => Err(CliError::new(
+            Exit::Conflict,
+            format!(
+                "version conflict on {}: other writers changed it {attempts} times while we held the lock; nothing was written",
+                env.cx.path
+            ),
+        )),
+        Err(_) => Err(CliError::new(
+            Exit::Unavailable,
+            format!("the locked write of {} failed", env.cx.path),
+        )),
     }
-    Err(CliError::new(
-        Exit::Conflict,
-        format!(
-            "version conflict on {}: other writers changed it {LOCKED_ATTEMPTS} times while we held the lock; nothing was written",
-            env.cx.path
-        ),
-    ))
-}
-
-/// Takes the lock and reads the payload (one round trip where the backend
-/// can pipeline them).
-async fn lock_and_read(env: &Env) -> CliResult<(LockGuard, Option<Versioned>)> {
-    let options = LockOptions::with_timeout(env.lock_timeout);
-    // The backend bounds the wait for the lock itself; this also bounds a
-    // server that stops answering.
-    let bound = env.lock_timeout + env.timeout;
-    let call = env
-        .backend
-        .lock_and_get(&env.paths.lock, options, &env.paths.payload);
-    match tokio::time::timeout(bound, call).await {
-        Err(_) => Err(env.cx.timed_out("taking the lock", bound)),
-        Ok(result) => result.map_err(|e| env.cx.backend(e)),
-    }
-}
-
-async fn release(guard: LockGuard) {
-    if let Err(error) = guard.release().await {
-        tracing::debug!(%error, "releasing the lock failed; it goes with the session");
-    }
-}
-
-async fn release_after(guard: LockGuard, error: CliError) -> CliError {
-    release(guard).await;
-    error
 }
 
 /// `init PATH JSON|-`.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sharedstate::{Bytes, Key, PutMode};
+use sharedstate::backend::Bytes;
+use sharedstate::{Key, PutMode};
 
 use super::{run, unique, version_in, Run, COMMAND_BOUND};
 

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sharedstate::{Bytes, Key, LockOptions, PutMode, SharedState};
+use sharedstate::backend::Bytes;
+use sharedstate::{Key, LockOptions, PutMode, SharedState};
 
 use super::{closed_port, run, run_bounded, unique, Run, Watch, BIN, COMMAND_BOUND};
 

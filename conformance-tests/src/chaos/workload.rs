@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use sharedstate_core::backend::Bytes;
 use sharedstate_core::{
-    Bytes, CoordinationBackend, ErrorKind, Key, Outcome, PutMode, SharedState, WriteMode,
+    CoordinationBackend, ErrorKind, Key, Outcome, PutMode, SharedState, WriteMode,
 };
 use tokio_util::sync::CancellationToken;
 

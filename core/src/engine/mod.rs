@@ -67,6 +67,7 @@ pub enum UnknownFields {
 }
 
 /// Why the payload on the service is not the local copy.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadProblem {
     /// The payload at `version` does not decode as the state's type.

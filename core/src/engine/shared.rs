@@ -19,25 +19,7 @@ use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::key::Key;
 use crate::version::{Version, Versioned};
 
-/// The keys under a state's path.
-#[derive(Debug, Clone)]
-pub(crate) struct StateKeys {
-    pub root: Key,
-    pub payload: Key,
-    pub lock: Key,
-    pub listeners: Key,
-}
-
-impl StateKeys {
-    pub fn new(root: Key) -> Result<Self> {
-        Ok(StateKeys {
-            payload: root.child("payload")?,
-            lock: root.child("lock")?,
-            listeners: root.child("listeners")?,
-            root,
-        })
-    }
-}
+pub(crate) use crate::state::StateKeys;
 
 /// One immutable view of the state; replaced whole on every change.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use super::freshness::{Action, Input, Machine, Verdict};
 use super::listeners::ListenerInfo;
 use super::report::{Report, Schedule};
 use super::shared::Shared;
-use crate::backend::{SessionState, WatchEvent, WatchStream};
+use crate::backend::{Backoff, SessionState, WatchEvent, WatchStream};
 use crate::error::{ErrorKind, Result};
 use crate::registration::Registration;
 use crate::version::Version;
@@ -87,7 +87,7 @@ pub(crate) async fn run<T>(
     let mut stream = Some(stream);
     let mut verification: Option<Verification> = None;
     let mut opening: Option<Opening> = None;
-    let mut backoff = REWATCH_BACKOFF_MIN;
+    let mut backoff = Backoff::new(REWATCH_BACKOFF_MIN, REWATCH_BACKOFF_MAX);
     let mut retry_rewatch_at: Option<tokio::time::Instant> = None;
     // The first item of a stream is its initial state: which stream, and
     // when it was requested.
@@ -175,7 +175,7 @@ pub(crate) async fn run<T>(
                 opening = None;
                 match opened {
                     Ok(new_stream) => {
-                        backoff = REWATCH_BACKOFF_MIN;
+                        backoff.reset();
                         // The old stream (if any) goes only now that the new
                         // one is registered: no gap between the two.
                         stream = Some(new_stream);
@@ -184,10 +184,10 @@ pub(crate) async fn run<T>(
                     }
                     Err(error) if error.kind() == ErrorKind::Closed => break,
                     Err(error) => {
-                        tracing::warn!(key = %shared.keys.payload, %error, ?backoff, "re-watch failed");
+                        let delay = backoff.next_delay();
+                        tracing::warn!(key = %shared.keys.payload, %error, ?delay, "re-watch failed");
                         machine.rewatch_failed();
-                        retry_rewatch_at = Some(tokio::time::Instant::now() + backoff);
-                        backoff = (backoff * 2).min(REWATCH_BACKOFF_MAX);
+                        retry_rewatch_at = Some(tokio::time::Instant::now() + delay);
                         continue;
                     }
                 }

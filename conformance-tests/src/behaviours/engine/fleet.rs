@@ -178,7 +178,9 @@ async fn unknown_fields_survive(f: &dyn BackendFactory, mode: WriteMode, name: &
     assert_eq!((seen.limits.burst, seen.owner.as_str()), (9, "team-x"));
 
     // A change version 1 does not know is no change set there, yet its next
-    // write keeps it.
+    // write keeps it. v1b first catches up with v1a's write, so that its
+    // change set does not arrive on the subscription below.
+    until_version(&v1b, version, "v1b sees v1a's write").await;
     let mut v1_events = v1b.subscribe();
     let owner_version = v2b
         .update(|s| s.owner = "team-y".into())

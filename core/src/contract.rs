@@ -1,4 +1,5 @@
-//! The contract every coordination service implements.
+//! The contract every coordination service implements (re-exported at the
+//! crate root and in [`backend`](crate::backend)).
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -30,6 +31,19 @@ pub enum PutMode {
 /// What a backend can do. A call it cannot honour returns
 /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), never a
 /// silent no-op.
+///
+/// Who reads each flag: the engine reads `max_value_bytes` (it refuses
+/// larger payloads) and `registrations` (no listener registration
+/// without it); the CLI reads both too. The engine needs `watch`, `locks`
+/// and `fenced_writes` and does not check them: a backend without them
+/// cannot carry a [`SharedState`](crate::SharedState), only raw calls.
+/// The conformance suite reads every flag to pick the behaviour it
+/// expects (`linearizable_reads`, `delete_requires_no_children`) or to
+/// expect `Unsupported` (the others).
+///
+/// Built with [`Capabilities::new`] (new flags may be added, each with a
+/// default that keeps today's meaning), then fields set as needed.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
     /// Largest value accepted by `put` and `register`, inclusive; larger
@@ -55,7 +69,26 @@ pub struct Capabilities {
     pub delete_requires_no_children: bool,
 }
 
+impl Capabilities {
+    /// A backend that does everything, with linearizable reads, that
+    /// accepts values up to `max_value_bytes` and deletes keys with
+    /// children (`delete_requires_no_children` false). Set the fields that
+    /// differ.
+    pub const fn new(max_value_bytes: usize) -> Self {
+        Capabilities {
+            max_value_bytes,
+            linearizable_reads: true,
+            watch: true,
+            locks: true,
+            fenced_writes: true,
+            registrations: true,
+            delete_requires_no_children: false,
+        }
+    }
+}
+
 /// The state of a client's session with the service.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionState {
     /// Connected; locks and registrations of this session are held.
@@ -82,17 +115,8 @@ pub struct SessionStatus {
     pub epoch: u64,
 }
 
-impl SessionStatus {
-    /// A connected status for the given epoch.
-    pub const fn connected(epoch: u64) -> Self {
-        SessionStatus {
-            state: SessionState::Connected,
-            epoch,
-        }
-    }
-}
-
 /// One item of a [`CoordinationBackend::watch`] stream.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// Always the first item: the key's state when the watch started.
