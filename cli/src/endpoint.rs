@@ -106,7 +106,11 @@ pub fn parse(url: &str) -> CliResult<Endpoint> {
         "memory" => Service::Memory,
         "zk" | "zookeeper" | "zks" => Service::ZooKeeper,
         "etcd" | "etcds" => Service::Etcd,
-        other => return Err(invalid(url, format_args!("unknown scheme {other:?}"))),
+        // Redacted too: in `zk:/u:pw@host://` the "scheme" holds user info.
+        other => {
+            let shown = sharedstate::redact_url(other);
+            return Err(invalid(url, format_args!("unknown scheme {shown:?}")));
+        }
     };
     if !service.built() {
         return Err(CliError::usage(format!(

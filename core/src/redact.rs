@@ -26,7 +26,13 @@ pub fn redact_url(url: &str) -> String {
     // The user info runs from after `scheme://` (or the start, for text
     // that is not quite a URL) to the last `@`: a password may hold `/` or
     // `@` itself. When in doubt more is hidden, never less.
-    let mut out = hide_user_info(head, head.find("://").map_or(0, |i| i + 3));
+    // A `://` after an `@` does not end a scheme: `zk:/u:pw@h://` is a typo
+    // whose user info starts at the beginning.
+    let start = match head.find("://") {
+        Some(i) if !head[..i].contains('@') => i + 3,
+        _ => 0,
+    };
+    let mut out = hide_user_info(head, start);
     if let Some(query) = query {
         out.push('?');
         let pairs: Vec<String> = query
@@ -105,6 +111,8 @@ mod tests {
             ("zk://h:1/a@b", "zk://h:<redacted>@b"),
             ("etcd://u:pa/ss@h:1", "etcd://u:<redacted>@h:1"),
             ("etcd:/u:pw@h", "etcd:<redacted>@h"),
+            // A `://` after the user info (the CLI's property test found it).
+            ("zk:/u:pw@://", "zk:<redacted>@://"),
             ("memory://", "memory://"),
             ("no-scheme:p@h", "no-scheme:<redacted>@h"),
             ("x?u:p@h", "x?u:<redacted>@h"),

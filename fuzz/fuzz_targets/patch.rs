@@ -1,6 +1,6 @@
 //! The CLI's patches (`sharedstate patch`): merge patches (RFC 7396) always
 //! apply and are idempotent; JSON Patches (RFC 6902) parse or are refused,
-//! and apply or fail as a whole, leaving the document as it was.
+//! and apply or fail without a panic (a failed one is dropped whole).
 #![no_main]
 
 mod json;
@@ -15,9 +15,10 @@ fuzz_target!(|input: (json::Json, json::Json)| {
     json_patch::merge(&mut twice, &patch);
     assert_eq!(once, twice);
     if let Ok(operations) = serde_json::from_value::<json_patch::Patch>(patch) {
+        // As the command applies them: `patch_unsafe` on its own copy, which
+        // a failure drops whole (json-patch 5.0.0's `patch` panics undoing
+        // some failed patches: cli/src/commands/write.rs). No panic here.
         let mut patched = doc.clone();
-        if json_patch::patch(&mut patched, &operations).is_err() {
-            assert_eq!(patched, doc, "a failed JSON Patch changes nothing");
-        }
+        let _ = json_patch::patch_unsafe(&mut patched, &operations);
     }
 });

@@ -244,7 +244,12 @@ impl Patch {
                 json_patch::merge(&mut doc, patch);
                 Ok(doc)
             }
-            Patch::JsonPatch(patch) => json_patch::patch(&mut doc, patch)
+            // Not `json_patch::patch`: on a failed patch it undoes the
+            // operations already applied, and json-patch 5.0.0 panics
+            // (`unreachable!`) when that undo fails (a move of the root into
+            // a child, then a failing op: the test below). `doc` is ours, so
+            // a failed patch is dropped whole and nothing needs undoing.
+            Patch::JsonPatch(patch) => json_patch::patch_unsafe(&mut doc, patch)
                 .map(|()| doc)
                 .map_err(|e| e.to_string()),
         }
@@ -314,6 +319,45 @@ pub async fn patch(global: &Global, args: PatchArgs, out: &mut (dyn Write + Send
     };
     env.close().await;
     result
+}
+
+#[cfg(test)]
+mod json_patch_undo_bug {
+    use super::Patch;
+    use serde_json::json;
+
+    /// The input the property test found (4,096 cases): a move of "/" to
+    /// the root, then an add from the root.
+    fn found() -> (serde_json::Value, json_patch::Patch) {
+        let doc = json!({"": null});
+        let ops = json!([
+            {"op": "move", "from": "/", "path": ""},
+            {"op": "add", "path": "/", "value": null}
+        ]);
+        (doc, serde_json::from_value(ops).expect("a JSON Patch"))
+    }
+
+    /// The dependency's bug: `json_patch::patch` panics undoing the patch.
+    /// When this starts failing, json-patch fixed it.
+    #[test]
+    fn json_patch_5_panics_undoing_a_failed_patch() {
+        let (mut doc, patch) = found();
+        let outcome = std::panic::catch_unwind(move || json_patch::patch(&mut doc, &patch));
+        assert!(outcome.is_err(), "json_patch::patch no longer panics here");
+    }
+
+    /// Ours refuses it (exit 1, nothing written), without a panic.
+    #[test]
+    fn the_command_refuses_it_cleanly() {
+        let (doc, patch) = found();
+        let message = Patch::JsonPatch(patch)
+            .apply(doc)
+            .expect_err("the add cannot apply once the root was replaced by null");
+        assert!(
+            message.contains("/1"),
+            "names the failing operation: {message}"
+        );
+    }
 }
 
 #[cfg(test)]
