@@ -456,11 +456,12 @@ main() {
 	if [[ -n "${SHAREDSTATE_TEST_ONLY:-}" ]]; then
 		log "SHAREDSTATE_TEST_ONLY=$SHAREDSTATE_TEST_ONLY: running only the selected steps"
 	fi
-	local step start rc secs phase
+	local step start rc secs phase free
 	for step in "${STEPS[@]}"; do
 		selected "$step" || continue
-		log "step $step ($(free_disk_gb) GB free on the disk of $ROOT)"
-		if awk -v f="$(free_disk_gb)" -v m="$MIN_FREE_DISK_GB" 'BEGIN { exit !(f < m) }'; then
+		free="$(free_disk_gb)"
+		log "step $step ($free GB free on the disk of $ROOT)"
+		if awk -v f="$free" -v m="$MIN_FREE_DISK_GB" 'BEGIN { exit !(f < m) }'; then
 			warn "less than $MIN_FREE_DISK_GB GB free: the linker crashes when the disk fills (free space, e.g. cargo clean)"
 		fi
 		start="$(now)"
