@@ -230,10 +230,18 @@ fn rows(backend: &str) -> Vec<Row> {
             true,
         ),
     ];
+    // One pair of rows per entry of `engine::PAYLOAD_SIZES`.
     for (name, update, prop) in [
         ("1KiB", "update 1 KiB", "propagation 1 KiB"),
+        ("16KiB", "update 16 KiB", "propagation 16 KiB"),
         ("64KiB", "update 64 KiB", "propagation 64 KiB"),
+        ("256KiB", "update 256 KiB", "propagation 256 KiB"),
         ("512KiB", "update 512 KiB", "propagation 512 KiB"),
+        (
+            "966KiB",
+            "update 966 KiB (under the 1,000,000-byte value limit)",
+            "propagation 966 KiB",
+        ),
     ] {
         out.push((
             update,
@@ -612,9 +620,12 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
         ("raw: CAS", "raw", "payload-update"),
         ("raw: watch", "raw", "payload-propagation"),
     ] {
-        let points = [("1KiB", 1.0), ("64KiB", 64.0), ("512KiB", 512.0)]
+        let points = crate::engine::PAYLOAD_SIZES
             .iter()
-            .filter_map(|(v, kib)| res.p50(backend, i, s, v).map(|p| (*kib, p as f64 / 1e6)))
+            .filter_map(|&(_, v)| {
+                res.p50(backend, i, s, v)
+                    .map(|p| (crate::engine::payload_kib(v), p as f64 / 1e6))
+            })
             .collect();
         series.push(Series {
             label: label.into(),
