@@ -9,6 +9,7 @@
 //! ```
 //! `scripts/bench.sh` starts the servers and runs both.
 
+mod cpu;
 mod engine;
 mod harness;
 mod paired;

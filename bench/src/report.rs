@@ -230,10 +230,18 @@ fn rows(backend: &str) -> Vec<Row> {
             true,
         ),
     ];
+    // One pair of rows per entry of `engine::PAYLOAD_SIZES`.
     for (name, update, prop) in [
         ("1KiB", "update 1 KiB", "propagation 1 KiB"),
+        ("16KiB", "update 16 KiB", "propagation 16 KiB"),
         ("64KiB", "update 64 KiB", "propagation 64 KiB"),
+        ("256KiB", "update 256 KiB", "propagation 256 KiB"),
         ("512KiB", "update 512 KiB", "propagation 512 KiB"),
+        (
+            "966KiB",
+            "update 966 KiB (under the 1,000,000-byte value limit)",
+            "propagation 966 KiB",
+        ),
     ] {
         out.push((
             update,
@@ -478,14 +486,21 @@ fn paired_table(md: &mut String, res: &Results, backend: &str) {
         ("sharedstate", "propagation", floor_watch),
         ("raw", "raw read", None),
         ("sharedstate", "read_consistent()", floor_read),
+        ("raw", "raw locked update + fence", floor_cas),
     ];
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(i, v, _)| {
+            *v != "raw locked update + fence" || res.find(backend, i, "paired", v).is_some()
+        })
+        .collect();
     if rows
         .iter()
         .all(|(i, v, _)| res.find(backend, i, "paired", v).is_none())
     {
         return;
     }
-    let _ = writeln!(md, "Interleaved (each round runs all eight, so they share the same moment's load; these ratios are the ones in the targets table):\n");
+    let _ = writeln!(md, "Interleaved (each round runs all of them, so they share the same moment's load; these ratios are the ones in the targets table):\n");
     let _ = writeln!(md, "| operation | n | p50 / p99 | ours / floor (p50) |");
     let _ = writeln!(md, "|---|---|---|---|");
     for (implementation, variant, floor) in rows {
@@ -612,9 +627,12 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
         ("raw: CAS", "raw", "payload-update"),
         ("raw: watch", "raw", "payload-propagation"),
     ] {
-        let points = [("1KiB", 1.0), ("64KiB", 64.0), ("512KiB", 512.0)]
+        let points = crate::engine::PAYLOAD_SIZES
             .iter()
-            .filter_map(|(v, kib)| res.p50(backend, i, s, v).map(|p| (*kib, p as f64 / 1e6)))
+            .filter_map(|&(_, v)| {
+                res.p50(backend, i, s, v)
+                    .map(|p| (crate::engine::payload_kib(v), p as f64 / 1e6))
+            })
             .collect();
         series.push(Series {
             label: label.into(),

@@ -143,12 +143,39 @@ pub async fn fanout(ctx: &Ctx, sessions: usize) -> anyhow::Result<Vec<Record>> {
     let open_time = open_started.elapsed();
     let rss_per = rss_bytes().saturating_sub(rss_before) / sessions.max(1) as u64;
     let (idle_rate, watches) = idle_cost(ctx, before_open).await;
+    // The floor: the raw client, as many sessions each watching one key in
+    // this same process, written in turns with ours (interleaved rounds).
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
+    let mut raw = RawFan::open(ctx, sessions, raw_tx).await;
     let mut all = histogram();
     let mut each = histogram();
+    let (mut raw_all, mut raw_each) = (histogram(), histogram());
     let mut errors = 0u64;
+    let mut raw_errors = 0u64;
     let mut notes = Vec::new();
     let started = Instant::now();
     for round in 0..plan.fanout_rounds + 1 {
+        if let Ok(raw) = raw.as_mut() {
+            while raw_rx.try_recv().is_ok() {}
+            let t0 = Instant::now();
+            match raw.write().await {
+                Ok(target) => {
+                    let hists = (round > 0).then_some((&mut raw_all, &mut raw_each));
+                    if let Err(missing) =
+                        arrivals_to_all(&mut raw_rx, sessions, target, t0, hists).await
+                    {
+                        raw_errors += 1;
+                        notes.push(format!(
+                            "raw round {round}: {missing} sessions got nothing within 30 s"
+                        ));
+                    }
+                }
+                Err(error) => {
+                    raw_errors += 1;
+                    notes.push(format!("raw write failed: {error:#}"));
+                }
+            }
+        }
         while rx.try_recv().is_ok() {}
         let t0 = Instant::now();
         if let Err(error) = writer.1.update(|v| v.counter += 1).await {
@@ -157,37 +184,47 @@ pub async fn fanout(ctx: &Ctx, sessions: usize) -> anyhow::Result<Vec<Record>> {
             continue;
         }
         let target = writer.1.version().as_u64();
-        let mut seen = vec![false; readers.len()];
-        let mut missing = readers.len();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut last = t0;
-        while missing > 0 {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((index, version, at))) if version >= target => {
-                    if !seen[index] {
-                        seen[index] = true;
-                        missing -= 1;
-                        last = last.max(at);
-                        if round > 0 {
-                            record_ns(&mut each, at.saturating_duration_since(t0));
-                        }
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
-        if missing > 0 {
+        let hists = (round > 0).then_some((&mut all, &mut each));
+        if let Err(missing) = arrivals_to_all(&mut rx, readers.len(), target, t0, hists).await {
             errors += 1;
             notes.push(format!(
                 "round {round}: {missing} sessions got nothing within 30 s"
             ));
-        } else if round > 0 {
-            record_ns(&mut all, last.saturating_duration_since(t0));
         }
     }
     let wall = started.elapsed();
     let n = readers.len();
+    let mut raw_records = Vec::new();
+    match raw {
+        Ok(raw) => {
+            let what = raw.describe();
+            for (variant, hist) in [("all", &raw_all), ("each", &raw_each)] {
+                let mut r = Record::new(
+                    &ctx.label,
+                    "raw",
+                    "fanout",
+                    &format!("{sessions} sessions: {variant}"),
+                )
+                .with_histogram(hist, wall)
+                .extra("sessions", sessions)
+                .note(what.clone());
+                r.errors = raw_errors;
+                raw_records.push(done(r));
+            }
+            raw.close().await;
+        }
+        // The in-process memory backend has no raw client.
+        Err(_) if ctx.label == "memory" => {}
+        Err(error) => raw_records.push(done(
+            Record::new(
+                &ctx.label,
+                "raw",
+                "fanout",
+                &format!("{sessions} sessions: failed"),
+            )
+            .note(format!("failed: {error:#}")),
+        )),
+    }
     let mut r_all = ctx
         .record("fanout", &format!("{n} sessions: all"))
         .with_histogram(&all, wall)
@@ -214,12 +251,219 @@ pub async fn fanout(ctx: &Ctx, sessions: usize) -> anyhow::Result<Vec<Record>> {
         .record("fanout", &format!("{n} sessions: each"))
         .with_histogram(&each, wall)
         .extra("sessions", n);
-    let records = vec![done(r_all), done(r_each)];
+    let mut records = vec![done(r_all), done(r_each)];
+    records.extend(raw_records);
     drop(tx);
     let mut everything = vec![writer];
     everything.extend(readers);
     close(everything).await;
     Ok(records)
+}
+
+/// Waits until each of `sessions` reported a version at or above `target`
+/// (30 s at most); records, when asked, the time to the last one (`all`)
+/// and to each. `Err` holds how many never reported.
+async fn arrivals_to_all(
+    rx: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>,
+    sessions: usize,
+    target: u64,
+    t0: Instant,
+    mut hists: Option<(
+        &mut hdrhistogram::Histogram<u64>,
+        &mut hdrhistogram::Histogram<u64>,
+    )>,
+) -> Result<(), usize> {
+    let mut seen = vec![false; sessions];
+    let mut missing = sessions;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = t0;
+    while missing > 0 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((index, version, at))) if version >= target => {
+                if index < sessions && !seen[index] {
+                    seen[index] = true;
+                    missing -= 1;
+                    last = last.max(at);
+                    if let Some((_, each)) = hists.as_mut() {
+                        record_ns(each, at.saturating_duration_since(t0));
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if missing > 0 {
+        return Err(missing);
+    }
+    if let Some((all, _)) = hists {
+        record_ns(all, last.saturating_duration_since(t0));
+    }
+    Ok(())
+}
+
+/// The raw fan-out floor: the raw client's sessions in this process, each
+/// watching one key, and a writer session.
+#[allow(clippy::large_enum_variant)] // one value per fan-out size
+enum RawFan {
+    Zk {
+        writer: zookeeper_client::Client,
+        path: String,
+        data: Vec<u8>,
+        readers: Vec<zookeeper_client::Client>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    },
+    Etcd {
+        writer: etcd_client::Client,
+        key: String,
+        data: Vec<u8>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    },
+}
+
+impl RawFan {
+    async fn open(
+        ctx: &Ctx,
+        sessions: usize,
+        tx: mpsc::UnboundedSender<(usize, u64, Instant)>,
+    ) -> anyhow::Result<RawFan> {
+        let Some((scheme, address)) = endpoint(&ctx.url) else {
+            return Err(anyhow!("no raw client for {}", ctx.url));
+        };
+        let data = serde_json::to_vec(&small())?;
+        let key = format!("{}-raw-{sessions}", ctx.path("fanout"));
+        match scheme {
+            "zk" => {
+                let writer = crate::raw_zk::connect(address).await?;
+                crate::raw_zk::ensure(&writer, &key, &data).await?;
+                let mut readers = Vec::new();
+                let mut tasks = Vec::new();
+                for chunk in (0..sessions).collect::<Vec<_>>().chunks(20) {
+                    let opened = futures::future::join_all(
+                        chunk.iter().map(|_| crate::raw_zk::connect(address)),
+                    )
+                    .await;
+                    for (offset, client) in opened.into_iter().enumerate() {
+                        let client = client?;
+                        let index = chunk[0] + offset;
+                        let mut watcher = client
+                            .watch(&key, zookeeper_client::AddWatchMode::Persistent)
+                            .await?;
+                        let (client2, key2, tx) = (client.clone(), key.clone(), tx.clone());
+                        tasks.push(tokio::spawn(async move {
+                            loop {
+                                let _event = watcher.changed().await;
+                                let Ok((_, stat)) = client2.get_data(&key2).await else {
+                                    break;
+                                };
+                                if tx
+                                    .send((index, stat.version as u64, Instant::now()))
+                                    .is_err()
+                                {
+                                    break;
+                                }
+                            }
+                        }));
+                        readers.push(client);
+                    }
+                }
+                Ok(RawFan::Zk {
+                    writer,
+                    path: key,
+                    data,
+                    readers,
+                    tasks,
+                })
+            }
+            "etcd" => {
+                let mut writer = etcd_client::Client::connect([address], None).await?;
+                writer.put(key.as_str(), data.clone(), None).await?;
+                let mut tasks = Vec::new();
+                for chunk in (0..sessions).collect::<Vec<_>>().chunks(20) {
+                    let opened = futures::future::join_all(
+                        chunk
+                            .iter()
+                            .map(|_| etcd_client::Client::connect([address], None)),
+                    )
+                    .await;
+                    for (offset, client) in opened.into_iter().enumerate() {
+                        let mut client = client?;
+                        let index = chunk[0] + offset;
+                        let mut stream = client.watch(key.as_str(), None).await?;
+                        let tx = tx.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let _keep = client;
+                            while let Ok(Some(message)) = stream.message().await {
+                                let now = Instant::now();
+                                for event in message.events() {
+                                    if let Some(kv) = event.kv() {
+                                        if tx.send((index, kv.mod_revision() as u64, now)).is_err()
+                                        {
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                        }));
+                    }
+                }
+                // Let every watch be created on the server.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(RawFan::Etcd {
+                    writer,
+                    key,
+                    data,
+                    tasks,
+                })
+            }
+            other => Err(anyhow!("no raw client for {other}")),
+        }
+    }
+
+    /// Writes the key; returns the version (ZooKeeper) or revision (etcd)
+    /// the watchers will report.
+    async fn write(&mut self) -> anyhow::Result<u64> {
+        match self {
+            RawFan::Zk {
+                writer, path, data, ..
+            } => Ok(writer.set_data(path, data, None).await?.version as u64),
+            RawFan::Etcd {
+                writer, key, data, ..
+            } => {
+                let put = writer.put(key.as_str(), data.clone(), None).await?;
+                Ok(put.header().map(|h| h.revision()).unwrap_or_default() as u64)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            RawFan::Zk { readers, .. } => format!(
+                "raw zookeeper-client: {} sessions in this process, each with a persistent watch + getData per event (what the backend does)",
+                readers.len()
+            ),
+            RawFan::Etcd { tasks, .. } => format!(
+                "raw etcd-client: {} clients (connections) in this process, each with a watch on the key",
+                tasks.len()
+            ),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            RawFan::Zk { readers, tasks, .. } => {
+                for task in tasks {
+                    task.abort();
+                }
+                drop(readers);
+            }
+            RawFan::Etcd { tasks, .. } => {
+                for task in tasks {
+                    task.abort();
+                }
+            }
+        }
+    }
 }
 
 /// The server's request rate while the opened instances sit idle (their
@@ -361,5 +605,115 @@ pub async fn requests_per_update(ctx: &Ctx) -> anyhow::Result<Vec<Record>> {
         r.samples = updates;
         records.push(done(r));
     }
+    Ok(records)
+}
+
+/// What periodic freshness verification and applied-version reporting cost
+/// the server with `count` instances of one state on one client, as server
+/// requests per second, separated: the client alone (session keep-alive);
+/// the idle fleet with reporting off (adds the verification) and on (idle,
+/// reports cost nothing); then the fleet while a writer on its own client
+/// changes the payload `CHANGES_PER_S` times a second, reporting off (the
+/// watch notifications and reads) and on (adds the reports).
+pub async fn fleet_cost(ctx: &Ctx, count: usize) -> anyhow::Result<Vec<Record>> {
+    const CHANGES_PER_S: u64 = 5;
+    let window = if ctx.plan.smoke {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    };
+    let path = ctx.path(&format!("fleet-{count}"));
+    let writer = open(ctx, &path, small(), WriteMode::Optimistic).await?;
+    let backend = sharedstate::connect(&ctx.url)
+        .await
+        .with_context(|| format!("connecting to {}", ctx.url))?;
+    let rate = |a: ServerCounters, b: ServerCounters, took: Duration| {
+        a.requests
+            .zip(b.requests)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / took.as_secs_f64())
+    };
+    let measure = |changing: bool| {
+        let writer = &writer.1;
+        async move {
+            let a = server_counters(&ctx.url).await;
+            let t0 = Instant::now();
+            let mut changes = 0u64;
+            if changing {
+                let mut tick = tokio::time::interval(Duration::from_millis(1000 / CHANGES_PER_S));
+                while t0.elapsed() < window {
+                    tick.tick().await;
+                    if writer.update(|v| v.counter += 1).await.is_ok() {
+                        changes += 1;
+                    }
+                }
+            } else {
+                tokio::time::sleep(window).await;
+            }
+            let b = server_counters(&ctx.url).await;
+            (rate(a, b, t0.elapsed()), changes)
+        }
+    };
+    let mut records = Vec::new();
+    let mut push = |variant: String, per_s: Option<f64>, changes: u64, note: String| {
+        let mut r = ctx
+            .record("fleet-cost", &variant)
+            .extra("instances", count)
+            .extra("changes", changes)
+            .note(note);
+        if let Some(per_s) = per_s {
+            r = r.extra("server_requests_per_s", per_s);
+        }
+        records.push(done(r));
+    };
+    tokio::time::sleep(window / 5).await;
+    let (alone, _) = measure(false).await;
+    push(
+        "client alone".into(),
+        alone,
+        0,
+        "the client's session (keep-alive) and the writer instance, no fleet".into(),
+    );
+    for reporting in [false, true] {
+        let mut states = Vec::with_capacity(count);
+        for chunk in (0..count).collect::<Vec<_>>().chunks(50) {
+            let opened = futures::future::join_all(chunk.iter().map(|_| {
+                sharedstate::SharedState::builder(backend.clone(), path.as_str())
+                    .initial(small())
+                    .write_mode(WriteMode::Optimistic)
+                    .report_applied(reporting)
+                    .open()
+            }))
+            .await;
+            for state in opened {
+                states.push(state.with_context(|| format!("opening {path}"))?);
+            }
+        }
+        let label = if reporting {
+            "reporting on (1 s)"
+        } else {
+            "reporting off"
+        };
+        // Let the opening settle (registrations, first reports).
+        tokio::time::sleep(window / 5).await;
+        let (idle, _) = measure(false).await;
+        push(
+            format!("{count} instances, {label}: idle"),
+            idle,
+            0,
+            "idle: freshness verification (plus the keep-alive)".into(),
+        );
+        let (changing, changes) = measure(true).await;
+        push(
+            format!("{count} instances, {label}: {CHANGES_PER_S} changes/s"),
+            changing,
+            changes,
+            format!("{changes} payload changes by a writer on its own client during the window"),
+        );
+        for state in states {
+            state.close().await;
+        }
+    }
+    let _ = backend.close().await;
+    close(vec![writer]).await;
     Ok(records)
 }

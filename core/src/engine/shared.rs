@@ -106,6 +106,10 @@ pub(crate) struct Shared<T> {
     /// Every background task of this instance (the watcher, change
     /// handlers), in one place: `close()` waits for them.
     tasks: tokio_util::task::TaskTracker,
+    /// How many change sets `install` computed (tests prove none is
+    /// computed while nobody subscribes).
+    #[cfg(test)]
+    diffs_computed: std::sync::atomic::AtomicU64,
 }
 
 /// A payload decoded as `T`.
@@ -227,6 +231,8 @@ where
             contention: Default::default(),
             events,
             tasks: tokio_util::task::TaskTracker::new(),
+            #[cfg(test)]
+            diffs_computed: Default::default(),
         }
     }
 
@@ -354,7 +360,19 @@ where
         // Change sets are T's view: members T does not know change the
         // stored payload (`raw`) but are no change to this instance.
         let Decoded { value, json, raw } = decoded;
-        let changes = diff(&current.json, &json);
+        // Nobody subscribed (no subscription, no change handler): no change
+        // set is computed. Safe because subscribing takes the apply lock we
+        // hold: a subscriber created later starts at the snapshot installed
+        // here, and a lagging one rebuilds from snapshots, never from the
+        // change sets it missed.
+        let changes = if self.events.receiver_count() == 0 {
+            Vec::new()
+        } else {
+            #[cfg(test)]
+            self.diffs_computed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            diff(&current.json, &json)
+        };
         // A snapshot is replaced before its change set is published, so a
         // subscriber that lags and resyncs never misses it: the number it
         // carries is the publication that follows.
@@ -460,6 +478,168 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::async_trait;
+    use crate::contract::{Capabilities, LockOptions, PutMode, WatchStream};
+    use crate::engine::{UnknownFields, WriteMode};
+    use crate::{LockGuard, Registration};
+    use futures::StreamExt;
+    use serde_json::json;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    /// A backend the apply path never calls (it only reads the size limit).
+    #[derive(Debug)]
+    struct Unused(watch::Sender<SessionStatus>);
+
+    fn unused<T>() -> Result<T> {
+        Err(Error::new(ErrorKind::Unsupported, Operation::Read))
+    }
+
+    #[async_trait]
+    impl CoordinationBackend for Unused {
+        fn name(&self) -> &'static str {
+            "unused"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::new(usize::MAX)
+        }
+        fn session(&self) -> watch::Receiver<SessionStatus> {
+            self.0.subscribe()
+        }
+        async fn get(&self, _: &Key) -> Result<Option<Versioned>> {
+            unused()
+        }
+        async fn put(&self, _: &Key, _: Bytes, _: PutMode) -> Result<Version> {
+            unused()
+        }
+        async fn delete(&self, _: &Key, _: Option<Version>) -> Result<()> {
+            unused()
+        }
+        async fn list(&self, _: &Key) -> Result<Vec<String>> {
+            unused()
+        }
+        async fn watch(&self, _: &Key) -> Result<WatchStream> {
+            unused()
+        }
+        async fn lock(&self, _: &Key, _: LockOptions) -> Result<LockGuard> {
+            unused()
+        }
+        async fn fenced_put(
+            &self,
+            _: &Key,
+            _: Bytes,
+            _: PutMode,
+            _: &LockGuard,
+        ) -> Result<Version> {
+            unused()
+        }
+        async fn register(&self, _: &Key, _: Bytes) -> Result<Registration> {
+            unused()
+        }
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A state of `{"n": 0}` at version 1, with a change buffer of 2.
+    fn counter() -> Arc<Shared<Value>> {
+        let (session, _) = watch::channel(SessionStatus {
+            state: crate::backend::SessionState::Connected,
+            epoch: 0,
+        });
+        let keys = StateKeys::new(Key::new("/t/counter").expect("key")).expect("layout");
+        let config = Config {
+            max_staleness: Duration::from_secs(60),
+            write_mode: WriteMode::Optimistic,
+            lock_timeout: Duration::from_secs(1),
+            max_attempts: 3,
+            change_buffer: 2,
+            unknown_fields: UnknownFields::Keep,
+            report_interval: None,
+        };
+        let initial = json!({"n": 0});
+        Arc::new(Shared::new(
+            Arc::new(Unused(session)),
+            keys,
+            config,
+            "i1".into(),
+            Decoded::new(initial.clone(), initial.clone(), initial),
+            Version::new(1),
+            std::time::Instant::now(),
+        ))
+    }
+
+    /// Version `v` of the payload, holding `n`.
+    fn remote(v: u64, n: u64) -> Versioned {
+        Versioned {
+            version: Version::new(v),
+            value: Bytes::from(json!({ "n": n }).to_string()),
+        }
+    }
+
+    fn changed(event: StateEvent) -> ChangeSet {
+        match event {
+            StateEvent::Changed(set) => set,
+            other => panic!("expected a change set, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn no_change_set_is_computed_while_nobody_subscribes() {
+        let shared = counter();
+        for v in 2..=6 {
+            assert!(shared.apply_remote(&remote(v, v)));
+        }
+        let n = json!({"n": 0});
+        let decoded = Decoded::new(n.clone(), n.clone(), n);
+        shared.apply_local(Version::new(7), decoded);
+        assert_eq!(shared.diffs_computed.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.current().version, Version::new(7));
+
+        // A subscriber from now on costs one change set per version, and a
+        // dropped one stops the cost again.
+        let subscription = shared.subscribe();
+        assert!(shared.apply_remote(&remote(8, 8)));
+        assert_eq!(shared.diffs_computed.load(Ordering::Relaxed), 1);
+        drop(subscription);
+        assert!(shared.apply_remote(&remote(9, 9)));
+        assert_eq!(shared.diffs_computed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_after_unobserved_changes_gets_exact_change_sets() {
+        let shared = counter();
+        for v in 2..=5 {
+            shared.apply_remote(&remote(v, v * 10));
+        }
+        let mut subscription = shared.subscribe();
+        shared.apply_remote(&remote(6, 60));
+        // Against the snapshot of version 5 (n = 50), not the initial one.
+        let set = changed(subscription.next().await.expect("event"));
+        assert_eq!(set.version, Version::new(6));
+        assert_eq!(set.origin, Origin::Remote);
+        assert_eq!(set.changes, diff(&json!({"n": 50}), &json!({"n": 60})));
+        // An unchanged payload is still no change set.
+        shared.apply_remote(&remote(7, 60));
+        shared.apply_remote(&remote(8, 80));
+        let set = changed(subscription.next().await.expect("event"));
+        assert_eq!(set.version, Version::new(8));
+        assert_eq!(set.changes, diff(&json!({"n": 60}), &json!({"n": 80})));
+
+        // Lagging past the buffer of 2: one resync with the net difference
+        // from what this subscriber last saw.
+        for v in 9..=12 {
+            shared.apply_remote(&remote(v, v * 10));
+        }
+        assert!(matches!(
+            subscription.next().await,
+            Some(StateEvent::Lagged { .. })
+        ));
+        let set = changed(subscription.next().await.expect("event"));
+        assert_eq!(set.origin, Origin::Resync);
+        assert_eq!(set.version, Version::new(12));
+        assert_eq!(set.changes, diff(&json!({"n": 80}), &json!({"n": 120})));
+    }
 
     #[test]
     fn rejections_say_the_reason_and_the_location_once() {
