@@ -246,6 +246,7 @@ async fn keep_alive(
         let ttl = inner.session.ttl();
         let interval = (ttl / 3).max(Duration::from_millis(500));
         tokio::select! {
+            // Not a retry: the keep-alive period (a third of the TTL).
             _ = tokio::time::sleep(interval) => {}
             _ = inner.session.poke.notified() => {}
         }

@@ -13,7 +13,9 @@ use zookeeper_client as zk;
 use crate::{error, kv, plain, Inner, Session};
 
 const ATTEMPTS: usize = 8;
-const RETRY_DELAY: Duration = Duration::from_millis(50);
+/// The first pause of a request retried after a lost connection (see
+/// `Backoff::short`).
+const FIRST_RETRY: Duration = Duration::from_millis(50);
 
 /// A live registration, kept to re-create it after a new session.
 #[derive(Debug, Clone)]
@@ -36,6 +38,7 @@ async fn create(
     let op = Operation::Register;
     let client = &session.client;
     let mut retried = ours_if_exists;
+    let mut backoff = Backoff::short(FIRST_RETRY);
     for _ in 0..ATTEMPTS {
         match kv::create_with_parents(inner, client, key, value, zk::CreateMode::Ephemeral).await {
             Ok(_) => return Ok(()),
@@ -52,7 +55,7 @@ async fn create(
             }
             Err(zk::Error::ConnectionLoss) => {
                 retried = true;
-                tokio::time::sleep(RETRY_DELAY).await;
+                backoff.sleep().await;
             }
             Err(e) => return Err(error::map(e, op, key)),
         }
@@ -178,9 +181,9 @@ async fn catch_up(inner: &Inner, id: u64, created: &Entry) {
 
 async fn retry(inner: Weak<Inner>, epoch: u64, id: u64) {
     let started = std::time::Instant::now();
-    let mut backoff = Backoff::new(RETRY_DELAY * 4, Duration::from_secs(5));
+    let mut backoff = Backoff::new(FIRST_RETRY * 4, Duration::from_secs(5));
     loop {
-        tokio::time::sleep(backoff.next_delay()).await;
+        backoff.sleep().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -243,6 +246,7 @@ async fn write_recorded(inner: &Inner, id: u64, key: &Key) -> Result<()> {
     let op = Operation::UpdateRegistration;
     let session = inner.session(op)?;
     let client = &session.client;
+    let mut backoff = Backoff::short(FIRST_RETRY);
     for _ in 0..ATTEMPTS {
         let Some(entry) = recorded(inner, id) else {
             return Ok(());
@@ -251,7 +255,7 @@ async fn write_recorded(inner: &Inner, id: u64, key: &Key) -> Result<()> {
             Ok(Some(stat)) => stat,
             Ok(None) => return Ok(()),
             Err(zk::Error::ConnectionLoss) => {
-                tokio::time::sleep(RETRY_DELAY).await;
+                backoff.sleep().await;
                 continue;
             }
             Err(e) => return Err(error::map(e, op, key)),
@@ -273,7 +277,7 @@ async fn write_recorded(inner: &Inner, id: u64, key: &Key) -> Result<()> {
             }
             Err(zk::Error::NoNode) => return Ok(()),
             Err(zk::Error::ConnectionLoss | zk::Error::BadVersion) => {
-                tokio::time::sleep(RETRY_DELAY).await;
+                backoff.sleep().await;
             }
             Err(e) => return Err(error::map(e, op, key)),
         }
@@ -367,12 +371,13 @@ impl RegistrationClose for Closer {
             return Ok(());
         };
         let client = &session.client;
+        let mut backoff = Backoff::short(FIRST_RETRY);
         for _ in 0..ATTEMPTS {
             let stat = match client.check_stat(self.key.as_str()).await {
                 Ok(Some(stat)) => stat,
                 Ok(None) | Err(zk::Error::SessionExpired) => return Ok(()),
                 Err(zk::Error::ConnectionLoss) => {
-                    tokio::time::sleep(RETRY_DELAY).await;
+                    backoff.sleep().await;
                     continue;
                 }
                 Err(e) => return Err(error::map(e, op, &self.key)),
@@ -384,7 +389,7 @@ impl RegistrationClose for Closer {
             match client.delete(self.key.as_str(), Some(stat.version)).await {
                 Ok(()) | Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
                 Err(zk::Error::ConnectionLoss | zk::Error::BadVersion) => {
-                    tokio::time::sleep(RETRY_DELAY).await;
+                    backoff.sleep().await;
                 }
                 Err(e) => return Err(error::map(e, op, &self.key)),
             }

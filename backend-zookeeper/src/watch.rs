@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
+use sharedstate_core::backend::Backoff;
 use sharedstate_core::{
     Key, Operation, Result, SessionState, Version, Versioned, WatchEvent, WatchStream,
 };
@@ -27,7 +28,10 @@ use zookeeper_client as zk;
 
 use crate::{error, version_of, Inner};
 
-const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// The first pause before re-arming a watch whose request lost its
+/// connection; the pauses grow (jittered) to `REARM_MAX`.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const REARM_MAX: Duration = Duration::from_secs(2);
 
 pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> {
     let op = Operation::Watch;
@@ -276,6 +280,7 @@ impl Task {
     /// it and emits `Resync`. `None` when the stream should end.
     async fn renew(&mut self) -> Option<zk::PersistentWatcher> {
         let mut status = self.inner.status.subscribe();
+        let mut backoff = Backoff::new(FIRST_RETRY, REARM_MAX);
         loop {
             let epoch = self.epoch;
             let ready = tokio::select! {
@@ -301,7 +306,7 @@ impl Task {
                 }
                 Err(zk::Error::ClientClosed) => return None,
                 Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
-                    tokio::time::sleep(RETRY_DELAY).await;
+                    backoff.sleep().await;
                     continue;
                 }
                 Err(e) => {
