@@ -12,6 +12,9 @@
 //! - [`SessionPublisher`]: the session status channel, enforcing the event
 //!   order the engine relies on (a new epoch is `Connected` before anything
 //!   is resynced on it; one epoch per session; nothing after `Closed`).
+//! - [`Registry`]: the live registrations of one client by id, what a new
+//!   session re-creates (each backend keeps its service's create and
+//!   delete).
 //! - [`Backoff`]: the one jittered exponential backoff for retry loops.
 //! - [`check_size`]: the `ValueTooLarge` check made before anything is sent.
 //! - [`spawn_cleanup`]: the drop-then-spawn release of a handle dropped
@@ -23,10 +26,12 @@
 
 mod backoff;
 pub(crate) mod cleanup;
+mod registry;
 mod session;
 
 pub use backoff::Backoff;
 pub use cleanup::spawn_cleanup;
+pub use registry::{Recorded, Registry};
 pub use session::{ConnectedNotice, SessionPublisher};
 
 #[doc(no_inline)]
