@@ -37,7 +37,7 @@ use crate::kv::{
     check_open, check_size, delete_owned, delete_owned_later, delete_owned_once, first_kv_at,
     header_revision, into_versioned, mode_compare, mode_failure, range_at, version_of,
 };
-use crate::session::LeaseHandle;
+use crate::lease::LeaseHandle;
 use crate::Inner;
 
 /// Acquires the lock on `key`; with `read`, also reads that key in the

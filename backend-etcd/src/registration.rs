@@ -130,7 +130,7 @@ struct Abandoned {
     inner: Arc<Inner>,
     key: Key,
     /// `None` once the request was answered.
-    lease: Option<crate::session::LeaseHandle>,
+    lease: Option<crate::lease::LeaseHandle>,
 }
 
 impl Drop for Abandoned {

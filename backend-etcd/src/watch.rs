@@ -20,7 +20,7 @@ use sharedstate_core::{
 use tokio::sync::{mpsc, watch};
 
 use crate::kv::version_of;
-use crate::session::backoff;
+use crate::lease::backoff;
 use crate::Inner;
 use futures::StreamExt;
 use sharedstate_core::backend::{watch_delivery, Backoff, WatchSender};
