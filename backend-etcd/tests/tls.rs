@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use sharedstate_conformance::fixtures::{self, ServiceKind, TestPki};
+use sharedstate_conformance::fixtures::{self, tls_scenarios, ServiceKind, TestPki};
 use sharedstate_conformance::{tls_scenarios, unique_key};
 use sharedstate_core::{CoordinationBackend, ErrorKind};
 use sharedstate_etcd::EtcdBackend;
@@ -19,19 +19,11 @@ use sharedstate_etcd::EtcdBackend;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(12);
 
 fn url(endpoint: &str, pki: &TestPki, ca: &str, identity: Option<(&str, &str)>) -> String {
-    let mut url = format!(
-        "etcds://{endpoint}?connect_timeout_ms={}&session_ttl_s=6&ca_file={}",
-        CONNECT_TIMEOUT.as_millis(),
-        pki.path(ca).display()
+    let base = format!(
+        "etcds://{endpoint}?connect_timeout_ms={}&session_ttl_s=6",
+        CONNECT_TIMEOUT.as_millis()
     );
-    if let Some((cert, key)) = identity {
-        url.push_str(&format!(
-            "&cert_file={}&key_file={}",
-            pki.path(cert).display(),
-            pki.path(key).display()
-        ));
-    }
-    url
+    tls_scenarios::tls_url(&base, pki, ca, identity)
 }
 
 tls_scenarios! {
