@@ -9,9 +9,9 @@ use sharedstate_core::{Error, ErrorKind, Operation, Outcome, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{call_raw, kind_of, to_error, Retry};
+use crate::lease::LeaseKeeper;
 use crate::members::Members;
 use crate::registration::Registry;
-use crate::session::LeaseKeeper;
 use crate::{EtcdBackend, Inner};
 
 /// Default lease TTL of a session.

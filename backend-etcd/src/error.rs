@@ -268,6 +268,8 @@ where
                         EtcdError::Unsent(Box::new(error))
                     });
                 }
+                // `pause` is the kit backoff's next delay (checked against
+                // the deadline first).
                 tokio::time::sleep(pause).await;
                 pause = backoff.next_delay();
                 continue;
@@ -327,6 +329,7 @@ where
             });
         }
         tracing::debug!(%error, "etcd call failed; retrying on another member");
+        // The kit backoff's delay, checked against the deadline above.
         tokio::time::sleep(pause).await;
         pause = backoff.next_delay();
     }

@@ -16,7 +16,7 @@ use etcd_client::{
 use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Version, Versioned};
 
 use crate::error::{call, closed, to_error, EtcdError, Retry};
-use crate::session::{backoff, LeaseHandle};
+use crate::lease::{backoff, LeaseHandle};
 use crate::Inner;
 
 /// The largest value accepted: below etcd's default request limit

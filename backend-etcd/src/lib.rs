@@ -65,6 +65,7 @@
 mod builder;
 mod error;
 mod kv;
+mod lease;
 mod lock;
 mod members;
 mod registration;
@@ -93,8 +94,8 @@ pub use kv::MAX_VALUE_BYTES;
 
 use builder::Config;
 use error::Retry;
+use lease::LeaseKeeper;
 use registration::Registry;
-use session::LeaseKeeper;
 
 /// State shared by the backend, its tasks, lock guards and registrations.
 pub(crate) struct Inner {

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::Client;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
-use sharedstate_core::backend::LockRelease;
+use sharedstate_core::backend::{Backoff, LockRelease};
 use sharedstate_core::{
     Error, ErrorKind, FencingToken, Key, LockGuard, LockOptions, Operation, PutMode, Result,
     Version, Versioned,
@@ -37,7 +37,7 @@ use crate::kv::{
     check_open, check_size, delete_owned, delete_owned_later, delete_owned_once, first_kv_at,
     header_revision, into_versioned, mode_compare, mode_failure, range_at, version_of,
 };
-use crate::session::LeaseHandle;
+use crate::lease::LeaseHandle;
 use crate::Inner;
 
 /// Acquires the lock on `key`; with `read`, also reads that key in the
@@ -322,7 +322,13 @@ async fn wait_for_turn(
 ) -> Result<Option<Versioned>> {
     let op = Operation::Lock;
     let timeout = inner.config.request_timeout;
-    let mut failures = 0u32;
+    // After a failed watch of the predecessor: 10 ms doubling to 200 ms,
+    // jittered (an unreachable member, not a hand-over: a hand-over never
+    // sleeps).
+    let mut backoff = Backoff::new(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_millis(200),
+    );
     let waiting_since = Instant::now();
     loop {
         // Our key must still be ours; then find the newest older waiter.
@@ -352,15 +358,12 @@ async fn wait_for_turn(
         let watched = watch_deletion(inner, key, &predecessor, revision, timeout).await;
         tracing::trace!(%key, took = ?watch_started.elapsed(), read_at = revision, "the lock predecessor went");
         match watched {
-            Ok(()) => failures = 0,
+            Ok(()) => backoff.reset(),
             Err(error) => {
                 // The watch could not be opened or broke: check again after
-                // a short, growing pause (an unreachable member, not a
-                // hand-over: a hand-over never sleeps).
-                failures += 1;
+                // the next pause.
                 tracing::debug!(%error, %key, "watching the lock predecessor failed; re-checking");
-                let pause_ms = (5u64 << failures.min(6)).min(200);
-                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                backoff.sleep().await;
             }
         }
     }

@@ -1,7 +1,6 @@
 //! Ephemeral registrations: keys bound to the session lease, re-created on
 //! every new lease until the [`Registration`] is closed or dropped.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,24 +13,13 @@ use crate::error::{closed, Retry};
 use crate::kv::delete_owned;
 use crate::Inner;
 
-/// The live registrations of one client.
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
-    entries: HashMap<u64, Entry>,
-    next_id: u64,
-}
+/// The live registrations of one client (the kit's registry), with the
+/// lease each key was last created with.
+pub(crate) type Registry = sharedstate_core::backend::Registry<OnLease>;
 
-impl Registry {
-    /// Forgets every registration (on close).
-    pub(crate) fn clear(&mut self) {
-        self.entries.clear();
-    }
-}
-
-#[derive(Debug)]
-struct Entry {
-    key: Key,
-    value: Bytes,
+/// etcd's bookkeeping of one registration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OnLease {
     /// The lease the key was last created with (0: not created yet).
     lease: i64,
     /// A warning about someone else holding the key was logged.
@@ -118,13 +106,10 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
             return Err(Error::new(ErrorKind::AlreadyExists, Operation::Register).with_key(key));
         }
     }
-    let id = registry.next_id;
-    registry.next_id += 1;
-    registry.entries.insert(
-        id,
-        Entry {
-            key: key.clone(),
-            value,
+    let id = registry.insert(
+        key.clone(),
+        value,
+        OnLease {
             lease: lease.id,
             warned: false,
         },
@@ -145,7 +130,7 @@ struct Abandoned {
     inner: Arc<Inner>,
     key: Key,
     /// `None` once the request was answered.
-    lease: Option<crate::session::LeaseHandle>,
+    lease: Option<crate::lease::LeaseHandle>,
 }
 
 impl Drop for Abandoned {
@@ -170,24 +155,26 @@ impl Drop for Abandoned {
 /// Re-creates every registration not bound to `lease` yet (called with the
 /// registry locked, on a new lease).
 pub(crate) async fn reconcile(inner: &Inner, registry: &mut Registry, lease: i64) {
-    for entry in registry.entries.values_mut() {
-        if entry.lease == lease {
+    for (_, entry) in registry.iter_mut() {
+        if entry.extra.lease == lease {
             continue;
         }
         match create(inner, &entry.key, &entry.value, lease).await {
             Ok(Created::Now | Created::Ours) => {
                 tracing::debug!(key = %entry.key, lease, "registration re-created");
-                entry.lease = lease;
-                entry.warned = false;
+                entry.extra = OnLease {
+                    lease,
+                    warned: false,
+                };
             }
             Ok(Created::Taken { lease: holder }) => {
-                if !entry.warned {
+                if !entry.extra.warned {
                     tracing::warn!(
                         key = %entry.key,
                         holder,
                         "cannot re-create a registration: the key is held by another lease; retrying"
                     );
-                    entry.warned = true;
+                    entry.extra.warned = true;
                 }
             }
             Err(error) => {
@@ -203,7 +190,7 @@ pub(crate) async fn reconcile_pending(inner: &Inner, lease: i64) {
     let Ok(mut registry) = inner.registry.try_lock() else {
         return;
     };
-    if registry.entries.values().any(|entry| entry.lease != lease) {
+    if registry.any(|entry| entry.extra.lease != lease) {
         reconcile(inner, &mut registry, lease).await;
     }
 }
@@ -222,14 +209,9 @@ async fn update(inner: &Inner, id: u64, key: &Key, value: Bytes) -> Result<()> {
     }
     crate::kv::check_size(op, key, &value)?;
     let mut registry = inner.registry.lock().await;
-    let Some(entry) = registry.entries.get_mut(&id) else {
-        return Err(Error::new(ErrorKind::Closed, op)
-            .with_key(key)
-            .with_message("the registration was closed"));
-    };
-    entry.value = value.clone();
+    let entry = registry.record_value(id, key, value.clone())?;
     let lease = inner.session.current();
-    if entry.lease != lease.id || lease.lost.is_cancelled() {
+    if entry.extra.lease != lease.id || lease.lost.is_cancelled() {
         // Not on the current lease yet: its re-creation writes this value.
         return Ok(());
     }
@@ -272,16 +254,16 @@ impl RegistrationClose for EtcdRegistration {
     }
 
     async fn close(self: Box<Self>) -> Result<()> {
-        let entry = self.inner.registry.lock().await.entries.remove(&self.id);
+        let entry = self.inner.registry.lock().await.remove(self.id);
         let Some(entry) = entry else {
             return Ok(());
         };
-        if self.inner.closed.is_cancelled() || entry.lease == 0 {
+        if self.inner.closed.is_cancelled() || entry.extra.lease == 0 {
             // The lease was revoked on close: the key is gone already.
             return Ok(());
         }
         let lease = self.inner.session.current();
-        if lease.id != entry.lease {
+        if lease.id != entry.extra.lease {
             // Bound to a lease that is gone: so is the key.
             return Ok(());
         }

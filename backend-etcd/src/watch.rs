@@ -4,14 +4,15 @@
 //! revision was compacted, the session was suspended or replaced) the key is
 //! read again and `Resync` carries the current state: never a silent gap.
 //!
-//! Each watch runs in its own task and hands events to an unbounded
-//! channel, so a slow consumer never blocks the backend's other tasks.
+//! Each watch runs in its own task and hands events to the kit's bounded
+//! delivery (`watch_delivery`), so a slow consumer never blocks the
+//! backend's other tasks and never makes it queue without bound: changes it
+//! has not taken yet fold into the latest, deletions and resyncs kept.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use etcd_client::{WatchOptions, WatchRequestSender, WatchResponseStream};
-use futures::StreamExt;
 use sharedstate_core::{
     ErrorKind, Key, Operation, Result, SessionState, SessionStatus, Versioned, WatchEvent,
     WatchStream,
@@ -19,11 +20,10 @@ use sharedstate_core::{
 use tokio::sync::{mpsc, watch};
 
 use crate::kv::version_of;
-use crate::session::backoff;
+use crate::lease::backoff;
 use crate::Inner;
-use sharedstate_core::backend::Backoff;
-
-type Sender = mpsc::UnboundedSender<Result<WatchEvent>>;
+use futures::StreamExt;
+use sharedstate_core::backend::{watch_delivery, Backoff, WatchSender};
 
 /// How long a watch stream may stay quiet before a progress request asks
 /// its member to prove it is alive.
@@ -38,9 +38,9 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
     let last = *status.borrow_and_update();
     let breaks = inner.session.breaks();
     let (initial, revision) = inner.read(key, Operation::Watch).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    // The receiver is alive: this send cannot fail.
-    let _ = tx.send(Ok(WatchEvent::Initial(initial)));
+    let (tx, stream) = watch_delivery();
+    tx.send(WatchEvent::Initial(initial));
+    let tx = Tx::Latest(tx);
     let watcher = Watcher {
         inner: Arc::clone(inner),
         key: key.clone(),
@@ -51,7 +51,7 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         reopen_backoff: backoff(),
     };
     tokio::spawn(watcher.run(revision + 1));
-    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+    Ok(stream)
 }
 
 /// Follows `key` from just after `after`, without a first read: the changes
@@ -62,7 +62,10 @@ pub(crate) fn watch_from(inner: &Arc<Inner>, key: &Key, after: i64) -> Result<Wa
     let mut status = inner.session.subscribe();
     let last = *status.borrow_and_update();
     let breaks = inner.session.breaks();
+    // Every change since `after`, in order (the replay is the point): an
+    // unbounded channel, not the folding delivery `watch` uses.
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let tx = Tx::Replay(tx);
     let watcher = Watcher {
         inner: Arc::clone(inner),
         key: key.clone(),
@@ -76,6 +79,42 @@ pub(crate) fn watch_from(inner: &Arc<Inner>, key: &Key, after: i64) -> Result<Wa
     Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
 }
 
+/// Where a watch's events go.
+enum Tx {
+    /// `watch`: the kit's bounded delivery (changes fold into the latest).
+    Latest(WatchSender),
+    /// `watch_from`: every replayed change, in order.
+    Replay(mpsc::UnboundedSender<Result<WatchEvent>>),
+}
+
+impl Tx {
+    /// False when the consumer is gone.
+    fn send(&self, event: WatchEvent) -> bool {
+        match self {
+            Tx::Latest(tx) => tx.send(event),
+            Tx::Replay(tx) => tx.send(Ok(event)).is_ok(),
+        }
+    }
+
+    /// Ends the stream with `error`.
+    fn fail(&self, error: sharedstate_core::Error) {
+        match self {
+            Tx::Latest(tx) => tx.fail(error),
+            Tx::Replay(tx) => {
+                let _ = tx.send(Err(error));
+            }
+        }
+    }
+
+    /// Completes when the consumer is gone.
+    async fn closed(&self) {
+        match self {
+            Tx::Latest(tx) => tx.closed().await,
+            Tx::Replay(tx) => tx.closed().await,
+        }
+    }
+}
+
 /// Why following the etcd watch stopped.
 enum End {
     /// The client was closed or the consumer went away.
@@ -87,7 +126,7 @@ enum End {
 struct Watcher {
     inner: Arc<Inner>,
     key: Key,
-    tx: Sender,
+    tx: Tx,
     status: watch::Receiver<SessionStatus>,
     /// The session status when continuity was last established.
     last: SessionStatus,
@@ -264,7 +303,7 @@ impl Watcher {
                     version: version_of(kv.mod_revision()),
                 })
             };
-            if self.tx.send(Ok(item)).is_err() {
+            if !self.tx.send(item) {
                 return Some(End::Stop);
             }
         }
@@ -303,7 +342,7 @@ impl Watcher {
                 Ok((value, revision)) => {
                     self.last = status;
                     self.breaks = breaks;
-                    if self.tx.send(Ok(WatchEvent::Resync(value))).is_err() {
+                    if !self.tx.send(WatchEvent::Resync(value)) {
                         return None;
                     }
                     return Some(revision + 1);
@@ -316,7 +355,7 @@ impl Watcher {
                     ) =>
                 {
                     // Retrying cannot help: report it and end the stream.
-                    let _ = self.tx.send(Err(error));
+                    self.tx.fail(error);
                     return None;
                 }
                 Err(error) => {

@@ -10,6 +10,7 @@ mod common;
 use bytes::Bytes;
 use common::{dedicated_etcd, init_tracing};
 use etcd_client::Permission;
+use sharedstate_conformance::fixtures::tls_scenarios;
 use sharedstate_core::{CoordinationBackend, Error, ErrorKind, Key, LockOptions, Outcome, PutMode};
 use sharedstate_etcd::EtcdBackend;
 
@@ -72,21 +73,8 @@ async fn a_role_limited_to_one_prefix_keeps_another_prefix_out() {
     let payload = key("/alice/app/payload");
     let lock = key("/alice/app/lock");
     let listener = key("/alice/app/listeners/alice-1");
-    alice
-        .put(&payload, Bytes::from_static(b"{\"a\":1}"), PutMode::Create)
-        .await
-        .expect("alice writes her prefix");
-    let registration = alice
-        .register(&listener, Bytes::from_static(b"{}"))
-        .await
-        .expect("alice registers");
-    alice
-        .lock(&lock, LockOptions::default())
-        .await
-        .expect("alice locks")
-        .release()
-        .await
-        .expect("alice releases");
+    let registration =
+        tls_scenarios::owner_uses_every_key(&alice, &payload, &listener, &lock).await;
 
     assert_kept_out(bob.get(&payload).await, "bob reads alice's payload", "read");
     assert_kept_out(

@@ -1,12 +1,11 @@
 //! Clients, sessions and registrations on the cluster, and the session
 //! faults (expire, suspend, resume).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sharedstate_core::backend::{RegistrationClose, SessionPublisher};
+use sharedstate_core::backend::{Recorded, RegistrationClose, Registry, SessionPublisher};
 use sharedstate_core::{ErrorKind, Key, Operation, PutMode, Result};
 use tokio::sync::watch;
 
@@ -26,7 +25,7 @@ pub(crate) struct ClientRecord {
     /// (and their order) the engine relies on.
     status: Arc<SessionPublisher>,
     /// Registrations to keep alive, by id: key and value.
-    registrations: BTreeMap<u64, (Key, Bytes)>,
+    registrations: Registry,
 }
 
 impl ClientRecord {
@@ -52,7 +51,7 @@ impl State {
                 suspended: false,
                 stalled: Arc::new(stalled),
                 status: Arc::clone(&status),
-                registrations: BTreeMap::new(),
+                registrations: Registry::new(),
             },
         );
         tracing::debug!(client, session, "memory client opened");
@@ -109,11 +108,11 @@ impl State {
         let registrations = match self.clients.get_mut(&client) {
             Some(record) => {
                 record.session = Some(session);
-                record.registrations.values().cloned().collect::<Vec<_>>()
+                record.registrations.snapshot()
             }
             None => return,
         };
-        for (key, value) in registrations {
+        for (_, Recorded { key, value, .. }) in registrations {
             let created = self.put(
                 &key,
                 value,
@@ -239,11 +238,10 @@ impl State {
             Some(session),
             Operation::Register,
         )?;
-        let id = self.next_id();
-        if let Some(record) = self.clients.get_mut(&client) {
-            record.registrations.insert(id, (key.clone(), value));
+        match self.clients.get_mut(&client) {
+            Some(record) => Ok(record.registrations.insert(key.clone(), value, ())),
+            None => Err(closed(Operation::Register)),
         }
-        Ok(id)
     }
 
     /// Records `value` as registration `id`'s value (what a new session
@@ -253,18 +251,18 @@ impl State {
         &mut self,
         client: ClientId,
         id: u64,
+        key: &Key,
         value: Bytes,
     ) -> Result<()> {
         let op = Operation::UpdateRegistration;
         let Some(record) = self.clients.get_mut(&client) else {
             return Err(closed(op));
         };
-        let Some((key, recorded)) = record.registrations.get_mut(&id) else {
-            return Err(sharedstate_core::Error::new(ErrorKind::Closed, op)
-                .with_message("the registration was closed"));
-        };
-        *recorded = value.clone();
-        let key = key.clone();
+        let key = record
+            .registrations
+            .record_value(id, key, value.clone())?
+            .key
+            .clone();
         // Suspended: the recorded value is what the key gets once the
         // session is back (re-created on a new one, or written on retry).
         let session = self.session_of(client, op, Some(&key))?;
@@ -285,7 +283,7 @@ impl State {
             // Closed: the key went with the session.
             return Ok(());
         };
-        let Some((key, _)) = record.registrations.remove(&id) else {
+        let Some(Recorded { key, .. }) = record.registrations.remove(id) else {
             return Ok(());
         };
         let session = self.session_of(client, Operation::Deregister, Some(&key))?;
@@ -324,7 +322,7 @@ impl RegistrationClose for MemoryRegistration {
         let _ = stalled.wait_for(|stalled| !*stalled).await;
         self.shared
             .lock()
-            .update_registration(self.client, self.id, value)
+            .update_registration(self.client, self.id, key, value)
     }
 
     async fn close(self: Box<Self>) -> Result<()> {

@@ -1,56 +1,55 @@
 //! Level-triggered watches.
 //!
-//! Each watch owns a `tokio::sync::watch` channel that holds the key's
-//! latest state (a "latest value" channel): the cluster overwrites it under
-//! its lock without ever waiting, and the stream turns the difference
-//! between what it delivered last and what the channel holds into
-//! `Changed`, `Deleted` or `Resync` events. Intermediate versions may fold
-//! together; the latest is never lost.
+//! Each watch owns the kit's bounded delivery (`watch_delivery`): the
+//! cluster hands it the key's new state under its lock without ever
+//! waiting, and changes the consumer has not taken yet fold into the latest
+//! (a deletion and a resync keep their meaning). A stalled client's watches
+//! are held: nothing flows until the stall ends, then the latest state.
 
-use futures::StreamExt;
-use sharedstate_core::backend::ConnectedNotice;
+use sharedstate_core::backend::{watch_delivery, ConnectedNotice, WatchSender};
 use sharedstate_core::{Versioned, WatchEvent, WatchStream};
-use tokio::sync::watch;
 
 use crate::cluster::{ClientId, State};
 
-/// What the cluster publishes to one watch.
-#[derive(Debug, Clone)]
-pub(crate) struct WatchLevel {
-    /// The key's latest state.
-    state: Option<Versioned>,
-    /// Bumped whenever continuity is broken (resume, new session): the
-    /// stream then yields `Resync`.
-    resync: u64,
-    /// While the client is suspended the stream delivers nothing.
-    suspended: bool,
-}
-
-/// One registered watch: which client it belongs to and its channel.
+/// One registered watch: which client it belongs to and its delivery.
 pub(crate) struct Watcher {
     client: ClientId,
-    tx: watch::Sender<WatchLevel>,
+    tx: WatchSender,
+    /// The state last handed to the delivery (to send only real changes).
+    sent: Option<Versioned>,
     /// Silenced by fault injection: never delivers again, and no error.
     silent: bool,
+}
+
+impl Watcher {
+    /// Hands `current` over as a change, if it is one.
+    fn send_change(&mut self, current: &Option<Versioned>) {
+        if *current == self.sent {
+            return;
+        }
+        self.sent = current.clone();
+        self.tx.send(match current {
+            Some(versioned) => WatchEvent::Changed(versioned.clone()),
+            None => WatchEvent::Deleted,
+        });
+    }
 }
 
 impl State {
     /// Registers a watch of `key` for `client`; returns its first event.
     pub(crate) fn add_watch(&mut self, client: ClientId, key: &str) -> WatchStream {
         let initial = self.get(key);
-        let (tx, rx) = watch::channel(WatchLevel {
-            state: initial.clone(),
-            resync: 0,
-            suspended: false,
-        });
+        let (tx, stream) = watch_delivery();
+        tx.send(WatchEvent::Initial(initial.clone()));
         let watchers = self.watchers.entry(key.to_owned()).or_default();
         watchers.retain(|w| !w.tx.is_closed());
         watchers.push(Watcher {
             client,
             tx,
+            sent: initial,
             silent: false,
         });
-        stream(initial, rx)
+        stream
     }
 
     /// Publishes the current state of `key` to its watchers whose client is
@@ -61,15 +60,13 @@ impl State {
         };
         watchers.retain(|w| !w.tx.is_closed());
         let current = self.nodes.get(key).map(|n| n.versioned());
-        for watcher in watchers.iter().filter(|w| !w.silent) {
+        for watcher in watchers.iter_mut().filter(|w| !w.silent) {
             let live = self
                 .clients
                 .get(&watcher.client)
                 .is_some_and(|c| c.is_connected());
             if live {
-                watcher
-                    .tx
-                    .send_modify(|level| level.state = current.clone());
+                watcher.send_change(&current);
             }
         }
         if watchers.is_empty() {
@@ -81,20 +78,21 @@ impl State {
     pub(crate) fn pause_watches(&mut self, client: ClientId) {
         for watcher in self.watchers.values().flatten() {
             if watcher.client == client {
-                watcher.tx.send_modify(|level| level.suspended = true);
+                watcher.tx.hold();
             }
         }
     }
 
     /// Delivery resumes after a stall: the latest state, no resync.
     pub(crate) fn unpause_watches(&mut self, client: ClientId) {
-        for (key, watchers) in &self.watchers {
+        for (key, watchers) in &mut self.watchers {
             let current = self.nodes.get(key).map(|n| n.versioned());
-            for watcher in watchers.iter().filter(|w| w.client == client && !w.silent) {
-                watcher.tx.send_modify(|level| {
-                    level.state = current.clone();
-                    level.suspended = false;
-                });
+            for watcher in watchers
+                .iter_mut()
+                .filter(|w| w.client == client && !w.silent)
+            {
+                watcher.send_change(&current);
+                watcher.tx.release();
             }
         }
     }
@@ -114,14 +112,15 @@ impl State {
     /// once the session's `Connected` is published (the `notice`).
     pub(crate) fn resync_watches(&mut self, client: ClientId, notice: &ConnectedNotice) {
         tracing::trace!(client, epoch = notice.epoch(), "memory watches resync");
-        for (key, watchers) in &self.watchers {
+        for (key, watchers) in &mut self.watchers {
             let current = self.nodes.get(key).map(|n| n.versioned());
-            for watcher in watchers.iter().filter(|w| w.client == client && !w.silent) {
-                watcher.tx.send_modify(|level| {
-                    level.state = current.clone();
-                    level.resync += 1;
-                    level.suspended = false;
-                });
+            for watcher in watchers
+                .iter_mut()
+                .filter(|w| w.client == client && !w.silent)
+            {
+                watcher.sent = current.clone();
+                watcher.tx.send(WatchEvent::Resync(current.clone()));
+                watcher.tx.release();
             }
         }
     }
@@ -133,49 +132,4 @@ impl State {
             !watchers.is_empty()
         });
     }
-}
-
-struct Cursor {
-    rx: watch::Receiver<WatchLevel>,
-    initial: Option<Option<Versioned>>,
-    delivered: Option<Versioned>,
-    resync: u64,
-}
-
-fn stream(initial: Option<Versioned>, rx: watch::Receiver<WatchLevel>) -> WatchStream {
-    let cursor = Cursor {
-        rx,
-        initial: Some(initial.clone()),
-        delivered: initial,
-        resync: 0,
-    };
-    futures::stream::unfold(cursor, |mut cursor| async move {
-        if let Some(initial) = cursor.initial.take() {
-            // Anything published before the first poll is compared with
-            // this state, so marking it seen here loses nothing.
-            return Some((Ok(WatchEvent::Initial(initial)), cursor));
-        }
-        loop {
-            // Err: the cluster dropped the sender (client closed).
-            cursor.rx.changed().await.ok()?;
-            let level = cursor.rx.borrow_and_update().clone();
-            if level.suspended {
-                continue;
-            }
-            if level.resync != cursor.resync {
-                cursor.resync = level.resync;
-                cursor.delivered = level.state.clone();
-                return Some((Ok(WatchEvent::Resync(level.state)), cursor));
-            }
-            if level.state != cursor.delivered {
-                cursor.delivered = level.state.clone();
-                let event = match level.state {
-                    Some(versioned) => WatchEvent::Changed(versioned),
-                    None => WatchEvent::Deleted,
-                };
-                return Some((Ok(event), cursor));
-            }
-        }
-    })
-    .boxed()
 }

@@ -114,6 +114,8 @@ impl Config {
                 .secure_connect(&self.hosts);
             tokio::pin!(connecting);
             let probe = async {
+                // Not a retry: how long a handshake may take before the
+                // probe asks the server why it stalls.
                 tokio::time::sleep(TLS_PROBE_AFTER).await;
                 crate::tls::probe(&self.hosts, tls, TLS_PROBE_BOUND).await
             };

@@ -19,6 +19,28 @@ enum Role {
     Release,
 }
 
+/// A fenced write in progress: what it writes, and what it learned so far
+/// about how to write it.
+struct Attempt<'a> {
+    inner: &'a Inner,
+    client: &'a zk::Client,
+    key: &'a Key,
+    value: &'a Bytes,
+    mode: PutMode,
+    /// The lock node whose existence the write is fenced on.
+    owner: &'a str,
+    /// Delete the lock node in the same transaction.
+    release: bool,
+    /// Create the node (else set its data).
+    create: bool,
+    /// For an `Update`: the data version and the incarnation fence.
+    expect: Option<(i32, Fence)>,
+}
+
+/// Writes `value` to `key` only while `guard`'s lock node exists (and with
+/// `release` deletes it in the same transaction): one `multi` per attempt,
+/// and after a failed one, what the failure taught (a parent to create, a
+/// create that must be a set, a fence to learn again) before the next.
 pub(crate) async fn fenced_put(
     inner: &Inner,
     key: &Key,
@@ -28,66 +50,39 @@ pub(crate) async fn fenced_put(
     release: bool,
 ) -> Result<Version> {
     let op = Operation::FencedPut;
-    let lock_lost = || {
-        Error::new(ErrorKind::LockLost, op)
-            .with_key(key)
-            .with_message(format!("the lock {} is no longer held", guard.owner()))
-    };
     if guard.is_lost() {
-        return Err(lock_lost());
+        return Err(lock_lost(key, guard));
     }
     let session = inner.session(op)?;
     let client = &session.client;
-    let owner = guard.owner();
-    let mut create = matches!(mode, PutMode::Create);
-    // For an Update: the data version and the incarnation fence.
-    let mut expect: Option<(i32, Fence)> = match mode {
+    let expect = match mode {
         PutMode::Update(expected) => Some(kv::expectation(inner, client, key, expected, op).await?),
         _ => None,
     };
+    let mut attempt = Attempt {
+        inner,
+        client,
+        key,
+        value: &value,
+        mode,
+        owner: guard.owner(),
+        release,
+        create: matches!(mode, PutMode::Create),
+        expect,
+    };
     for _ in 0..kv::FENCE_ATTEMPTS {
-        let mut roles = vec![Role::LockCheck];
-        let mut writer = client.new_multi_writer();
-        writer
-            .add_check_version(owner, -1)
-            .map_err(|e| error::map(e, op, key))?;
-        if let Some((_, fence)) = &expect {
-            let fenced = kv::add_fence(inner, &mut writer, key, fence, op)?;
-            roles.extend(std::iter::repeat_n(Role::Fence, fenced));
-        }
-        let added = if create {
-            writer.add_create(
-                key.as_str(),
-                &value,
-                &zk::CreateMode::Persistent.with_acls(inner.acls()),
-            )
-        } else {
-            writer.add_set_data(key.as_str(), &value, expect.as_ref().map(|(d, _)| *d))
-        };
-        added.map_err(|e| error::map(e, op, key))?;
-        roles.push(Role::Write);
-        if release {
-            writer
-                .add_delete(owner, None)
-                .map_err(|e| error::map(e, op, key))?;
-            roles.push(Role::Release);
-        }
+        let (mut writer, roles) = attempt.transaction()?;
         let committed = writer.commit().await;
         if committed.is_err() {
-            if let Some((_, fence)) = &expect {
+            if let Some((_, fence)) = &attempt.expect {
                 kv::failed_with(client, fence);
             }
         }
-        let failure = match committed {
-            Ok(results) => {
-                return match expect {
-                    Some(_) => kv::written(inner, key, &results, op),
-                    None => written_plain(inner, client, key, &results, op).await,
-                }
-            }
+        let (role, source) = match committed {
+            Ok(results) => return attempt.written(&results).await,
             Err(zk::MultiWriteError::RequestFailed {
                 source: zk::Error::SessionExpired | zk::Error::SessionMoved,
-            }) => return Err(lock_lost()),
+            }) => return Err(lock_lost(key, guard)),
             Err(zk::MultiWriteError::RequestFailed { source }) => {
                 return Err(error::map(source, op, key))
             }
@@ -95,17 +90,83 @@ pub(crate) async fn fenced_put(
                 (roles.get(index).copied().unwrap_or(Role::Write), source)
             }
         };
-        match (failure, mode) {
-            ((Role::LockCheck, _), _) => return Err(lock_lost()),
-            ((Role::Release, source), _) => return Err(error::map(source, op, key)),
-            ((Role::Fence, _), PutMode::Update(expected)) => {
-                expect = Some(kv::learn(inner, client, key, expected, op).await?);
+        if role == Role::LockCheck {
+            return Err(lock_lost(key, guard));
+        }
+        attempt.recover(role, source).await?;
+    }
+    Err(kv::fence_gave_up(op, key))
+}
+
+/// `LockLost`: `guard`'s lock node is gone.
+fn lock_lost(key: &Key, guard: &LockGuard) -> Error {
+    Error::new(ErrorKind::LockLost, Operation::FencedPut)
+        .with_key(key)
+        .with_message(format!("the lock {} is no longer held", guard.owner()))
+}
+
+impl<'a> Attempt<'a> {
+    /// The transaction of one attempt, and the role of each of its
+    /// operations (to read a failure's index): the lock check, the fence of
+    /// an `Update`, the write, and the release.
+    fn transaction(&self) -> Result<(zk::MultiWriter<'a>, Vec<Role>)> {
+        let (op, key) = (Operation::FencedPut, self.key);
+        let mut roles = vec![Role::LockCheck];
+        let mut writer = self.client.new_multi_writer();
+        writer
+            .add_check_version(self.owner, -1)
+            .map_err(|e| error::map(e, op, key))?;
+        if let Some((_, fence)) = &self.expect {
+            let fenced = kv::add_fence(self.inner, &mut writer, key, fence, op)?;
+            roles.extend(std::iter::repeat_n(Role::Fence, fenced));
+        }
+        let added = if self.create {
+            writer.add_create(
+                key.as_str(),
+                self.value,
+                &zk::CreateMode::Persistent.with_acls(self.inner.acls()),
+            )
+        } else {
+            writer.add_set_data(
+                key.as_str(),
+                self.value,
+                self.expect.as_ref().map(|(d, _)| *d),
+            )
+        };
+        added.map_err(|e| error::map(e, op, key))?;
+        roles.push(Role::Write);
+        if self.release {
+            writer
+                .add_delete(self.owner, None)
+                .map_err(|e| error::map(e, op, key))?;
+            roles.push(Role::Release);
+        }
+        Ok((writer, roles))
+    }
+
+    /// The version the committed transaction wrote.
+    async fn written(&self, results: &[zk::MultiWriteResult]) -> Result<Version> {
+        let op = Operation::FencedPut;
+        match self.expect {
+            Some(_) => kv::written(self.inner, self.key, results, op),
+            None => written_plain(self.inner, self.client, self.key, results, op).await,
+        }
+    }
+
+    /// After the operation with `role` failed with `source` (not the lock
+    /// check): prepares the next attempt, or says why there is none.
+    async fn recover(&mut self, role: Role, source: zk::Error) -> Result<()> {
+        let (op, key, inner, client) = (Operation::FencedPut, self.key, self.inner, self.client);
+        match (role, source, self.mode) {
+            (Role::Fence, _, PutMode::Update(expected)) => {
+                self.expect = Some(kv::learn(inner, client, key, expected, op).await?);
             }
-            ((Role::Fence, source), _) => return Err(error::map(source, op, key)),
-            ((Role::Write, zk::Error::NodeExists), PutMode::Create) => {
+            (Role::Write, zk::Error::NodeExists, PutMode::Create) => {
                 return Err(plain(ErrorKind::AlreadyExists, op, key))
             }
-            ((Role::Write, zk::Error::NoNode), PutMode::Create | PutMode::Overwrite) if create => {
+            (Role::Write, zk::Error::NoNode, PutMode::Create | PutMode::Overwrite)
+                if self.create =>
+            {
                 let Some(parent) = key.parent() else {
                     return Err(error::map(zk::Error::NoNode, op, key));
                 };
@@ -115,16 +176,18 @@ pub(crate) async fn fenced_put(
                     .await
                     .map_err(|e| error::map(e, op, key))?;
             }
-            ((Role::Write, zk::Error::NoNode), PutMode::Overwrite) => create = true,
-            ((Role::Write, zk::Error::NodeExists), PutMode::Overwrite) => create = false,
-            ((Role::Write, zk::Error::BadVersion | zk::Error::NoNode), PutMode::Update(_)) => {
+            (Role::Write, zk::Error::NoNode, PutMode::Overwrite) => self.create = true,
+            (Role::Write, zk::Error::NodeExists, PutMode::Overwrite) => self.create = false,
+            (Role::Write, zk::Error::BadVersion | zk::Error::NoNode, PutMode::Update(_)) => {
                 inner.versions.forget(key.as_str());
                 return Err(kv::conflict_now(inner, client, key, op).await);
             }
-            ((Role::Write, source), _) => return Err(error::map(source, op, key)),
+            (Role::LockCheck | Role::Release | Role::Fence | Role::Write, source, _) => {
+                return Err(error::map(source, op, key))
+            }
         }
+        Ok(())
     }
-    Err(kv::fence_gave_up(op, key))
 }
 
 /// The version of an unconditional fenced write (create or overwrite).

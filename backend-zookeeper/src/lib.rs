@@ -70,13 +70,12 @@ mod tls;
 mod version_cache;
 mod watch;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sharedstate_core::backend::SessionPublisher;
+use sharedstate_core::backend::{Registry, SessionPublisher};
 use sharedstate_core::{
     Capabilities, CoordinationBackend, Error, ErrorKind, Key, LockGuard, LockOptions, Operation,
     PutMode, Registration, Result, SessionStatus, Version, Versioned, WatchStream,
@@ -114,8 +113,8 @@ pub(crate) struct Inner {
     /// the engine relies on (the supervisor publishes it).
     pub status: SessionPublisher,
     pub versions: version_cache::VersionCache,
-    pub registrations: Mutex<HashMap<u64, registration::Entry>>,
-    pub next_id: std::sync::atomic::AtomicU64,
+    /// The live registrations, re-created on every new session.
+    pub registrations: Mutex<Registry>,
     pub closed: CancellationToken,
 }
 
@@ -200,8 +199,7 @@ impl ZooKeeperBackend {
             }))),
             status: SessionPublisher::new(),
             versions: version_cache::VersionCache::default(),
-            registrations: Mutex::new(HashMap::new()),
-            next_id: std::sync::atomic::AtomicU64::new(1),
+            registrations: Mutex::new(Registry::new()),
             closed: CancellationToken::new(),
         });
         tokio::spawn(session::supervise(inner.clone()));

@@ -28,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
-use sharedstate_core::backend::LockRelease;
+use sharedstate_core::backend::{Backoff, LockRelease};
 use sharedstate_core::{
     ErrorKind, FencingToken, Key, LockGuard, LockOptions, Operation, Result, Versioned,
 };
@@ -44,7 +44,9 @@ const LOCK_NAME: &str = "-lock-";
 const CONTENDER_MARKERS: [&str; 3] = ["lock-", "__lock__", "__rlock__"];
 /// ZooKeeper's sequence suffix: ten decimal digits.
 const SEQUENCE_DIGITS: usize = 10;
-const RETRY_DELAY: Duration = Duration::from_millis(50);
+/// The first pause of a request retried after a lost connection (see
+/// `Backoff::short`).
+const FIRST_RETRY: Duration = Duration::from_millis(50);
 const CLEANUP_WAIT: Duration = Duration::from_secs(2);
 const ATTEMPTS: usize = 8;
 
@@ -226,11 +228,12 @@ impl Drop for WaiterCleanup {
 /// Deletes every child of `key` carrying `guid` (found by it, so a create
 /// still in flight is found too: requests are ordered), bounded.
 async fn delete_ours(session: Arc<Session>, key: Key, guid: String) {
+    let mut backoff = Backoff::short(FIRST_RETRY);
     for _ in 0..ATTEMPTS {
         let children = match session.client.list_children(key.as_str()).await {
             Ok(children) => children,
             Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
-                tokio::time::sleep(RETRY_DELAY).await;
+                backoff.sleep().await;
                 continue;
             }
             // No node, or the session is gone (the ephemerals with it).
@@ -254,7 +257,7 @@ async fn delete_ours(session: Arc<Session>, key: Key, guid: String) {
         if !again {
             return;
         }
-        tokio::time::sleep(RETRY_DELAY).await;
+        backoff.sleep().await;
     }
 }
 
@@ -299,6 +302,7 @@ async fn create_lock_node(
     // Our node as the create answered it (its czxid is the fencing token):
     // no extra round trip to learn it.
     let mut held: Option<Held> = None;
+    let mut backoff = Backoff::short(FIRST_RETRY);
     for _ in 0..ATTEMPTS {
         // Create and list in one pipelined round trip: the server handles
         // them in order, so the listing includes our child.
@@ -336,7 +340,7 @@ async fn create_lock_node(
             }
             Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
                 // The create may have happened: look for our guid.
-                tokio::time::sleep(RETRY_DELAY).await;
+                backoff.sleep().await;
                 let listed = list_children(client, key).await?;
                 if listed.iter().any(|c| c.contains(guid)) {
                     children = Some(listed);
@@ -380,6 +384,8 @@ async fn wait_for_turn(
         mut pipelined,
         mut held,
     } = created;
+    // Between watches of the predecessor that failed on a lost connection.
+    let mut backoff = Backoff::short(FIRST_RETRY);
     loop {
         if lost.is_cancelled() {
             return Err(plain(ErrorKind::SessionLost, op, key));
@@ -423,8 +429,9 @@ async fn wait_for_turn(
         // the holders before us.
         pipelined = None;
         match client.check_and_watch_stat(&predecessor).await {
-            Ok((None, _)) => {}
+            Ok((None, _)) => backoff.reset(),
             Ok((Some(_), watcher)) => {
+                backoff.reset();
                 tokio::select! {
                     _ = lost.cancelled() => return Err(plain(ErrorKind::SessionLost, op, key)),
                     // A panic here means the client's session task is gone.
@@ -436,9 +443,7 @@ async fn wait_for_turn(
                     }
                 }
             }
-            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
-                tokio::time::sleep(RETRY_DELAY).await
-            }
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => backoff.sleep().await,
             Err(zk::Error::SessionExpired) => return Err(plain(ErrorKind::SessionLost, op, key)),
             Err(e) => return Err(error::map(e, op, key)),
         }
@@ -465,12 +470,11 @@ async fn wait_for_turn(
 
 async fn list_children(client: &zk::Client, key: &Key) -> Result<Vec<String>> {
     let op = Operation::Lock;
+    let mut backoff = Backoff::short(FIRST_RETRY);
     loop {
         match client.list_children(key.as_str()).await {
             Ok(children) => return Ok(children),
-            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
-                tokio::time::sleep(RETRY_DELAY).await
-            }
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => backoff.sleep().await,
             Err(zk::Error::SessionExpired) => return Err(plain(ErrorKind::SessionLost, op, key)),
             Err(e) => return Err(error::map(e, op, key)),
         }
@@ -510,12 +514,11 @@ impl LockRelease for Releaser {
             // The session that held it is gone, and the node with it.
             return Ok(());
         }
+        let mut backoff = Backoff::short(FIRST_RETRY);
         for _ in 0..ATTEMPTS {
             match session.client.delete(&self.path, None).await {
                 Ok(()) | Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
-                Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
-                    tokio::time::sleep(RETRY_DELAY).await
-                }
+                Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => backoff.sleep().await,
                 Err(e) => return Err(error::map(e, op, &self.key)),
             }
         }

@@ -1,26 +1,20 @@
 //! Ephemeral registrations, re-created on every new session.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sharedstate_core::backend::{Backoff, RegistrationClose};
+use sharedstate_core::backend::{Backoff, Recorded, RegistrationClose};
 use sharedstate_core::{ErrorKind, Key, Operation, Registration, Result};
 use zookeeper_client as zk;
 
 use crate::{error, kv, plain, Inner, Session};
 
 const ATTEMPTS: usize = 8;
-const RETRY_DELAY: Duration = Duration::from_millis(50);
-
-/// A live registration, kept to re-create it after a new session.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    key: Key,
-    value: Bytes,
-}
+/// The first pause of a request retried after a lost connection (see
+/// `Backoff::short`).
+const FIRST_RETRY: Duration = Duration::from_millis(50);
 
 /// Creates the ephemeral node; after a lost response (or with
 /// `ours_if_exists`, when the supervisor may have re-created it on this
@@ -36,6 +30,7 @@ async fn create(
     let op = Operation::Register;
     let client = &session.client;
     let mut retried = ours_if_exists;
+    let mut backoff = Backoff::short(FIRST_RETRY);
     for _ in 0..ATTEMPTS {
         match kv::create_with_parents(inner, client, key, value, zk::CreateMode::Ephemeral).await {
             Ok(_) => return Ok(()),
@@ -52,7 +47,7 @@ async fn create(
             }
             Err(zk::Error::ConnectionLoss) => {
                 retried = true;
-                tokio::time::sleep(RETRY_DELAY).await;
+                backoff.sleep().await;
             }
             Err(e) => return Err(error::map(e, op, key)),
         }
@@ -63,19 +58,12 @@ async fn create(
 pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Result<Registration> {
     let op = Operation::Register;
     let session = inner.session(op)?;
-    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     // Recorded first so that a new session that starts meanwhile re-creates it.
-    inner
+    let id = inner
         .registrations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            id,
-            Entry {
-                key: key.clone(),
-                value: value.clone(),
-            },
-        );
+        .insert(key.clone(), value.clone(), ());
     // Armed before the first request: if this future is dropped before it
     // returns, the entry goes and the node with it (in the background).
     let mut abandoned = Abandoned {
@@ -111,7 +99,7 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
             .registrations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+            .remove(id);
         // A re-creation by the supervisor may have raced the removal.
         delete_if_owned(inner, key).await;
         return Err(e);
@@ -131,13 +119,11 @@ pub(crate) async fn register(inner: &Arc<Inner>, key: &Key, value: Bytes) -> Res
 /// because the client gave up on the session before the server did) are
 /// retried in the background while the session lasts.
 pub(crate) async fn recreate_all(inner: &Arc<Inner>, session: &Session) {
-    let ids: Vec<u64> = inner
+    let ids = inner
         .registrations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .keys()
-        .copied()
-        .collect();
+        .ids();
     for id in ids {
         let Some(entry) = recorded(inner, id) else {
             continue;
@@ -156,18 +142,18 @@ pub(crate) async fn recreate_all(inner: &Arc<Inner>, session: &Session) {
 }
 
 /// Registration `id` as recorded now (its latest value); `None` once closed.
-fn recorded(inner: &Inner, id: u64) -> Option<Entry> {
+fn recorded(inner: &Inner, id: u64) -> Option<Recorded> {
     inner
         .registrations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&id)
+        .get(id)
         .cloned()
 }
 
 /// After a re-creation with `created.value`: an update recorded a newer
 /// value meanwhile (it found no node of ours to write to), so write it.
-async fn catch_up(inner: &Inner, id: u64, created: &Entry) {
+async fn catch_up(inner: &Inner, id: u64, created: &Recorded) {
     let newer = recorded(inner, id).is_some_and(|now| now.value != created.value);
     if newer {
         if let Err(error) = write_recorded(inner, id, &created.key).await {
@@ -178,9 +164,9 @@ async fn catch_up(inner: &Inner, id: u64, created: &Entry) {
 
 async fn retry(inner: Weak<Inner>, epoch: u64, id: u64) {
     let started = std::time::Instant::now();
-    let mut backoff = Backoff::new(RETRY_DELAY * 4, Duration::from_secs(5));
+    let mut backoff = Backoff::new(FIRST_RETRY * 4, Duration::from_secs(5));
     loop {
-        tokio::time::sleep(backoff.next_delay()).await;
+        backoff.sleep().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -218,18 +204,11 @@ async fn retry(inner: Weak<Inner>, epoch: u64, id: u64) {
 async fn update(inner: &Inner, id: u64, key: &Key, value: Bytes) -> Result<()> {
     let op = Operation::UpdateRegistration;
     crate::check_size(op, key, &value)?;
-    {
-        let mut entries = inner
-            .registrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = entries.get_mut(&id) else {
-            return Err(
-                plain(ErrorKind::Closed, op, key).with_message("the registration was closed")
-            );
-        };
-        entry.value = value;
-    }
+    inner
+        .registrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record_value(id, key, value)?;
     write_recorded(inner, id, key).await
 }
 
@@ -243,6 +222,7 @@ async fn write_recorded(inner: &Inner, id: u64, key: &Key) -> Result<()> {
     let op = Operation::UpdateRegistration;
     let session = inner.session(op)?;
     let client = &session.client;
+    let mut backoff = Backoff::short(FIRST_RETRY);
     for _ in 0..ATTEMPTS {
         let Some(entry) = recorded(inner, id) else {
             return Ok(());
@@ -251,7 +231,7 @@ async fn write_recorded(inner: &Inner, id: u64, key: &Key) -> Result<()> {
             Ok(Some(stat)) => stat,
             Ok(None) => return Ok(()),
             Err(zk::Error::ConnectionLoss) => {
-                tokio::time::sleep(RETRY_DELAY).await;
+                backoff.sleep().await;
                 continue;
             }
             Err(e) => return Err(error::map(e, op, key)),
@@ -273,7 +253,7 @@ async fn write_recorded(inner: &Inner, id: u64, key: &Key) -> Result<()> {
             }
             Err(zk::Error::NoNode) => return Ok(()),
             Err(zk::Error::ConnectionLoss | zk::Error::BadVersion) => {
-                tokio::time::sleep(RETRY_DELAY).await;
+                backoff.sleep().await;
             }
             Err(e) => return Err(error::map(e, op, key)),
         }
@@ -304,7 +284,7 @@ impl Drop for Abandoned {
             .registrations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .remove(self.id);
         let key = self.key.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -362,17 +342,18 @@ impl RegistrationClose for Closer {
             .registrations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .remove(self.id);
         let Some(session) = inner.current_session() else {
             return Ok(());
         };
         let client = &session.client;
+        let mut backoff = Backoff::short(FIRST_RETRY);
         for _ in 0..ATTEMPTS {
             let stat = match client.check_stat(self.key.as_str()).await {
                 Ok(Some(stat)) => stat,
                 Ok(None) | Err(zk::Error::SessionExpired) => return Ok(()),
                 Err(zk::Error::ConnectionLoss) => {
-                    tokio::time::sleep(RETRY_DELAY).await;
+                    backoff.sleep().await;
                     continue;
                 }
                 Err(e) => return Err(error::map(e, op, &self.key)),
@@ -384,7 +365,7 @@ impl RegistrationClose for Closer {
             match client.delete(self.key.as_str(), Some(stat.version)).await {
                 Ok(()) | Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
                 Err(zk::Error::ConnectionLoss | zk::Error::BadVersion) => {
-                    tokio::time::sleep(RETRY_DELAY).await;
+                    backoff.sleep().await;
                 }
                 Err(e) => return Err(error::map(e, op, &self.key)),
             }

@@ -140,9 +140,9 @@ pub(crate) async fn shutdown(inner: &Inner) {
 /// Attempts to attach the twin session in `force_expiry`.
 #[cfg(feature = "testing")]
 const TWIN_ATTEMPTS: u32 = 4;
-/// Pause between twin attempts (times the attempt number).
+/// The first pause between twin attempts; later ones grow (jittered).
 #[cfg(feature = "testing")]
-const TWIN_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+const TWIN_FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Makes the server expire the current session: a twin client attaches to
 /// it and closes it.
@@ -165,6 +165,7 @@ pub(crate) async fn force_expiry(inner: &Inner, hosts: &str) -> Result<()> {
     // two then bounce the session between them until one backs off. Each
     // new attempt is a fresh race, so a few bounded attempts settle it.
     let mut attempt = 0;
+    let mut backoff = Backoff::short(TWIN_FIRST_RETRY);
     let twin = loop {
         attempt += 1;
         let connector = zk::Client::connector()
@@ -187,7 +188,7 @@ pub(crate) async fn force_expiry(inner: &Inner, hosts: &str) -> Result<()> {
                     attempt,
                     "the twin session lost the race for the session; retrying"
                 );
-                tokio::time::sleep(TWIN_RETRY_DELAY * attempt).await;
+                backoff.sleep().await;
             }
         }
     };

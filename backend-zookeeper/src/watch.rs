@@ -17,17 +17,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
+use sharedstate_core::backend::{watch_delivery, Backoff, WatchSender};
 use sharedstate_core::{
     Key, Operation, Result, SessionState, Version, Versioned, WatchEvent, WatchStream,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use zookeeper_client as zk;
 
 use crate::{error, version_of, Inner};
 
-const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// The first pause before re-arming a watch whose request lost its
+/// connection; the pauses grow (jittered) to `REARM_MAX`.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const REARM_MAX: Duration = Duration::from_secs(2);
 
 pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> {
     let op = Operation::Watch;
@@ -40,7 +42,7 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
     let current = read(inner, &session.client, key, true)
         .await
         .map_err(|e| error::map(e, op, key))?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, stream) = watch_delivery();
     let task = Task {
         inner: inner.clone(),
         key: key.clone(),
@@ -49,10 +51,9 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         tx,
     };
     drop(session);
-    // Cannot fail: the receiver is still here.
-    let _ = task.tx.send(Ok(WatchEvent::Initial(current)));
+    task.tx.send(WatchEvent::Initial(current));
     tokio::spawn(task.run(watcher));
-    Ok(UnboundedReceiverStream::new(rx).boxed())
+    Ok(stream)
 }
 
 /// Reads the znode (after a `sync` when `sync`), feeding the version cache.
@@ -110,7 +111,8 @@ struct Task {
     last: Option<Version>,
     /// The session the watcher belongs to.
     epoch: u64,
-    tx: mpsc::UnboundedSender<Result<WatchEvent>>,
+    /// The kit's bounded delivery: a slow consumer gets the latest state.
+    tx: WatchSender,
 }
 
 enum Outcome {
@@ -209,9 +211,7 @@ impl Task {
             // resync) follows, or the session expires.
             Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => return Outcome::Continue,
             Err(e) => {
-                let _ = self
-                    .tx
-                    .send(Err(error::map(e, Operation::Watch, &self.key)));
+                self.tx.fail(error::map(e, Operation::Watch, &self.key));
                 return Outcome::Stop;
             }
         };
@@ -257,18 +257,17 @@ impl Task {
             // Lost again: the next reconnect notification re-arms.
             Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => Rearmed::LostAgain,
             Err(e) => {
-                let _ = self
-                    .tx
-                    .send(Err(error::map(e, Operation::Watch, &self.key)));
+                self.tx.fail(error::map(e, Operation::Watch, &self.key));
                 Rearmed::Stop
             }
         }
     }
 
     fn send(&self, event: WatchEvent) -> Outcome {
-        match self.tx.send(Ok(event)) {
-            Ok(()) => Outcome::Continue,
-            Err(_) => Outcome::Stop,
+        if self.tx.send(event) {
+            Outcome::Continue
+        } else {
+            Outcome::Stop
         }
     }
 
@@ -276,6 +275,7 @@ impl Task {
     /// it and emits `Resync`. `None` when the stream should end.
     async fn renew(&mut self) -> Option<zk::PersistentWatcher> {
         let mut status = self.inner.status.subscribe();
+        let mut backoff = Backoff::new(FIRST_RETRY, REARM_MAX);
         loop {
             let epoch = self.epoch;
             let ready = tokio::select! {
@@ -301,13 +301,11 @@ impl Task {
                 }
                 Err(zk::Error::ClientClosed) => return None,
                 Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
-                    tokio::time::sleep(RETRY_DELAY).await;
+                    backoff.sleep().await;
                     continue;
                 }
                 Err(e) => {
-                    let _ = self
-                        .tx
-                        .send(Err(error::map(e, Operation::Watch, &self.key)));
+                    self.tx.fail(error::map(e, Operation::Watch, &self.key));
                     return None;
                 }
             };

@@ -6,7 +6,8 @@
 //! writes.
 
 use bytes::Bytes;
-use sharedstate_conformance::{fixtures, unique_key};
+use sharedstate_conformance::fixtures::{self, tls_scenarios};
+use sharedstate_conformance::unique_key;
 use sharedstate_core::{CoordinationBackend, Error, ErrorKind, LockOptions, Outcome, PutMode};
 use sharedstate_zookeeper::ZooKeeperBackend;
 
@@ -39,21 +40,8 @@ async fn creator_all_keeps_a_second_identity_out() {
         .child("listeners")
         .and_then(|k| k.child("alice-1"))
         .expect("key");
-    alice
-        .put(&payload, Bytes::from_static(b"{\"a\":1}"), PutMode::Create)
-        .await
-        .expect("alice writes");
-    let registration = alice
-        .register(&listener, Bytes::from_static(b"{}"))
-        .await
-        .expect("alice registers");
-    alice
-        .lock(&lock, LockOptions::default())
-        .await
-        .expect("alice locks")
-        .release()
-        .await
-        .expect("alice releases");
+    let registration =
+        tls_scenarios::owner_uses_every_key(&alice, &payload, &listener, &lock).await;
 
     for (who, client) in [("bob", &bob), ("an anonymous client", &anonymous)] {
         assert_kept_out(client.get(&payload).await, &format!("{who} reads"));

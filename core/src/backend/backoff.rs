@@ -29,6 +29,14 @@ impl Backoff {
         }
     }
 
+    /// A short backoff for retrying one request inside an operation (a
+    /// connection lost mid-request, a conflicting version): steps from
+    /// `first` doubling to `4 × first`, so that a bounded number of
+    /// attempts stays within a few times `first` in total.
+    pub fn short(first: Duration) -> Self {
+        Backoff::new(first, first * 4)
+    }
+
     /// The delay before the next attempt; the step after it doubles.
     pub fn next_delay(&mut self) -> Duration {
         let step = self.step;
@@ -41,6 +49,11 @@ impl Backoff {
     /// Back to the first step (after a success).
     pub fn reset(&mut self) {
         self.step = self.min;
+    }
+
+    /// Sleeps [`next_delay`](Self::next_delay).
+    pub async fn sleep(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
     }
 
     /// Sleeps [`next_delay`](Self::next_delay), or less when `cancelled`
@@ -79,6 +92,30 @@ mod tests {
             seen.insert(backoff.next_delay());
         }
         assert!(seen.len() > 1, "no jitter: {seen:?}");
+    }
+
+    #[test]
+    fn short_backoff_is_capped_at_four_times_the_first_step() {
+        let first = Duration::from_millis(40);
+        let mut backoff = Backoff::short(first);
+        for step in [40, 80, 160, 160, 160, 160, 160, 160] {
+            let step = Duration::from_millis(step);
+            let delay = backoff.next_delay();
+            assert!(delay >= step / 2 && delay <= step, "{delay:?} for {step:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sleep_waits_at_least_half_of_each_growing_step() {
+        // Only lower bounds: a loaded machine may oversleep.
+        let first = Duration::from_millis(20);
+        let mut backoff = Backoff::short(first);
+        let started = tokio::time::Instant::now();
+        backoff.sleep().await;
+        assert!(started.elapsed() >= first / 2, "{:?}", started.elapsed());
+        let started = tokio::time::Instant::now();
+        backoff.sleep().await;
+        assert!(started.elapsed() >= first, "{:?}", started.elapsed());
     }
 
     #[tokio::test]
