@@ -25,7 +25,7 @@ pub fn origin_name(origin: Origin) -> &'static str {
     match origin {
         Origin::Local => "local",
         Origin::Remote => "remote",
-        Origin::Resync => "resync",
+        Origin::Rebuilt => "resync",
         _ => "other",
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::listeners::ListenerInfo;
 use super::report::{Report, Schedule};
-use super::shared::{decode, encode_value, Shared, StateKeys};
+use super::shared::{decode, encode_value, StateCore, StateKeys};
 use super::watcher::Reporter;
 use super::{watcher, Config, SharedState, UnknownFields, WriteMode};
 use crate::backend::{CoordinationBackend, PutMode, WatchEvent, WatchStream};
@@ -220,7 +220,7 @@ where
         // The registration says from the start what this instance applied.
         let opened = Report {
             applied: versioned.version,
-            seen: versioned.version,
+            newest_seen: versioned.version,
             problem: None,
         };
         let reporter = self.config.report_interval.map(|interval| Reporter {
@@ -239,7 +239,7 @@ where
         } else {
             None
         };
-        let shared = Arc::new(Shared::new(
+        let shared = Arc::new(StateCore::new(
             backend,
             keys,
             self.config,

@@ -32,7 +32,7 @@ use crate::backend::{CoordinationBackend, SessionStatus};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::key::Key;
 use crate::version::Version;
-use shared::Shared;
+use shared::StateCore;
 use update::Strictness;
 
 /// How `update` protects against concurrent writers.
@@ -160,7 +160,7 @@ pub struct Status {
 /// # Ok(()) }
 /// ```
 pub struct SharedState<T> {
-    shared: Arc<Shared<T>>,
+    shared: Arc<StateCore<T>>,
     _close_on_last_drop: Arc<DropGuard>,
 }
 
@@ -324,7 +324,7 @@ where
 
     /// Every change from now on, in version order; a subscriber that falls
     /// more than the change buffer behind gets [`StateEvent::Lagged`] then
-    /// one [`Origin::Resync`] change set with the net difference.
+    /// one [`Origin::Rebuilt`] change set with the net difference.
     pub fn subscribe(&self) -> Subscription {
         self.shared.subscribe()
     }
@@ -383,7 +383,7 @@ where
             path: shared.keys.root.clone(),
             instance_id: shared.instance_id.clone(),
             version: snapshot.version,
-            seen_version: snapshot.seen,
+            seen_version: snapshot.newest_seen,
             session,
             live: shared.proof.is_following()
                 && session.state == crate::backend::SessionState::Connected

@@ -28,7 +28,7 @@ const MAX_PROBLEM_CHARS: usize = 300;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Report {
     pub applied: Version,
-    pub seen: Version,
+    pub newest_seen: Version,
     pub problem: Option<String>,
 }
 
@@ -40,7 +40,7 @@ impl Report {
         });
         Report {
             applied: snapshot.version,
-            seen: snapshot.seen,
+            newest_seen: snapshot.newest_seen,
             problem,
         }
     }
@@ -50,7 +50,7 @@ impl Report {
     pub fn encode(&self, base: &ListenerInfo) -> Bytes {
         let info = ListenerInfo {
             applied_version: Some(self.applied),
-            seen_version: Some(self.seen),
+            seen_version: Some(self.newest_seen),
             problem: self.problem.clone(),
             ..base.clone()
         };
@@ -146,7 +146,7 @@ mod tests {
     fn at(version: u64) -> Report {
         Report {
             applied: Version::new(version),
-            seen: Version::new(version),
+            newest_seen: Version::new(version),
             problem: None,
         }
     }
@@ -237,7 +237,7 @@ mod tests {
         let info = ListenerInfo::for_this_process("a".into());
         let report = Report {
             applied: Version::new(1),
-            seen: Version::new(2),
+            newest_seen: Version::new(2),
             problem: Some("bad".into()),
         };
         let decoded: ListenerInfo = serde_json::from_slice(&report.encode(&info)).expect("decodes");

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::contention;
 use super::merge::keep_unknown;
-use super::shared::{encode_value, Decoded, Shared, Snapshot};
+use super::shared::{encode_value, Decoded, Snapshot, StateCore};
 use super::{UnknownFields, WriteMode};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::state::{self, Landing, Limits, LockedSteps, Next, OptimisticSteps, Steps, UpdateError};
@@ -26,7 +26,7 @@ pub(crate) enum Strictness {
 }
 
 pub(crate) async fn update<T, R>(
-    shared: &Arc<Shared<T>>,
+    shared: &Arc<StateCore<T>>,
     f: &mut (dyn FnMut(&mut T) -> R + Send),
     strictness: Strictness,
 ) -> Result<R>
@@ -68,7 +68,7 @@ where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     fn new(
-        shared: &Shared<T>,
+        shared: &StateCore<T>,
         snapshot: &Snapshot<T>,
         f: &mut (dyn FnMut(&mut T) -> R + Send),
     ) -> Result<Self> {
@@ -102,13 +102,13 @@ where
     }
 }
 
-fn stale(shared: &Shared<impl Sized>) -> Error {
+fn stale(shared: &StateCore<impl Sized>) -> Error {
     Error::new(ErrorKind::Stale, Operation::Update)
         .with_key(&shared.keys.payload)
         .with_message("the local copy was not the latest; it has been refreshed")
 }
 
-fn gave_up(shared: &Shared<impl Sized>, attempts: u32) -> Error {
+fn gave_up(shared: &StateCore<impl Sized>, attempts: u32) -> Error {
     Error::new(ErrorKind::Conflict, Operation::Update)
         .with_key(&shared.keys.payload)
         .with_message(format!("gave up after {attempts} conflicting attempts"))
@@ -118,7 +118,7 @@ fn gave_up(shared: &Shared<impl Sized>, attempts: u32) -> Error {
 /// write gate, the freshness proof, the snapshot install, and reading what
 /// a write whose answer was lost did.
 struct Engine<'a, T, R> {
-    shared: &'a Arc<Shared<T>>,
+    shared: &'a Arc<StateCore<T>>,
     f: &'a mut (dyn FnMut(&mut T) -> R + Send),
     strictness: Strictness,
 }
@@ -128,7 +128,7 @@ struct Engine<'a, T, R> {
 type Ended = UpdateError<Error>;
 
 /// The loop's error as the engine's.
-fn engine_error(shared: &Shared<impl Sized>, ended: Ended) -> Error {
+fn engine_error(shared: &StateCore<impl Sized>, ended: Ended) -> Error {
     match ended {
         UpdateError::Refused(error)
         | UpdateError::LockLost(error)
@@ -188,7 +188,7 @@ where
     type Gate = tokio::sync::MutexGuard<'a, ()>;
 
     fn gate(&self) -> impl std::future::Future<Output = Self::Gate> + Send {
-        let shared: &'a Shared<T> = self.shared;
+        let shared: &'a StateCore<T> = self.shared;
         shared.write_gate.lock()
     }
 
@@ -239,8 +239,8 @@ where
     ) -> Next<Draft<T, R>, R, Error> {
         let shared = self.shared;
         let before = shared.current();
-        let was_latest =
-            before.problem.is_none() && read.as_ref().map(|l| l.version) == Some(before.seen);
+        let was_latest = before.problem.is_none()
+            && read.as_ref().map(|l| l.version) == Some(before.newest_seen);
         if !was_latest {
             let _gate = shared.write_gate.lock().await;
             shared.apply_read(read.as_ref());
@@ -333,7 +333,7 @@ use Resolution::{Landed, NotLanded};
 /// optimistic writers pass false: another writer may have written the same
 /// bytes, and claiming them would lose its update.
 async fn resolve_unknown<T>(
-    shared: &Arc<Shared<T>>,
+    shared: &Arc<StateCore<T>>,
     expected: Version,
     bytes: &Bytes,
     trust_our_bytes: bool,
@@ -367,7 +367,7 @@ where
 }
 
 /// Applies a fresh read (sent at `asked_at`) to the local copy.
-async fn refresh<T>(shared: &Shared<T>, latest: Option<&Versioned>, asked_at: Instant)
+async fn refresh<T>(shared: &StateCore<T>, latest: Option<&Versioned>, asked_at: Instant)
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -387,7 +387,7 @@ mod tests {
     /// otherwise.
     #[test]
     fn an_update_can_be_spawned() {
-        fn check(shared: &Arc<Shared<u32>>, f: &mut (dyn FnMut(&mut u32) + Send)) {
+        fn check(shared: &Arc<StateCore<u32>>, f: &mut (dyn FnMut(&mut u32) + Send)) {
             assert_send(&update(shared, f, Strictness::RefreshAndRetry));
         }
         let _ = check;

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::freshness::{Action, Input, Machine, Verdict};
 use super::listeners::ListenerInfo;
 use super::report::{Report, Schedule};
-use super::shared::Shared;
+use super::shared::StateCore;
 use crate::backend::{Backoff, SessionState, WatchEvent, WatchStream};
 use crate::error::{ErrorKind, Result};
 use crate::registration::Registration;
@@ -58,7 +58,7 @@ type Reporting<'a> = BoxFuture<'a, (Report, Result<()>)>;
 /// With a `reporter`, keeps the registration's applied version and problem
 /// up to date (coalesced, see [`super::report`]).
 pub(crate) async fn run<T>(
-    shared: Arc<Shared<T>>,
+    shared: Arc<StateCore<T>>,
     stream: WatchStream,
     registration: Option<Registration>,
     mut reporter: Option<Reporter>,
@@ -247,7 +247,7 @@ async fn next_item(stream: &mut Option<WatchStream>) -> Option<Result<WatchEvent
 /// Sends the report the schedule says is due (into `reporting`); returns
 /// when the next one is due.
 fn report<'a, T>(
-    shared: &Shared<T>,
+    shared: &StateCore<T>,
     reporter: &mut Reporter,
     registration: &'a Registration,
     reporting: &mut Option<Reporting<'a>>,
@@ -289,7 +289,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// A version read of the payload, bounded by the verification interval (a
 /// read that hangs proves nothing).
-fn verify<T>(shared: &Arc<Shared<T>>) -> Verification
+fn verify<T>(shared: &Arc<StateCore<T>>) -> Verification
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -312,7 +312,7 @@ where
 }
 
 /// Opens a new watch of the payload.
-fn open_watch<T>(shared: &Arc<Shared<T>>) -> Opening
+fn open_watch<T>(shared: &Arc<StateCore<T>>) -> Opening
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -326,7 +326,7 @@ where
 }
 
 /// Applies one watch event to the snapshot.
-async fn apply_event<T>(shared: &Shared<T>, event: WatchEvent)
+async fn apply_event<T>(shared: &StateCore<T>, event: WatchEvent)
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {

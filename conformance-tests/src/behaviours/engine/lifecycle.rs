@@ -174,7 +174,7 @@ pub async fn engine_subscribers_ordered_and_lagged(f: &dyn BackendFactory) {
         other => panic!("expected Lagged, got {other:?}"),
     }
     let resync = next_change_set(&mut lagging, "the resync").await;
-    assert_eq!(resync.origin, Origin::Resync);
+    assert_eq!(resync.origin, Origin::Rebuilt);
     assert_eq!(
         resync.changes,
         vec![modified("/counter", json!(0), json!(10))]
