@@ -33,7 +33,9 @@ pub struct StateKeys {
     pub payload: Key,
     /// The key every locked update locks.
     pub lock: Key,
-    /// The parent of the instances' registrations.
+    /// The parent of the instances' registrations (one per open
+    /// instance, not per change handler); the stored name `listeners`
+    /// stays, and so does this field's, which names the key.
     pub listeners: Key,
 }
 

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::freshness::{Action, Input, Machine, Verdict};
-use super::listeners::ListenerInfo;
+use super::instances::InstanceInfo;
 use super::report::{Report, Schedule};
 use super::shared::StateCore;
 use crate::backend::{Backoff, SessionState, WatchEvent, WatchStream};
@@ -43,18 +43,18 @@ type Verification = BoxFuture<'static, (Instant, Result<Option<Version>>)>;
 /// A watch being (re-)opened: when the request was sent and the stream.
 type Opening = BoxFuture<'static, (Instant, Result<WatchStream>)>;
 
-/// What the listener registration says about this instance, and when it
+/// What the instance registration says about this instance, and when it
 /// says it next.
 pub(crate) struct Reporter {
     /// The registration's fixed part (id, host, pid, since).
-    pub base: ListenerInfo,
+    pub base: InstanceInfo,
     pub schedule: Schedule,
 }
 
 /// A registration update in flight: what it reports and how it went.
 type Reporting<'a> = BoxFuture<'a, (Report, Result<()>)>;
 
-/// Runs until the state is closed; then removes the listener registration.
+/// Runs until the state is closed; then removes the instance registration.
 /// With a `reporter`, keeps the registration's applied version and problem
 /// up to date (coalesced, see [`super::report`]).
 pub(crate) async fn run<T>(
@@ -204,12 +204,12 @@ pub(crate) async fn run<T>(
                         Ok(()) => active.schedule.finished(Some(sent), Instant::now()),
                         Err(error) if matches!(error.kind(), ErrorKind::Unsupported | ErrorKind::Closed) => {
                             tracing::warn!(%error, key = %shared.keys.root,
-                                "cannot update the listener registration; it keeps what it said last");
+                                "cannot update the instance registration; it keeps what it said last");
                             reporter = None;
                         }
                         Err(error) => {
                             tracing::debug!(%error, key = %shared.keys.root,
-                                "updating the listener registration failed; retrying");
+                                "updating the instance registration failed; retrying");
                             active.schedule.finished(None, Instant::now());
                         }
                     }
@@ -231,7 +231,7 @@ pub(crate) async fn run<T>(
     drop(reporting);
     if let Some(registration) = registration {
         if let Err(error) = registration.close().await {
-            tracing::warn!(%error, key = %shared.keys.root, "removing the listener registration failed");
+            tracing::warn!(%error, key = %shared.keys.root, "removing the instance registration failed");
         }
     }
 }
