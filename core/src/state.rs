@@ -357,46 +357,24 @@ pub(crate) async fn run_locked<S: LockedSteps>(
                 continue;
             }
         };
-        let gate = steps.gate().await;
-        let sent_at = Instant::now();
-        let write = backend.fenced_put_and_release(
-            &keys.payload,
-            bytes.clone(),
-            PutMode::Update(expected),
-            guard,
-        );
-        match bounded(Step::Write, limits.request_timeout, write)
-            .await
-            .map_err(widen)?
-        {
-            Ok(version) => {
-                let output = steps.written(version, draft, Landing::Answered { sent_at });
-                drop(gate);
-                return Ok(output);
-            }
+        let write = |bytes| {
+            backend.fenced_put_and_release(&keys.payload, bytes, PutMode::Update(expected), guard)
+        };
+        let proposal = (bytes, expected, draft);
+        // An unknown outcome: the lock is gone with the write (released, or
+        // lost with the session), so a late landing of that write fails its
+        // own lock check, and our bytes at a newer version are ours.
+        match write_and_settle(steps, limits, proposal, write, true).await? {
+            AfterWrite::Done(done) => return done,
             // Only a writer that ignores the lock (an outside operator) can
             // get here: refresh under the lock again.
-            Err(error) if error.kind() == ErrorKind::Conflict => {
-                drop(gate);
+            AfterWrite::Conflict(_) => {
                 steps.conflicted(attempt)?;
                 tracing::debug!(attempt, key = %keys.payload, "a writer that ignores the lock raced a locked update; retrying");
             }
-            Err(error) if error.outcome() == Outcome::Unknown => {
-                drop(gate);
-                // The lock is gone with the write (released, or lost with
-                // the session): a late landing of that write fails its own
-                // lock check, so only what the service shows now counts.
-                match steps.unknown(expected, &bytes, true, error).await {
-                    Ok(Some((version, asked_at))) => {
-                        return Ok(steps.written(version, draft, Landing::Found { asked_at }));
-                    }
-                    Ok(None) => {
-                        tracing::debug!(attempt, key = %keys.payload, "a locked write whose answer was lost did not land; retrying");
-                    }
-                    Err(error) => return Err(failed(Step::Write, error)),
-                }
+            AfterWrite::NotLanded => {
+                tracing::debug!(attempt, key = %keys.payload, "a locked write whose answer was lost did not land; retrying");
             }
-            Err(error) => return Err(failed(Step::Write, error)),
         }
     }
     Err(UpdateError::GaveUp {
@@ -423,42 +401,83 @@ pub(crate) async fn run_optimistic<S: OptimisticSteps>(
             Next::Done(done) => return done,
             Next::Retry => continue,
         };
-        let gate = steps.gate().await;
-        let sent_at = Instant::now();
-        let write = backend.put(&keys.payload, bytes.clone(), PutMode::Update(expected));
-        match bounded(Step::Write, limits.request_timeout, write)
-            .await
-            .map_err(widen)?
-        {
-            Ok(version) => {
-                let output = steps.written(version, draft, Landing::Answered { sent_at });
-                drop(gate);
-                return Ok(output);
-            }
-            Err(error) if error.kind() == ErrorKind::Conflict => {
-                drop(gate);
+        let write = |bytes| backend.put(&keys.payload, bytes, PutMode::Update(expected));
+        let proposal = (bytes, expected, draft);
+        // An unknown outcome: without the lock another writer may have
+        // written the same bytes, so only an unchanged version is safe to
+        // retry.
+        match write_and_settle(steps, limits, proposal, write, false).await? {
+            AfterWrite::Done(done) => return done,
+            AfterWrite::Conflict(conflict) => {
                 tracing::debug!(attempt, key = %keys.payload, "the payload moved on during an optimistic update; retrying");
-                steps.conflicted(expected, &error, attempt).await?;
+                steps.conflicted(expected, &conflict, attempt).await?;
             }
-            Err(error) if error.outcome() == Outcome::Unknown => {
-                drop(gate);
-                // Without the lock another writer may have written the
-                // same bytes: only an unchanged version is safe to retry.
-                match steps.unknown(expected, &bytes, false, error).await {
-                    Ok(Some((version, asked_at))) => {
-                        return Ok(steps.written(version, draft, Landing::Found { asked_at }));
-                    }
-                    Ok(None) => {
-                        tracing::debug!(attempt, key = %keys.payload, "an optimistic write whose answer was lost did not land; retrying");
-                    }
-                    Err(error) => return Err(failed(Step::Write, error)),
-                }
+            AfterWrite::NotLanded => {
+                tracing::debug!(attempt, key = %keys.payload, "an optimistic write whose answer was lost did not land; retrying");
             }
-            Err(error) => return Err(failed(Step::Write, error)),
         }
     }
     Err(UpdateError::GaveUp {
         attempts: limits.max_attempts,
+    })
+}
+
+/// What a write's outcome means to either loop.
+enum AfterWrite<O, E> {
+    /// The update ends.
+    Done(std::result::Result<O, UpdateError<E>>),
+    /// Another write beat it (the loop's own conflict handling follows).
+    Conflict(Error),
+    /// Its answer was lost, and it did not land: try again.
+    NotLanded,
+}
+
+/// Sends the write of `(bytes, expected, draft)` (`write` with the bytes)
+/// under the caller's gate, within the request bound, and handles its
+/// outcome for either loop: success, conflict, unknown (resolved by the
+/// caller's part; `trust_our_bytes` as in [`Steps::unknown`]) or failure.
+async fn write_and_settle<S, F>(
+    steps: &mut S,
+    limits: &Limits,
+    (bytes, expected, draft): (Bytes, Version, S::Draft),
+    write: impl FnOnce(Bytes) -> F,
+    trust_our_bytes: bool,
+) -> std::result::Result<AfterWrite<S::Output, S::Refusal>, UpdateError<S::Refusal>>
+where
+    S: Steps,
+    F: Future<Output = Result<Version>>,
+{
+    let gate = steps.gate().await;
+    let sent_at = Instant::now();
+    let written = bounded(Step::Write, limits.request_timeout, write(bytes.clone()))
+        .await
+        .map_err(widen)?;
+    Ok(match written {
+        Ok(version) => {
+            let output = steps.written(version, draft, Landing::Answered { sent_at });
+            drop(gate);
+            AfterWrite::Done(Ok(output))
+        }
+        Err(error) if error.kind() == ErrorKind::Conflict => {
+            drop(gate);
+            AfterWrite::Conflict(error)
+        }
+        Err(error) if error.outcome() == Outcome::Unknown => {
+            drop(gate);
+            match steps
+                .unknown(expected, &bytes, trust_our_bytes, error)
+                .await
+            {
+                Ok(Some((version, asked_at))) => AfterWrite::Done(Ok(steps.written(
+                    version,
+                    draft,
+                    Landing::Found { asked_at },
+                ))),
+                Ok(None) => AfterWrite::NotLanded,
+                Err(error) => AfterWrite::Done(Err(failed(Step::Write, error))),
+            }
+        }
+        Err(error) => AfterWrite::Done(Err(failed(Step::Write, error))),
     })
 }
 
