@@ -548,7 +548,7 @@ mod tests {
     }
 
     /// A state of `{"n": 0}` at version 1, with a change buffer of 2.
-    fn counter() -> Arc<Shared<Value>> {
+    fn counter() -> Arc<StateCore<Value>> {
         let (session, _) = watch::channel(SessionStatus {
             state: crate::backend::SessionState::Connected,
             epoch: 0,
@@ -564,7 +564,7 @@ mod tests {
             report_interval: None,
         };
         let initial = json!({"n": 0});
-        Arc::new(Shared::new(
+        Arc::new(StateCore::new(
             Arc::new(Unused(session)),
             keys,
             config,
@@ -642,7 +642,7 @@ mod tests {
             Some(StateEvent::Lagged { .. })
         ));
         let set = changed(subscription.next().await.expect("event"));
-        assert_eq!(set.origin, Origin::Resync);
+        assert_eq!(set.origin, Origin::Rebuilt);
         assert_eq!(set.version, Version::new(12));
         assert_eq!(set.changes, diff(&json!({"n": 80}), &json!({"n": 120})));
     }
