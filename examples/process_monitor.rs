@@ -92,10 +92,10 @@ async fn demo(args: &Args) -> Result<(), sharedstate::Error> {
     let operator =
         SharedState::<Monitor>::builder(sharedstate::connect(&args.backend).await?, &args.path)
             .expect_existing(Duration::from_secs(5))
-            .register_listener(false)
+            .register_instance(false)
             .open()
             .await?;
-    println!("listeners: {}", operator.listeners().await?.len());
+    println!("listeners: {}", operator.instances().await?.len());
     println!("operator: adding \"firefox*\" to the globs");
     operator.update(|m| m.globs.push("firefox*".into())).await?;
     for agent in &mut agents {
@@ -106,7 +106,7 @@ async fn demo(args: &Args) -> Result<(), sharedstate::Error> {
     }
     println!(
         "listeners after close: {}",
-        operator.listeners().await?.len()
+        operator.instances().await?.len()
     );
     operator.close().await;
     Ok(())

@@ -166,10 +166,11 @@ pub enum Command {
     /// Lines look like `v123 remote Added /globs/2 "firefox*"` (several
     /// changes of one version are joined with `; `), coloured on a
     /// terminal; --json prints one JSON object per line instead. Runs until
-    /// Ctrl-C (exit 130) or --count. The watch does not register as a
-    /// listener.
+    /// Ctrl-C (exit 130) or --count. The watch does not register as an
+    /// instance.
     Watch(WatchArgs),
-    /// List the live instances of the state
+    /// List the live instances of the state (also `instances`)
+    #[command(visible_alias = "instances")]
     Listeners(ListenersArgs),
     /// Show the payload's version and size, the instances, the lock, and
     /// this command's own connection
@@ -476,6 +477,14 @@ mod tests {
         let err = parse(&["set", "/a"]).expect_err("value missing");
         assert_eq!(err.exit_code(), 2);
         assert!(parse(&["frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn instances_is_the_listeners_command() {
+        for name in ["listeners", "instances"] {
+            let cli = parse(&[name, "/a"]).expect(name);
+            assert!(matches!(cli.command, Command::Listeners(_)), "{name}");
+        }
     }
 
     #[test]

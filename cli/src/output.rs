@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anstyle::{AnsiColor, Style};
 use serde_json::{json, Value};
-use sharedstate::{Change, ChangeSet, ListenerInfo, Origin, StateEvent, Version};
+use sharedstate::{Change, ChangeSet, InstanceInfo, Origin, StateEvent, Version};
 
 const VERSION: Style = Style::new().bold();
 const ORIGIN: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Cyan)));
@@ -25,7 +25,7 @@ pub fn origin_name(origin: Origin) -> &'static str {
     match origin {
         Origin::Local => "local",
         Origin::Remote => "remote",
-        Origin::Resync => "resync",
+        Origin::Rebuilt => "resync",
         _ => "other",
     }
 }
@@ -206,7 +206,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The listener table (header plus one row each), or a note when empty.
-pub fn listeners_table(listeners: &[ListenerInfo], now_ms: u64) -> String {
+pub fn instances_table(listeners: &[InstanceInfo], now_ms: u64) -> String {
     if listeners.is_empty() {
         return "no live instances\n".to_owned();
     }
@@ -398,7 +398,7 @@ mod tests {
     #[test]
     fn listener_table_aligns_columns() {
         let listeners = vec![
-            ListenerInfo {
+            InstanceInfo {
                 id: "a1".into(),
                 host: "web-1".into(),
                 pid: 42,
@@ -407,7 +407,7 @@ mod tests {
                 seen_version: None,
                 problem: None,
             },
-            ListenerInfo {
+            InstanceInfo {
                 id: "b2".into(),
                 host: "w".into(),
                 pid: 31337,
@@ -417,13 +417,13 @@ mod tests {
                 problem: None,
             },
         ];
-        let table = strip(&listeners_table(&listeners, 120_000));
+        let table = strip(&instances_table(&listeners, 120_000));
         assert_eq!(
             table,
             "ID  HOST   PID    SINCE\n\
              a1  web-1  42     1970-01-01T00:00:00Z (2m0s ago)\n\
              b2  w      31337  1970-01-01T00:01:00Z (1m0s ago)\n"
         );
-        assert_eq!(listeners_table(&[], 0), "no live instances\n");
+        assert_eq!(instances_table(&[], 0), "no live instances\n");
     }
 }

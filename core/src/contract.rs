@@ -33,7 +33,7 @@ pub enum PutMode {
 /// silent no-op.
 ///
 /// Who reads each flag: the engine reads `max_value_bytes` (it refuses
-/// larger payloads) and `registrations` (no listener registration
+/// larger payloads) and `registrations` (no instance registration
 /// without it); the CLI reads both too. The engine needs `watch`, `locks`
 /// and `fenced_writes` and does not check them: a backend without them
 /// cannot carry a [`SharedState`](crate::SharedState), only raw calls.

@@ -35,6 +35,8 @@ mod engine;
 
 pub use diff::{diff, Change};
 pub use engine::{
-    listeners_of, ChangeHandler, ChangeSet, ListenerInfo, Origin, PayloadProblem, SharedState,
+    instances_of, ChangeHandler, ChangeSet, InstanceInfo, Origin, PayloadProblem, SharedState,
     SharedStateBuilder, StateEvent, Status, Subscription, UnknownFields, WriteMode,
 };
+#[allow(deprecated)]
+pub use engine::{listeners_of, ListenerInfo};

@@ -3,7 +3,7 @@
 //! `edit`, which waits until every live instance applied or rejected the
 //! new version, like `kubectl rollout status`.
 //!
-//! Instances report in their listener registration (`<PATH>/listeners/<id>`)
+//! Instances report in their registration (`<PATH>/listeners/<id>`)
 //! the version they applied, the latest one they saw and their problem with
 //! it; reports are coalesced (about once a second per instance), so a fresh
 //! write shows as `stale` for a moment.
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sharedstate::{listeners_of, ListenerInfo, Version};
+use sharedstate::{instances_of, InstanceInfo, Version};
 
 use super::Env;
 use crate::errors::{CliError, CliResult, Exit};
@@ -37,7 +37,7 @@ pub enum Standing {
 
 impl Standing {
     /// Where `info` stands against `target` (`None`: there is no payload).
-    pub fn of(info: &ListenerInfo, target: Option<Version>) -> Standing {
+    pub fn of(info: &InstanceInfo, target: Option<Version>) -> Standing {
         let Some(applied) = info.applied_version else {
             return Standing::Silent;
         };
@@ -102,7 +102,7 @@ fn reason(problem: &str) -> String {
 
 /// `5 instances: 4 at v254, 1 rejected v254: invalid type: ...`; `0
 /// instances` when there are none.
-pub fn summary(instances: &[(ListenerInfo, Standing)]) -> String {
+pub fn summary(instances: &[(InstanceInfo, Standing)]) -> String {
     let mut groups: BTreeMap<((u8, std::cmp::Reverse<Version>), String), usize> = BTreeMap::new();
     for (_, standing) in instances {
         *groups
@@ -125,11 +125,11 @@ pub fn summary(instances: &[(ListenerInfo, Standing)]) -> String {
 pub async fn standings(
     env: &Env,
     target: Option<Version>,
-) -> CliResult<Vec<(ListenerInfo, Standing)>> {
+) -> CliResult<Vec<(InstanceInfo, Standing)>> {
     let found = env
         .bounded(
-            "listing the listeners",
-            listeners_of(env.backend.as_ref(), &env.paths.listeners),
+            "listing the instances",
+            instances_of(env.backend.as_ref(), &env.paths.listeners),
         )
         .await?;
     Ok(found
@@ -142,7 +142,7 @@ pub async fn standings(
 }
 
 /// One instance as JSON: its registration plus its `state`.
-pub fn instance_json(info: &ListenerInfo, standing: &Standing) -> Value {
+pub fn instance_json(info: &InstanceInfo, standing: &Standing) -> Value {
     json!({
         "id": info.id,
         "host": info.host,
@@ -157,7 +157,7 @@ pub fn instance_json(info: &ListenerInfo, standing: &Standing) -> Value {
 }
 
 /// The instance table of `status`: ID, HOST, PID, STATE.
-pub fn table(instances: &[(ListenerInfo, Standing)]) -> String {
+pub fn table(instances: &[(InstanceInfo, Standing)]) -> String {
     let header = ["ID", "HOST", "PID", "STATE"].map(str::to_owned);
     let rows: Vec<[String; 4]> = instances
         .iter()
@@ -195,7 +195,7 @@ pub fn table(instances: &[(ListenerInfo, Standing)]) -> String {
 #[derive(Debug)]
 pub struct Convergence {
     pub target: Version,
-    pub instances: Vec<(ListenerInfo, Standing)>,
+    pub instances: Vec<(InstanceInfo, Standing)>,
     pub timed_out: bool,
     pub waited: Duration,
 }
@@ -271,7 +271,7 @@ impl Convergence {
 
     /// Instances that report nothing, named for a note (they are not
     /// waited for).
-    pub fn silent(&self) -> Vec<&ListenerInfo> {
+    pub fn silent(&self) -> Vec<&InstanceInfo> {
         self.instances
             .iter()
             .filter(|(_, standing)| *standing == Standing::Silent)
@@ -328,8 +328,8 @@ mod tests {
         applied: Option<u64>,
         seen: Option<u64>,
         problem: Option<&str>,
-    ) -> ListenerInfo {
-        ListenerInfo {
+    ) -> InstanceInfo {
+        InstanceInfo {
             id: id.into(),
             host: "web-1".into(),
             pid: 42,
@@ -401,7 +401,7 @@ mod tests {
     #[test]
     fn a_wait_names_who_rejected_or_did_not_get_there() {
         let v = Version::new(9);
-        let make = |list: Vec<ListenerInfo>, timed_out| Convergence {
+        let make = |list: Vec<InstanceInfo>, timed_out| Convergence {
             target: v,
             instances: list
                 .into_iter()

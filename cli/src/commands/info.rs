@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use sharedstate::{listeners_of, ErrorKind, LockOptions, SessionState};
+use sharedstate::{instances_of, ErrorKind, LockOptions, SessionState};
 
 use super::fleet::{self, Standing};
 use super::{emit, Env, Global};
@@ -60,8 +60,8 @@ pub async fn listeners(
     let env = global.open(&args.path).await?;
     let found = env
         .bounded(
-            "listing the listeners",
-            listeners_of(env.backend.as_ref(), &env.paths.listeners),
+            "listing the instances",
+            instances_of(env.backend.as_ref(), &env.paths.listeners),
         )
         .await;
     env.close().await;
@@ -71,7 +71,7 @@ pub async fn listeners(
             .map_err(|e| CliError::failure(format!("cannot encode the listeners: {e}")))?;
         emit(out, &pretty(&value))
     } else {
-        let table = output::listeners_table(&found, output::now_ms());
+        let table = output::instances_table(&found, output::now_ms());
         emit(out, table.trim_end())
     }
 }
@@ -257,7 +257,7 @@ fn status_text(status: &Value) -> String {
         .map(|(name, value)| format!("{:<12} {value}", format!("{name}:")))
         .collect::<Vec<_>>()
         .join("\n");
-    let instances = instances_of(status);
+    let instances = instances_in(status);
     if !instances.is_empty() {
         text.push_str("\n\n");
         text.push_str(&fleet::table(&instances));
@@ -266,7 +266,7 @@ fn status_text(status: &Value) -> String {
 }
 
 /// The instances of a gathered status, back from its JSON.
-fn instances_of(status: &Value) -> Vec<(sharedstate::ListenerInfo, Standing)> {
+fn instances_in(status: &Value) -> Vec<(sharedstate::InstanceInfo, Standing)> {
     let target = status["payload"]["version"]
         .as_u64()
         .map(sharedstate::Version::new);
@@ -275,7 +275,7 @@ fn instances_of(status: &Value) -> Vec<(sharedstate::ListenerInfo, Standing)> {
         .map(|list| {
             list.iter()
                 .filter_map(|entry| serde_json::from_value(entry.clone()).ok())
-                .map(|info: sharedstate::ListenerInfo| {
+                .map(|info: sharedstate::InstanceInfo| {
                     let standing = Standing::of(&info, target);
                     (info, standing)
                 })

@@ -29,7 +29,7 @@ pub async fn watch(global: &Global, args: WatchArgs, out: &mut (dyn Write + Send
 
 async fn open_state(env: &Env, args: &WatchArgs) -> CliResult<SharedState<Value>> {
     let mut builder = SharedState::<Value>::builder(env.backend.clone(), env.paths.root.as_str())
-        .register_listener(false);
+        .register_instance(false);
     let mut bound = env.timeout;
     if let Some(wait) = args.wait {
         builder = builder.expect_existing(wait);

@@ -8,9 +8,9 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::listeners::ListenerInfo;
+use super::instances::InstanceInfo;
 use super::report::{Report, Schedule};
-use super::shared::{decode, encode_value, Shared, StateKeys};
+use super::shared::{decode, encode_value, StateCore, StateKeys};
 use super::watcher::Reporter;
 use super::{watcher, Config, SharedState, UnknownFields, WriteMode};
 use crate::backend::{CoordinationBackend, PutMode, WatchEvent, WatchStream};
@@ -21,7 +21,7 @@ use crate::version::Versioned;
 /// Default bound on how long `read()` serves an unverified copy.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
 
-/// Default bound on how often an instance rewrites its listener
+/// Default bound on how often an instance rewrites its instance
 /// registration with what it applied.
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -117,9 +117,15 @@ where
 
     /// Whether to register this instance under `<path>/listeners` (default
     /// true; tools that only look can turn it off).
-    pub fn register_listener(mut self, register: bool) -> Self {
+    pub fn register_instance(mut self, register: bool) -> Self {
         self.register = register;
         self
+    }
+
+    /// The old name of [`register_instance`](Self::register_instance).
+    #[deprecated(note = "renamed to `register_instance`: \"listeners\" named the instances")]
+    pub fn register_listener(self, register: bool) -> Self {
+        self.register_instance(register)
     }
 
     /// What updates do with members of the payload that `T` does not know,
@@ -146,9 +152,9 @@ where
         self
     }
 
-    /// How often at most this instance rewrites its listener registration
+    /// How often at most this instance rewrites its instance registration
     /// with the version it applied and its problem with the payload, for
-    /// [`listeners`](SharedState::listeners) and `sharedstate status`
+    /// [`instances`](SharedState::instances) and `sharedstate status`
     /// (default 1 s). The first report after a quiet period waits a random
     /// share (up to half) of the interval, so a fleet spreads its writes:
     /// one payload change costs each instance one write, a burst within an
@@ -159,7 +165,7 @@ where
         self
     }
 
-    /// Whether this instance reports what it applied in its listener
+    /// Whether this instance reports what it applied in its instance
     /// registration (default true). Off, the registration carries no
     /// applied version and is written only when the instance opens (and
     /// re-created on a new session).
@@ -216,11 +222,11 @@ where
         let max_bytes = backend.capabilities().max_value_bytes;
         let decoded = decode::<T>(&keys.payload, &versioned.value, max_bytes)?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
-        let base = ListenerInfo::for_this_process(instance_id.clone());
+        let base = InstanceInfo::for_this_process(instance_id.clone());
         // The registration says from the start what this instance applied.
         let opened = Report {
             applied: versioned.version,
-            seen: versioned.version,
+            newest_seen: versioned.version,
             problem: None,
         };
         let reporter = self.config.report_interval.map(|interval| Reporter {
@@ -239,7 +245,7 @@ where
         } else {
             None
         };
-        let shared = Arc::new(Shared::new(
+        let shared = Arc::new(StateCore::new(
             backend,
             keys,
             self.config,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::shared::Shared;
+use super::shared::StateCore;
 use crate::error::{Error, Result};
 use crate::version::Version;
 
@@ -97,7 +97,7 @@ impl Contention {
 /// the local copy to (at least) the version that won, from the watch if it
 /// delivers in time, else with a read; then pauses before the retry.
 pub(crate) async fn after_conflict<T>(
-    shared: &Arc<Shared<T>>,
+    shared: &Arc<StateCore<T>>,
     expected: Version,
     conflict: &Error,
     attempt: u32,
@@ -110,9 +110,9 @@ where
     // The version that beat ours, when the backend said; else anything
     // newer than ours.
     let winner = conflict.current_version().filter(|v| *v > expected);
-    let caught_up = |seen: Version| match winner {
-        Some(winner) => seen >= winner,
-        None => seen > expected,
+    let caught_up = |newest: Version| match winner {
+        Some(winner) => newest >= winner,
+        None => newest > expected,
     };
     let deadline = Instant::now() + contention.watch_wait();
     let delivered = wait_for(shared, deadline, caught_up).await;
@@ -124,10 +124,10 @@ where
     Ok(())
 }
 
-/// Waits until `done(seen)` holds for the local copy, or `deadline`;
+/// Waits until `done(newest_seen)` holds for the local copy, or `deadline`;
 /// returns whether it held.
 async fn wait_for<T>(
-    shared: &Arc<Shared<T>>,
+    shared: &Arc<StateCore<T>>,
     deadline: Instant,
     done: impl Fn(Version) -> bool,
 ) -> bool
@@ -141,7 +141,7 @@ where
         tokio::pin!(replaced);
         replaced.as_mut().enable();
         let current = shared.current();
-        if done(current.seen) {
+        if done(current.newest_seen) {
             return true;
         }
         if shared.closed.is_cancelled() {

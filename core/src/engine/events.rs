@@ -24,8 +24,19 @@ pub enum Origin {
     /// Another instance, or an outside writer, seen through the watch.
     Remote,
     /// Rebuilt by comparing snapshots after this subscriber lagged: the
-    /// individual change sets in between were dropped for it.
-    Resync,
+    /// individual change sets in between were dropped for it. (Called
+    /// `Resync` in 0.1.0; the JSON name stays `"resync"`.)
+    #[serde(rename = "resync", alias = "rebuilt")]
+    Rebuilt,
+}
+
+impl Origin {
+    /// The old name of [`Origin::Rebuilt`]: "resync" also named a watch
+    /// that lost continuity ([`WatchEvent::Resync`](crate::WatchEvent)),
+    /// which is not what this origin says. Usable in patterns as before.
+    #[deprecated(note = "renamed to `Origin::Rebuilt`")]
+    #[allow(non_upper_case_globals)]
+    pub const Resync: Origin = Origin::Rebuilt;
 }
 
 /// The changes one version brought, as seen by this instance.
@@ -46,7 +57,7 @@ pub enum StateEvent {
     /// The shared value changed.
     Changed(ChangeSet),
     /// This subscriber fell behind and `missed` events were dropped for it;
-    /// a [`Origin::Resync`] change set with the net difference follows (when
+    /// an [`Origin::Rebuilt`] change set with the net difference follows (when
     /// there is one), then the notice of the payload's current problem
     /// (`Rejected` or `PayloadDeleted`) when it has one that was dropped.
     Lagged {
@@ -167,7 +178,7 @@ impl Cursor {
                     if !changes.is_empty() {
                         self.pending.push_back(StateEvent::Changed(ChangeSet {
                             version: view.version,
-                            origin: Origin::Resync,
+                            origin: Origin::Rebuilt,
                             changes,
                         }));
                     }
@@ -197,5 +208,28 @@ impl Stream for Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Subscription")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rename kept what users rely on: the JSON name (the CLI's
+    /// output, stored recordings) and the old name in patterns.
+    #[test]
+    fn the_rebuilt_origin_keeps_its_json_name_and_old_name() {
+        let json = serde_json::to_value(Origin::Rebuilt).expect("serialises");
+        assert_eq!(json, serde_json::json!("resync"));
+        for name in ["resync", "rebuilt"] {
+            let origin: Origin = serde_json::from_value(serde_json::json!(name)).expect(name);
+            assert_eq!(origin, Origin::Rebuilt);
+        }
+        #[allow(deprecated)]
+        let matched = matches!(Origin::Rebuilt, Origin::Resync);
+        assert!(matched);
+        #[allow(deprecated)]
+        let remote_is_not = matches!(Origin::Remote, Origin::Resync);
+        assert!(!remote_is_not);
     }
 }

@@ -9,7 +9,7 @@ mod builder;
 mod contention;
 mod events;
 mod freshness;
-mod listeners;
+mod instances;
 mod merge;
 mod report;
 mod shared;
@@ -26,13 +26,14 @@ use tokio_util::sync::DropGuard;
 
 pub use builder::SharedStateBuilder;
 pub use events::{ChangeSet, Origin, StateEvent, Subscription};
-pub use listeners::ListenerInfo;
+#[allow(deprecated)]
+pub use instances::{InstanceInfo, ListenerInfo};
 
 use crate::backend::{CoordinationBackend, SessionStatus};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::key::Key;
 use crate::version::Version;
-use shared::Shared;
+use shared::StateCore;
 use update::Strictness;
 
 /// How `update` protects against concurrent writers.
@@ -90,7 +91,7 @@ pub(crate) struct Config {
     pub max_attempts: u32,
     pub change_buffer: usize,
     pub unknown_fields: UnknownFields,
-    /// How often at most this instance rewrites its listener registration
+    /// How often at most this instance rewrites its instance registration
     /// with what it applied; `None`: never (the registration carries no
     /// applied version).
     pub report_interval: Option<Duration>,
@@ -102,7 +103,7 @@ pub(crate) struct Config {
 pub struct Status {
     /// The state's path.
     pub path: Key,
-    /// This instance's listener id.
+    /// This instance's id (its registration's last segment).
     pub instance_id: String,
     /// Version of the local (last good) copy.
     pub version: Version,
@@ -160,7 +161,7 @@ pub struct Status {
 /// # Ok(()) }
 /// ```
 pub struct SharedState<T> {
-    shared: Arc<Shared<T>>,
+    shared: Arc<StateCore<T>>,
     _close_on_last_drop: Arc<DropGuard>,
 }
 
@@ -324,7 +325,7 @@ where
 
     /// Every change from now on, in version order; a subscriber that falls
     /// more than the change buffer behind gets [`StateEvent::Lagged`] then
-    /// one [`Origin::Resync`] change set with the net difference.
+    /// one [`Origin::Rebuilt`] change set with the net difference.
     pub fn subscribe(&self) -> Subscription {
         self.shared.subscribe()
     }
@@ -354,11 +355,22 @@ where
     /// # Errors
     ///
     /// `Unavailable`, `Unsupported` when the backend has no registrations.
-    pub async fn listeners(&self) -> Result<Vec<ListenerInfo>> {
-        listeners_of(self.shared.backend.as_ref(), &self.shared.keys.listeners).await
+    pub async fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        instances_of(self.shared.backend.as_ref(), &self.shared.keys.listeners).await
     }
 
-    /// This instance's listener id.
+    /// The old name of [`instances`](Self::instances) ("listeners" named the
+    /// instances, not change handlers). Kept, and to be deprecated once the
+    /// workspace's own callers have moved.
+    ///
+    /// # Errors
+    ///
+    /// As [`instances`](Self::instances).
+    pub async fn listeners(&self) -> Result<Vec<InstanceInfo>> {
+        self.instances().await
+    }
+
+    /// This instance's id (its registration's last segment).
     pub fn instance_id(&self) -> &str {
         &self.shared.instance_id
     }
@@ -383,7 +395,7 @@ where
             path: shared.keys.root.clone(),
             instance_id: shared.instance_id.clone(),
             version: snapshot.version,
-            seen_version: snapshot.seen,
+            seen_version: snapshot.newest_seen,
             session,
             live: shared.proof.is_following()
                 && session.state == crate::backend::SessionState::Connected
@@ -411,24 +423,25 @@ where
     }
 }
 
-/// Reads the listener registrations under `listeners` (used by
-/// [`SharedState::listeners`] and by tools that have no state open).
+/// Reads the instances' registrations under `parent` (a state's
+/// [`StateKeys::listeners`](crate::state::StateKeys::listeners); used by
+/// [`SharedState::instances`] and by tools that have no state open).
 ///
 /// # Errors
 ///
 /// `Unavailable`, `Unsupported` when the backend has no registrations.
-pub async fn listeners_of(
+pub async fn instances_of(
     backend: &dyn CoordinationBackend,
-    listeners: &Key,
-) -> Result<Vec<ListenerInfo>> {
-    let ids = backend.list(listeners).await?;
+    parent: &Key,
+) -> Result<Vec<InstanceInfo>> {
+    let ids = backend.list(parent).await?;
     let reads = ids.iter().map(|id| async move {
-        let key = listeners.child(id)?;
+        let key = parent.child(id)?;
         let entry = backend.get(&key).await?;
         Ok::<_, Error>(entry.and_then(|entry| {
-            serde_json::from_slice::<ListenerInfo>(&entry.value)
+            serde_json::from_slice::<InstanceInfo>(&entry.value)
                 .map_err(
-                    |error| tracing::warn!(%key, %error, "ignoring a malformed listener entry"),
+                    |error| tracing::warn!(%key, %error, "ignoring a malformed instance registration"),
                 )
                 .ok()
         }))
@@ -441,6 +454,19 @@ pub async fn listeners_of(
     }
     found.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(found)
+}
+
+/// The old name of [`instances_of`].
+///
+/// # Errors
+///
+/// As [`instances_of`].
+#[deprecated(note = "renamed to `instances_of`: \"listeners\" named the instances")]
+pub async fn listeners_of(
+    backend: &dyn CoordinationBackend,
+    parent: &Key,
+) -> Result<Vec<InstanceInfo>> {
+    instances_of(backend, parent).await
 }
 
 /// How long `close()` waits for the instance's background tasks.

@@ -1,6 +1,6 @@
 //! What an instance tells the fleet about itself: the version it applied
-//! and its problem with the payload, written into its listener registration
-//! ([`ListenerInfo`]) so that operators (`sharedstate status`, `--wait`)
+//! and its problem with the payload, written into its instance registration
+//! ([`InstanceInfo`]) so that operators (`sharedstate status`, `--wait`)
 //! see whether a change reached every instance.
 //!
 //! Reports are coalesced: an instance rewrites its registration at most once
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::listeners::ListenerInfo;
+use super::instances::InstanceInfo;
 use super::shared::Snapshot;
 use super::PayloadProblem;
 use crate::version::Version;
@@ -28,7 +28,7 @@ const MAX_PROBLEM_CHARS: usize = 300;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Report {
     pub applied: Version,
-    pub seen: Version,
+    pub newest_seen: Version,
     pub problem: Option<String>,
 }
 
@@ -40,17 +40,17 @@ impl Report {
         });
         Report {
             applied: snapshot.version,
-            seen: snapshot.seen,
+            newest_seen: snapshot.newest_seen,
             problem,
         }
     }
 
     /// The registration's value: `base` (id, host, pid, since) with this
     /// report.
-    pub fn encode(&self, base: &ListenerInfo) -> Bytes {
-        let info = ListenerInfo {
+    pub fn encode(&self, base: &InstanceInfo) -> Bytes {
+        let info = InstanceInfo {
             applied_version: Some(self.applied),
-            seen_version: Some(self.seen),
+            seen_version: Some(self.newest_seen),
             problem: self.problem.clone(),
             ..base.clone()
         };
@@ -146,7 +146,7 @@ mod tests {
     fn at(version: u64) -> Report {
         Report {
             applied: Version::new(version),
-            seen: Version::new(version),
+            newest_seen: Version::new(version),
             problem: None,
         }
     }
@@ -234,13 +234,13 @@ mod tests {
         let text = shorten(&long);
         assert_eq!(text.chars().count(), MAX_PROBLEM_CHARS + 3);
         assert_eq!(shorten("short"), "short");
-        let info = ListenerInfo::for_this_process("a".into());
+        let info = InstanceInfo::for_this_process("a".into());
         let report = Report {
             applied: Version::new(1),
-            seen: Version::new(2),
+            newest_seen: Version::new(2),
             problem: Some("bad".into()),
         };
-        let decoded: ListenerInfo = serde_json::from_slice(&report.encode(&info)).expect("decodes");
+        let decoded: InstanceInfo = serde_json::from_slice(&report.encode(&info)).expect("decodes");
         assert_eq!(decoded.applied_version, Some(Version::new(1)));
         assert_eq!(decoded.seen_version, Some(Version::new(2)));
         assert_eq!(decoded.problem.as_deref(), Some("bad"));

@@ -31,10 +31,11 @@ pub(crate) struct Snapshot<T> {
     /// does not know (the same `Arc` as `json` when there are none): what
     /// an update merges its change into.
     pub raw: Arc<Value>,
-    /// Version of the last good payload (`value`).
+    /// Version of the local copy: the last good payload (`value`).
     pub version: Version,
-    /// Latest version observed, good or not.
-    pub seen: Version,
+    /// The newest version observed on the service, good or not: above
+    /// `version` when that payload was rejected. Only grows.
+    pub newest_seen: Version,
     pub problem: Option<PayloadProblem>,
     /// The last publication this snapshot reflects.
     pub seq: u64,
@@ -59,7 +60,7 @@ impl<T> Snapshot<T> {
             // Present here, gone there (or created after a read we had not
             // applied yet): not current.
             None => Verdict::Behind,
-            Some(version) if version <= self.seen => Verdict::Current,
+            Some(version) if version <= self.newest_seen => Verdict::Current,
             Some(_) => Verdict::Behind,
         }
     }
@@ -77,7 +78,12 @@ impl<T> Snapshot<T> {
     }
 }
 
-pub(crate) struct Shared<T> {
+/// One open state's core, which every handle of the instance and its
+/// background tasks share: the backend and keys, the current snapshot and
+/// the path that replaces it and publishes change sets, freshness, and the
+/// instance's task tracker. (Named for what it is: "shared" says only that
+/// it is behind an `Arc`.)
+pub(crate) struct StateCore<T> {
     pub backend: Arc<dyn CoordinationBackend>,
     pub keys: StateKeys,
     pub config: Config,
@@ -191,7 +197,7 @@ pub(crate) fn encode_value<T: Serialize>(key: &Key, value: &T) -> Result<Value> 
     })
 }
 
-impl<T> Shared<T>
+impl<T> StateCore<T>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -207,7 +213,7 @@ where
     ) -> Self {
         let (events, _) = broadcast::channel(config.change_buffer.max(1));
         let session = backend.session();
-        Shared {
+        StateCore {
             backend,
             keys,
             config,
@@ -220,7 +226,7 @@ where
                 json: decoded.json,
                 raw: decoded.raw,
                 version,
-                seen: version,
+                newest_seen: version,
                 problem: None,
                 seq: 0,
             })),
@@ -287,7 +293,7 @@ where
     pub fn apply_remote(&self, versioned: &Versioned) -> bool {
         let mut last = self.lock_apply();
         let current = self.current();
-        if versioned.version <= current.seen {
+        if versioned.version <= current.newest_seen {
             return false;
         }
         let max_bytes = self.backend.capabilities().max_value_bytes;
@@ -321,7 +327,7 @@ where
                     json: current.json.clone(),
                     raw: current.raw.clone(),
                     version: current.version,
-                    seen: versioned.version,
+                    newest_seen: versioned.version,
                     problem: Some(problem),
                     seq: *last + 1,
                 });
@@ -343,7 +349,7 @@ where
     pub fn apply_local(&self, version: Version, decoded: Decoded<T>) {
         let mut last = self.lock_apply();
         let current = self.current();
-        if version <= current.seen {
+        if version <= current.newest_seen {
             return;
         }
         self.install(&mut last, &current, version, decoded, Origin::Local);
@@ -382,7 +388,7 @@ where
             json: json.clone(),
             raw,
             version,
-            seen: version,
+            newest_seen: version,
             problem: None,
             seq,
         });
@@ -413,7 +419,7 @@ where
             json: current.json.clone(),
             raw: current.raw.clone(),
             version: current.version,
-            seen: current.seen,
+            newest_seen: current.newest_seen,
             problem: Some(PayloadProblem::Deleted),
             seq: *last + 1,
         });
@@ -542,7 +548,7 @@ mod tests {
     }
 
     /// A state of `{"n": 0}` at version 1, with a change buffer of 2.
-    fn counter() -> Arc<Shared<Value>> {
+    fn counter() -> Arc<StateCore<Value>> {
         let (session, _) = watch::channel(SessionStatus {
             state: crate::backend::SessionState::Connected,
             epoch: 0,
@@ -558,7 +564,7 @@ mod tests {
             report_interval: None,
         };
         let initial = json!({"n": 0});
-        Arc::new(Shared::new(
+        Arc::new(StateCore::new(
             Arc::new(Unused(session)),
             keys,
             config,
@@ -636,7 +642,7 @@ mod tests {
             Some(StateEvent::Lagged { .. })
         ));
         let set = changed(subscription.next().await.expect("event"));
-        assert_eq!(set.origin, Origin::Resync);
+        assert_eq!(set.origin, Origin::Rebuilt);
         assert_eq!(set.version, Version::new(12));
         assert_eq!(set.changes, diff(&json!({"n": 80}), &json!({"n": 120})));
     }

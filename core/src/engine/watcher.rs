@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::freshness::{Action, Input, Machine, Verdict};
-use super::listeners::ListenerInfo;
+use super::instances::InstanceInfo;
 use super::report::{Report, Schedule};
-use super::shared::Shared;
+use super::shared::StateCore;
 use crate::backend::{Backoff, SessionState, WatchEvent, WatchStream};
 use crate::error::{ErrorKind, Result};
 use crate::registration::Registration;
@@ -43,22 +43,22 @@ type Verification = BoxFuture<'static, (Instant, Result<Option<Version>>)>;
 /// A watch being (re-)opened: when the request was sent and the stream.
 type Opening = BoxFuture<'static, (Instant, Result<WatchStream>)>;
 
-/// What the listener registration says about this instance, and when it
+/// What the instance registration says about this instance, and when it
 /// says it next.
 pub(crate) struct Reporter {
     /// The registration's fixed part (id, host, pid, since).
-    pub base: ListenerInfo,
+    pub base: InstanceInfo,
     pub schedule: Schedule,
 }
 
 /// A registration update in flight: what it reports and how it went.
 type Reporting<'a> = BoxFuture<'a, (Report, Result<()>)>;
 
-/// Runs until the state is closed; then removes the listener registration.
+/// Runs until the state is closed; then removes the instance registration.
 /// With a `reporter`, keeps the registration's applied version and problem
 /// up to date (coalesced, see [`super::report`]).
 pub(crate) async fn run<T>(
-    shared: Arc<Shared<T>>,
+    shared: Arc<StateCore<T>>,
     stream: WatchStream,
     registration: Option<Registration>,
     mut reporter: Option<Reporter>,
@@ -67,31 +67,10 @@ pub(crate) async fn run<T>(
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let mut session = shared.session.clone();
-    let first = *session.borrow_and_update();
     let interval = verify_interval(shared.config.max_staleness);
-    // open() read the first state on a connected session of `opened_epoch`;
-    // it may have changed between open() and this task's first poll.
-    let mut machine = Machine::new(
-        Instant::now(),
-        interval,
-        SessionState::Connected,
-        opened_epoch,
-    );
-    let mut pending = machine.step(
-        Input::Session {
-            state: first.state,
-            epoch: first.epoch,
-        },
-        Instant::now(),
-    );
-    let mut stream = Some(stream);
+    let (mut machine, mut pending) = start_machine(&mut session, interval, opened_epoch);
+    let mut watch = Following::new(stream);
     let mut verification: Option<Verification> = None;
-    let mut opening: Option<Opening> = None;
-    let mut backoff = Backoff::new(REWATCH_BACKOFF_MIN, REWATCH_BACKOFF_MAX);
-    let mut retry_rewatch_at: Option<tokio::time::Instant> = None;
-    // The first item of a stream is its initial state: which stream, and
-    // when it was requested.
-    let mut stream_opened_at: Option<Instant> = None;
     let closed = shared.closed.clone();
     let mut reporting: Option<Reporting<'_>> = None;
     if registration.is_none() {
@@ -103,8 +82,8 @@ pub(crate) async fn run<T>(
                 Action::Prove(at) => shared.proof.prove(at),
                 Action::Verify => verification = Some(verify(&shared)),
                 Action::Rewatch => {
-                    if opening.is_none() {
-                        opening = Some(open_watch(&shared));
+                    if watch.opening.is_none() {
+                        watch.opening = Some(open_watch(&shared));
                     }
                 }
             }
@@ -126,94 +105,28 @@ pub(crate) async fn run<T>(
                     closed.cancelled().await;
                     break;
                 }
-                let status = *session.borrow_and_update();
-                if status.state == SessionState::Closed {
-                    tracing::debug!(key = %shared.keys.root, "the backend was closed");
-                }
-                Input::Session { state: status.state, epoch: status.epoch }
+                session_input(&shared, *session.borrow_and_update())
             }
-            item = next_item(&mut stream) => match item {
-                Some(Ok(event)) => {
-                    let full = matches!(event, WatchEvent::Initial(_) | WatchEvent::Resync(_));
-                    apply_event(&shared, event).await;
-                    match (full, stream_opened_at.take()) {
-                        (true, Some(opened_at)) => Input::WatchOpened { opened_at },
-                        (true, None) => Input::WatchResynced,
-                        (false, _) => Input::WatchChanged,
-                    }
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(key = %shared.keys.payload, %error, "watch failed; re-watching");
-                    stream = None;
-                    Input::WatchEnded
-                }
-                None => {
-                    tracing::debug!(key = %shared.keys.payload, "watch ended; re-watching");
-                    stream = None;
-                    Input::WatchEnded
-                }
-            },
+            item = next_item(&mut watch.stream) => watch.input(&shared, item).await,
             (sent_at, found) = poll_slot(&mut verification) => {
                 verification = None;
-                let verdict = match found {
-                    Ok(found) => {
-                        let verdict = shared.current().verdict(found);
-                        if verdict == Verdict::Behind {
-                            tracing::info!(key = %shared.keys.payload, ?found,
-                                "verification found a version the watch did not deliver; re-watching");
-                        }
-                        verdict
-                    }
-                    Err(error) => {
-                        tracing::debug!(key = %shared.keys.payload, %error, "verification failed");
-                        Verdict::Failed
-                    }
-                };
-                Input::Verified { sent_at, verdict }
+                Input::Verified { sent_at, verdict: verdict_of(&shared, found) }
             }
-            (opened_at, opened) = poll_slot(&mut opening) => {
-                opening = None;
-                match opened {
-                    Ok(new_stream) => {
-                        backoff.reset();
-                        // The old stream (if any) goes only now that the new
-                        // one is registered: no gap between the two.
-                        stream = Some(new_stream);
-                        stream_opened_at = Some(opened_at);
-                        continue;
-                    }
-                    Err(error) if error.kind() == ErrorKind::Closed => break,
-                    Err(error) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(key = %shared.keys.payload, %error, ?delay, "re-watch failed");
-                        machine.rewatch_failed();
-                        retry_rewatch_at = Some(tokio::time::Instant::now() + delay);
-                        continue;
-                    }
+            (opened_at, opened) = poll_slot(&mut watch.opening) => {
+                watch.opening = None;
+                if watch.opened(&shared, opened_at, opened, &mut machine) {
+                    continue;
                 }
+                break;
             }
-            _ = sleep_until(retry_rewatch_at) => {
-                retry_rewatch_at = None;
+            _ = sleep_until(watch.retry_at) => {
+                watch.retry_at = None;
                 Input::WatchEnded
             }
             _ = tokio::time::sleep_until(next_verification) => Input::VerifyDue,
             (sent, result) = poll_slot(&mut reporting) => {
                 reporting = None;
-                if let Some(active) = &mut reporter {
-                    match result {
-                        Ok(()) => active.schedule.finished(Some(sent), Instant::now()),
-                        Err(error) if matches!(error.kind(), ErrorKind::Unsupported | ErrorKind::Closed) => {
-                            tracing::warn!(%error, key = %shared.keys.root,
-                                "cannot update the listener registration; it keeps what it said last");
-                            reporter = None;
-                        }
-                        Err(error) => {
-                            tracing::debug!(%error, key = %shared.keys.root,
-                                "updating the listener registration failed; retrying");
-                            active.schedule.finished(None, Instant::now());
-                        }
-                    }
-                }
+                reported(&shared, &mut reporter, sent, result);
                 continue;
             }
             _ = sleep_until(report_due) => continue,
@@ -231,7 +144,178 @@ pub(crate) async fn run<T>(
     drop(reporting);
     if let Some(registration) = registration {
         if let Err(error) = registration.close().await {
-            tracing::warn!(%error, key = %shared.keys.root, "removing the listener registration failed");
+            tracing::warn!(%error, key = %shared.keys.root, "removing the instance registration failed");
+        }
+    }
+}
+
+/// The freshness machine of a watcher whose first state `open()` read on a
+/// connected session of `opened_epoch`, told the session as it is now (it
+/// may have changed between open() and the task's first poll); with the
+/// actions that first step asks for.
+fn start_machine(
+    session: &mut tokio::sync::watch::Receiver<crate::backend::SessionStatus>,
+    interval: Duration,
+    opened_epoch: u64,
+) -> (Machine, Vec<Action>) {
+    let first = *session.borrow_and_update();
+    let mut machine = Machine::new(
+        Instant::now(),
+        interval,
+        SessionState::Connected,
+        opened_epoch,
+    );
+    let pending = machine.step(
+        Input::Session {
+            state: first.state,
+            epoch: first.epoch,
+        },
+        Instant::now(),
+    );
+    (machine, pending)
+}
+
+/// What a new session status tells the machine.
+fn session_input<T>(shared: &StateCore<T>, status: crate::backend::SessionStatus) -> Input {
+    if status.state == SessionState::Closed {
+        tracing::debug!(key = %shared.keys.root, "the backend was closed");
+    }
+    Input::Session {
+        state: status.state,
+        epoch: status.epoch,
+    }
+}
+
+/// The payload's watch as the watcher follows it: the stream, and the
+/// re-watch that replaces it.
+struct Following {
+    stream: Option<WatchStream>,
+    /// When the current stream was requested, until its first item (its
+    /// initial state) arrived.
+    opened_at: Option<Instant>,
+    /// A new watch being opened.
+    opening: Option<Opening>,
+    backoff: Backoff,
+    /// When a failed re-watch is tried again.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Following {
+    /// Following `stream`, whose initial state `open()` already applied.
+    fn new(stream: WatchStream) -> Self {
+        Following {
+            stream: Some(stream),
+            opened_at: None,
+            opening: None,
+            backoff: Backoff::new(REWATCH_BACKOFF_MIN, REWATCH_BACKOFF_MAX),
+            retry_at: None,
+        }
+    }
+
+    /// Applies one item of the watch (an event, or the stream's end, which
+    /// drops it), and says what it tells the machine. The first full state
+    /// of a newly opened stream is that stream's opening.
+    async fn input<T>(&mut self, shared: &StateCore<T>, item: Option<Result<WatchEvent>>) -> Input
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        match item {
+            Some(Ok(event)) => {
+                let full = matches!(event, WatchEvent::Initial(_) | WatchEvent::Resync(_));
+                apply_event(shared, event).await;
+                match (full, self.opened_at.take()) {
+                    (true, Some(opened_at)) => Input::WatchOpened { opened_at },
+                    (true, None) => Input::WatchResynced,
+                    (false, _) => Input::WatchChanged,
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(key = %shared.keys.payload, %error, "watch failed; re-watching");
+                self.stream = None;
+                Input::WatchEnded
+            }
+            None => {
+                tracing::debug!(key = %shared.keys.payload, "watch ended; re-watching");
+                self.stream = None;
+                Input::WatchEnded
+            }
+        }
+    }
+
+    /// A re-watch requested at `opened_at` answered: its stream replaces
+    /// the old one, or the re-watch is tried again after a backoff. False
+    /// when the backend is closed.
+    fn opened<T>(
+        &mut self,
+        shared: &StateCore<T>,
+        opened_at: Instant,
+        opened: Result<WatchStream>,
+        machine: &mut Machine,
+    ) -> bool {
+        match opened {
+            Ok(stream) => {
+                self.backoff.reset();
+                // The old stream (if any) goes only now that the new one is
+                // registered: no gap between the two.
+                self.stream = Some(stream);
+                self.opened_at = Some(opened_at);
+                true
+            }
+            Err(error) if error.kind() == ErrorKind::Closed => false,
+            Err(error) => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(key = %shared.keys.payload, %error, ?delay, "re-watch failed");
+                machine.rewatch_failed();
+                self.retry_at = Some(tokio::time::Instant::now() + delay);
+                true
+            }
+        }
+    }
+}
+
+/// What a verification read that found `found` says about the copy.
+fn verdict_of<T>(shared: &StateCore<T>, found: Result<Option<Version>>) -> Verdict
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    match found {
+        Ok(found) => {
+            let verdict = shared.current().verdict(found);
+            if verdict == Verdict::Behind {
+                tracing::info!(key = %shared.keys.payload, ?found,
+                    "verification found a version the watch did not deliver; re-watching");
+            }
+            verdict
+        }
+        Err(error) => {
+            tracing::debug!(key = %shared.keys.payload, %error, "verification failed");
+            Verdict::Failed
+        }
+    }
+}
+
+/// A registration update sent at `sent` finished with `result`: schedules
+/// the next, or stops reporting where the backend cannot take updates.
+fn reported<T>(
+    shared: &StateCore<T>,
+    reporter: &mut Option<Reporter>,
+    sent: Report,
+    result: Result<()>,
+) {
+    let Some(active) = reporter else {
+        return;
+    };
+    match result {
+        Ok(()) => active.schedule.finished(Some(sent), Instant::now()),
+        Err(error) if matches!(error.kind(), ErrorKind::Unsupported | ErrorKind::Closed) => {
+            tracing::warn!(%error, key = %shared.keys.root,
+                "cannot update the instance registration; it keeps what it said last");
+            *reporter = None;
+        }
+        Err(error) => {
+            tracing::debug!(%error, key = %shared.keys.root,
+                "updating the instance registration failed; retrying");
+            active.schedule.finished(None, Instant::now());
         }
     }
 }
@@ -247,7 +331,7 @@ async fn next_item(stream: &mut Option<WatchStream>) -> Option<Result<WatchEvent
 /// Sends the report the schedule says is due (into `reporting`); returns
 /// when the next one is due.
 fn report<'a, T>(
-    shared: &Shared<T>,
+    shared: &StateCore<T>,
     reporter: &mut Reporter,
     registration: &'a Registration,
     reporting: &mut Option<Reporting<'a>>,
@@ -289,7 +373,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// A version read of the payload, bounded by the verification interval (a
 /// read that hangs proves nothing).
-fn verify<T>(shared: &Arc<Shared<T>>) -> Verification
+fn verify<T>(shared: &Arc<StateCore<T>>) -> Verification
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -312,7 +396,7 @@ where
 }
 
 /// Opens a new watch of the payload.
-fn open_watch<T>(shared: &Arc<Shared<T>>) -> Opening
+fn open_watch<T>(shared: &Arc<StateCore<T>>) -> Opening
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -326,7 +410,7 @@ where
 }
 
 /// Applies one watch event to the snapshot.
-async fn apply_event<T>(shared: &Shared<T>, event: WatchEvent)
+async fn apply_event<T>(shared: &StateCore<T>, event: WatchEvent)
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {

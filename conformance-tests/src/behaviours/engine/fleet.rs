@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sharedstate_core::{Key, ListenerInfo, SharedState, UnknownFields, Version, WriteMode};
+use sharedstate_core::{InstanceInfo, Key, SharedState, UnknownFields, Version, WriteMode};
 
 use super::{eventually, raw_put, Fixture};
 use crate::behaviours::QUIET_PERIOD;
@@ -313,12 +313,12 @@ pub async fn engine_unknown_fields_dropped_in_strict_mode(f: &dyn BackendFactory
     v2.close().await;
 }
 
-/// This instance's listener entry, as `listeners()` shows it.
-async fn entry_of<T>(observer: &SharedState<Value>, state: &SharedState<T>) -> ListenerInfo
+/// This instance's listener entry, as `instances()` shows it.
+async fn entry_of<T>(observer: &SharedState<Value>, state: &SharedState<T>) -> InstanceInfo
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    let listeners = observer.listeners().await.expect("listeners");
+    let listeners = observer.instances().await.expect("instances");
     listeners
         .into_iter()
         .find(|l| l.id == state.instance_id())
@@ -425,7 +425,7 @@ pub async fn engine_instances_report_what_they_applied(f: &dyn BackendFactory) {
     eventually(
         "the re-created registration says what was applied",
         async || {
-            let listeners = tolerant.listeners().await.expect("listeners");
+            let listeners = tolerant.instances().await.expect("instances");
             listeners
                 .iter()
                 .any(|l| l.id == typed.instance_id() && l.applied_version == Some(good))

@@ -45,7 +45,7 @@ pub async fn engine_listeners_appear_and_disappear(f: &dyn BackendFactory) {
     let a = open(&f.client().await, &path, Fixture::default()).await;
     let b = open(&f.client().await, &path, Fixture::default()).await;
     let c = open(&f.client().await, &path, Fixture::default()).await;
-    let ids = |list: Vec<sharedstate_core::ListenerInfo>| {
+    let ids = |list: Vec<sharedstate_core::InstanceInfo>| {
         list.into_iter().map(|l| l.id).collect::<Vec<_>>()
     };
     let mut all = vec![
@@ -54,14 +54,16 @@ pub async fn engine_listeners_appear_and_disappear(f: &dyn BackendFactory) {
         c.instance_id().to_owned(),
     ];
     all.sort();
+    assert_eq!(ids(a.instances().await.expect("instances")), all);
+    // The old name reads the same registrations.
     assert_eq!(ids(a.listeners().await.expect("listeners")), all);
-    let me = &a.listeners().await.expect("listeners")[0];
+    let me = &a.instances().await.expect("instances")[0];
     assert_eq!(me.pid, std::process::id());
     b.close().await;
     let c_id = c.instance_id().to_owned();
     drop(c);
     eventually("closed and dropped instances disappear", async || {
-        ids(a.listeners().await.expect("listeners")) == vec![a.instance_id().to_owned()]
+        ids(a.instances().await.expect("instances")) == vec![a.instance_id().to_owned()]
     })
     .await;
     assert!(!all.is_empty() && !c_id.is_empty());
@@ -96,7 +98,7 @@ pub async fn engine_session_loss_recovery(f: &dyn BackendFactory) {
     let id = victim.instance_id().to_owned();
     eventually("the instance re-registered", async || {
         writer
-            .listeners()
+            .instances()
             .await
             .map(|l| l.iter().any(|l| l.id == id))
             .unwrap_or(false)
@@ -174,7 +176,7 @@ pub async fn engine_subscribers_ordered_and_lagged(f: &dyn BackendFactory) {
         other => panic!("expected Lagged, got {other:?}"),
     }
     let resync = next_change_set(&mut lagging, "the resync").await;
-    assert_eq!(resync.origin, Origin::Resync);
+    assert_eq!(resync.origin, Origin::Rebuilt);
     assert_eq!(
         resync.changes,
         vec![modified("/counter", json!(0), json!(10))]
@@ -204,7 +206,7 @@ pub async fn engine_close_and_read_consistent(f: &dyn BackendFactory) {
     );
     let mut events = state.subscribe();
     let watcher = SharedState::<Fixture>::builder(operator.backend.clone(), path.as_str())
-        .register_listener(false)
+        .register_instance(false)
         .open()
         .await
         .expect("open");
@@ -214,6 +216,6 @@ pub async fn engine_close_and_read_consistent(f: &dyn BackendFactory) {
         .expect("stream ends")
         .is_none());
     assert_eq!(state.read().expect_err("closed").kind(), ErrorKind::Closed);
-    assert!(watcher.listeners().await.expect("listeners").is_empty());
+    assert!(watcher.instances().await.expect("instances").is_empty());
     watcher.close().await;
 }

@@ -1,4 +1,5 @@
-//! Listener registrations: one ephemeral key per live instance.
+//! Instance registrations: one ephemeral key per live instance, under
+//! `<path>/listeners` (the stored name stays).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,7 +17,7 @@ use crate::version::Version;
 ///
 /// [`report_interval`]: crate::SharedStateBuilder::report_interval
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListenerInfo {
+pub struct InstanceInfo {
     /// The instance id (also the registration key's last segment).
     pub id: String,
     /// Host name of the process.
@@ -40,13 +41,17 @@ pub struct ListenerInfo {
     pub problem: Option<String>,
 }
 
-impl ListenerInfo {
+/// The old name of [`InstanceInfo`].
+#[deprecated(note = "renamed to `InstanceInfo`: \"listeners\" named the instances")]
+pub type ListenerInfo = InstanceInfo;
+
+impl InstanceInfo {
     pub(crate) fn for_this_process(id: String) -> Self {
         let since_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        ListenerInfo {
+        InstanceInfo {
             id,
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             pid: std::process::id(),
@@ -65,7 +70,7 @@ mod tests {
     #[test]
     fn entries_of_instances_that_do_not_report_still_decode() {
         let old = r#"{"id":"a1","host":"web-1","pid":42,"since_unix_ms":7}"#;
-        let info: ListenerInfo = serde_json::from_str(old).expect("decodes");
+        let info: InstanceInfo = serde_json::from_str(old).expect("decodes");
         assert_eq!(info.applied_version, None);
         assert_eq!(info.problem, None);
         // And the fields are left out again when there is nothing to say.
@@ -74,16 +79,16 @@ mod tests {
 
     #[test]
     fn reports_round_trip() {
-        let info = ListenerInfo {
+        let info = InstanceInfo {
             applied_version: Some(Version::new(250)),
             seen_version: Some(Version::new(254)),
             problem: Some("payload does not match the state's type: invalid type".into()),
-            ..ListenerInfo::for_this_process("b2".into())
+            ..InstanceInfo::for_this_process("b2".into())
         };
         let text = serde_json::to_string(&info).expect("encodes");
         assert!(text.contains(r#""applied_version":250"#), "{text}");
         assert_eq!(
-            serde_json::from_str::<ListenerInfo>(&text).expect("decodes"),
+            serde_json::from_str::<InstanceInfo>(&text).expect("decodes"),
             info
         );
     }
