@@ -141,7 +141,7 @@ impl fmt::Debug for MemoryCluster {
 }
 
 /// The cluster itself: what its handles (`MemoryCluster`), clients, guards
-/// and registrations share (the engine's `Shared` is unrelated).
+/// and registrations share (unrelated to the engine's `StateCore`).
 pub(crate) struct ClusterCore {
     pub(crate) max_value_bytes: usize,
     state: Mutex<State>,

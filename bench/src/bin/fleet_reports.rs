@@ -173,8 +173,8 @@ async fn all_reported(
 ) -> Result<Instant> {
     let started = Instant::now();
     loop {
-        let listeners = observer.listeners().await?;
-        let reported = listeners
+        let instances = observer.instances().await?;
+        let reported = instances
             .iter()
             .filter(|l| l.applied_version >= Some(version))
             .count();

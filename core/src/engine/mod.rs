@@ -360,12 +360,12 @@ where
     }
 
     /// The old name of [`instances`](Self::instances) ("listeners" named the
-    /// instances, not change handlers). Kept, and to be deprecated once the
-    /// workspace's own callers have moved.
+    /// instances, not change handlers).
     ///
     /// # Errors
     ///
     /// As [`instances`](Self::instances).
+    #[deprecated(note = "renamed to `instances`: \"listeners\" named the instances")]
     pub async fn listeners(&self) -> Result<Vec<InstanceInfo>> {
         self.instances().await
     }
