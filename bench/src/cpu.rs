@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sharedstate::{SharedState, StateEvent, WriteMode};
 
-use crate::engine::{blob, close, open, small, Blob, Ctx, Small};
+use crate::fixture::{blob, close, open, small, Blob, Ctx, Small};
 use crate::harness::{announce, Record};
 
 /// Reader instances beside the writer.

@@ -11,6 +11,7 @@
 
 mod cpu;
 mod engine;
+mod fixture;
 mod harness;
 mod paired;
 mod plot;
@@ -193,7 +194,7 @@ async fn run(
         out.join("machine.json"),
         serde_json::to_string_pretty(&machine(smoke))?,
     )?;
-    let ctx = |label: &str, url: String| engine::Ctx {
+    let ctx = |label: &str, url: String| fixture::Ctx {
         label: label.into(),
         url,
         root: root.clone(),

@@ -11,7 +11,7 @@ use anyhow::anyhow;
 use sharedstate::WriteMode;
 use tokio::sync::mpsc;
 
-use crate::engine::{arrival_of, arrivals, close, open, small, Ctx};
+use crate::fixture::{arrival_of, arrivals, close, open, small, Ctx};
 use crate::harness::{announce, histogram, record_ns, Record};
 use crate::{raw_etcd, raw_zk};
 
@@ -120,20 +120,8 @@ impl Raw {
         let t0 = Instant::now();
         match self {
             Raw::Zk { client, locked, .. } => {
-                let (dir, path) = (&locked.0, &locked.1);
-                let options = zookeeper_client::CreateMode::EphemeralSequential
-                    .with_acls(zookeeper_client::Acls::anyone_all());
-                let prefix = format!("{dir}/lock-");
-                let create = client.create(&prefix, &[], &options);
-                let list = client.list_children(dir);
-                let get = client.get_data(path);
-                let (_, sequence) = create.await?;
-                let children = list.await?;
-                let (_, stat) = get.await?;
-                let node = format!("{prefix}{sequence}");
-                if children.len() != 1 {
-                    return Err(anyhow!("raw lock contended: {children:?}"));
-                }
+                let path = &locked.1;
+                let (node, stat) = zk_lock_flight(client, locked).await?;
                 let mut multi = client.new_multi_writer();
                 multi.add_check_version(&node, -1)?;
                 multi.add_set_data(path, data, Some(stat.version))?;
@@ -207,20 +195,8 @@ impl Raw {
         else {
             return Ok(None);
         };
-        let (dir, path) = (&locked.0, &locked.1);
-        let options = zookeeper_client::CreateMode::EphemeralSequential
-            .with_acls(zookeeper_client::Acls::anyone_all());
-        let prefix = format!("{dir}/lock-");
-        let create = client.create(&prefix, &[], &options);
-        let list = client.list_children(dir);
-        let get = client.get_data(path);
-        let (_, sequence) = create.await?;
-        let children = list.await?;
-        let (_, stat) = get.await?;
-        let node = format!("{prefix}{sequence}");
-        if children.len() != 1 {
-            return Err(anyhow!("raw lock contended: {children:?}"));
-        }
+        let path = &locked.1;
+        let (node, stat) = zk_lock_flight(client, locked).await?;
         let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
         let fence_prefix = format!("{parent}/bench-fence-");
         let mut multi = client.new_multi_writer();
@@ -430,4 +406,27 @@ async fn timed<R>(
     let t0 = Instant::now();
     fut.await.map_err(|e| anyhow!(e))?;
     Ok(t0.elapsed())
+}
+
+/// The raw lock's first flight on ZooKeeper, as the engine sends it: create
+/// an ephemeral-sequential node under the lock directory, list the
+/// directory and read the value, pipelined. Uncontended only: any other
+/// lock node is an error. Returns the lock node's path and the value's stat.
+async fn zk_lock_flight(
+    client: &zookeeper_client::Client,
+    (dir, path): &(String, String),
+) -> anyhow::Result<(String, zookeeper_client::Stat)> {
+    let options = zookeeper_client::CreateMode::EphemeralSequential
+        .with_acls(zookeeper_client::Acls::anyone_all());
+    let prefix = format!("{dir}/lock-");
+    let create = client.create(&prefix, &[], &options);
+    let list = client.list_children(dir);
+    let get = client.get_data(path);
+    let (_, sequence) = create.await?;
+    let children = list.await?;
+    let (_, stat) = get.await?;
+    if children.len() != 1 {
+        return Err(anyhow!("raw lock contended: {children:?}"));
+    }
+    Ok((format!("{prefix}{sequence}"), stat))
 }

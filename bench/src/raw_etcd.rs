@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp};
 use tokio::sync::{mpsc, Mutex};
 
-use crate::engine::{blob, small, PAYLOAD_SIZES};
+use crate::fixture::{blob, small, PAYLOAD_SIZES};
 use crate::harness::{announce, histogram, record_ns, sample, Plan, Record};
 
 fn record(scenario: &str, variant: &str) -> Record {

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context};
 use tokio::sync::mpsc;
 use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode};
 
-use crate::engine::{blob, small, PAYLOAD_SIZES};
+use crate::fixture::{blob, small, PAYLOAD_SIZES};
 use crate::harness::{announce, histogram, record_ns, sample, Plan, Record};
 
 fn record(scenario: &str, variant: &str) -> Record {

@@ -230,7 +230,7 @@ fn rows(backend: &str) -> Vec<Row> {
             true,
         ),
     ];
-    // One pair of rows per entry of `engine::PAYLOAD_SIZES`.
+    // One pair of rows per entry of `fixture::PAYLOAD_SIZES`.
     for (name, update, prop) in [
         ("1KiB", "update 1 KiB", "propagation 1 KiB"),
         ("16KiB", "update 16 KiB", "propagation 16 KiB"),
@@ -627,11 +627,11 @@ fn plots(res: &Results, dir: &Path, backend: &str) -> anyhow::Result<Vec<String>
         ("raw: CAS", "raw", "payload-update"),
         ("raw: watch", "raw", "payload-propagation"),
     ] {
-        let points = crate::engine::PAYLOAD_SIZES
+        let points = crate::fixture::PAYLOAD_SIZES
             .iter()
             .filter_map(|&(_, v)| {
                 res.p50(backend, i, s, v)
-                    .map(|p| (crate::engine::payload_kib(v), p as f64 / 1e6))
+                    .map(|p| (crate::fixture::payload_kib(v), p as f64 / 1e6))
             })
             .collect();
         series.push(Series {

@@ -11,7 +11,7 @@ use sharedstate::{StateEvent, WriteMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::engine::{close, open, small, Ctx};
+use crate::fixture::{close, open, small, Ctx};
 use crate::harness::{announce, histogram, record_ns, Record};
 
 fn done(record: Record) -> Record {

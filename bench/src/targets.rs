@@ -434,11 +434,11 @@ fn reported(records: &[Record], backend: &'static str, out: &mut Vec<Row>) {
     };
     if backend != "memory" {
         let target = "payloads from 1 KiB to 1 MiB: update and propagation p50 / p99".to_string();
-        let top = crate::engine::PAYLOAD_SIZES
+        let top = crate::fixture::PAYLOAD_SIZES
             .last()
             .map(|&(_, n)| n)
             .unwrap_or("");
-        let cells: Vec<String> = crate::engine::PAYLOAD_SIZES
+        let cells: Vec<String> = crate::fixture::PAYLOAD_SIZES
             .iter()
             .filter_map(|&(_, name)| {
                 let u = find(records, backend, "sharedstate", "payload-update", name)?;
@@ -466,7 +466,7 @@ fn reported(records: &[Record], backend: &'static str, out: &mut Vec<Row>) {
                 floor: format!(
                     "raw CAS per size in the payload table; {top} is the largest under the 1,000,000-byte value limit (ZooKeeper's jute.maxbuffer is 1 MiB per packet)"
                 ),
-                met: Some(cells.len() == crate::engine::PAYLOAD_SIZES.len()),
+                met: Some(cells.len() == crate::fixture::PAYLOAD_SIZES.len()),
                 explanation: String::new(),
             });
         }

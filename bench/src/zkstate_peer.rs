@@ -16,7 +16,7 @@ use anyhow::{anyhow, Context};
 use zkstate::{ZkState, ZkStructError};
 use zookeeper::{WatchedEvent, Watcher, ZooKeeper};
 
-use crate::engine::{small, Small};
+use crate::fixture::{small, Small};
 use crate::harness::{announce, histogram, record_ns, sample_batched, Plan, Record};
 
 struct Quiet;
