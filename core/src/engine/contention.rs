@@ -15,14 +15,12 @@
 //! fast service and too short on a slow one).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use super::shared::StateCore;
 use crate::error::{Error, Result};
+use crate::key::Key;
 use crate::version::Version;
 
 /// Assumed write latency until one was measured.
@@ -93,20 +91,33 @@ impl Contention {
     }
 }
 
+/// What a writer waiting after a conflict watches: the instance's
+/// contention record, its copy's newest version, and its close signal. The
+/// state's core lends these; contention needs nothing else of it.
+pub(crate) struct Waiting<'a, F> {
+    /// The instance's contention record (latency, wake-ups).
+    pub contention: &'a Contention,
+    /// The newest version the local copy has seen, read afresh each call.
+    pub newest_seen: F,
+    /// Cancelled when the state closes.
+    pub closed: &'a CancellationToken,
+    /// The payload key, for the trace line.
+    pub key: &'a Key,
+}
+
 /// After an optimistic write at `expected` failed with `conflict`: brings
 /// the local copy to (at least) the version that won, from the watch if it
 /// delivers in time, else with a read; then pauses before the retry.
-pub(crate) async fn after_conflict<T>(
-    shared: &Arc<StateCore<T>>,
+pub(crate) async fn after_conflict<F>(
+    waiting: Waiting<'_, F>,
     expected: Version,
     conflict: &Error,
     attempt: u32,
     read_latest: impl std::future::Future<Output = Result<()>>,
 ) -> Result<()>
 where
-    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: Fn() -> Version,
 {
-    let contention = &shared.contention;
     // The version that beat ours, when the backend said; else anything
     // newer than ours.
     let winner = conflict.current_version().filter(|v| *v > expected);
@@ -114,37 +125,36 @@ where
         Some(winner) => newest >= winner,
         None => newest > expected,
     };
-    let deadline = Instant::now() + contention.watch_wait();
-    let delivered = wait_for(shared, deadline, caught_up).await;
+    let deadline = Instant::now() + waiting.contention.watch_wait();
+    let delivered = wait_for(&waiting, deadline, caught_up).await;
     if !delivered {
-        tracing::trace!(key = %shared.keys.payload, %expected, "the watch did not deliver the winning version in time; reading");
+        tracing::trace!(key = %waiting.key, %expected, "the watch did not deliver the winning version in time; reading");
         read_latest.await?;
     }
-    tokio::time::sleep(contention.backoff(attempt)).await;
+    tokio::time::sleep(waiting.contention.backoff(attempt)).await;
     Ok(())
 }
 
 /// Waits until `done(newest_seen)` holds for the local copy, or `deadline`;
 /// returns whether it held.
-async fn wait_for<T>(
-    shared: &Arc<StateCore<T>>,
+async fn wait_for<F>(
+    waiting: &Waiting<'_, F>,
     deadline: Instant,
     done: impl Fn(Version) -> bool,
 ) -> bool
 where
-    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: Fn() -> Version,
 {
     loop {
         // Registered before the check, so a replacement between the check
         // and the wait still wakes us.
-        let replaced = shared.contention.replaced.notified();
+        let replaced = waiting.contention.replaced.notified();
         tokio::pin!(replaced);
         replaced.as_mut().enable();
-        let current = shared.current();
-        if done(current.newest_seen) {
+        if done((waiting.newest_seen)()) {
             return true;
         }
-        if shared.closed.is_cancelled() {
+        if waiting.closed.is_cancelled() {
             return false;
         }
         let deadline = tokio::time::Instant::from_std(deadline);

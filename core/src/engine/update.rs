@@ -309,7 +309,13 @@ where
             read_latest.await.map_err(UpdateError::Refused)?;
             return Err(self.stale());
         }
-        contention::after_conflict(shared, expected, conflict, attempt, read_latest)
+        let waiting = contention::Waiting {
+            contention: &shared.contention,
+            newest_seen: || shared.current().newest_seen,
+            closed: &shared.closed,
+            key: &shared.keys.payload,
+        };
+        contention::after_conflict(waiting, expected, conflict, attempt, read_latest)
             .await
             .map_err(UpdateError::Refused)
     }
