@@ -52,34 +52,13 @@ pub(crate) async fn lock(
     let op = Operation::Lock;
     check_open(inner, op, key)?;
     let deadline = Instant::now() + options.timeout;
-    let timed_out = || {
-        Error::new(ErrorKind::LockTimeout, op)
-            .with_key(key)
-            .with_message(format!("not acquired within {:?}", options.timeout))
-    };
     let lease = inner.session.current();
     if lease.lost.is_cancelled() {
         return Err(session_lost(op, key));
     }
     let prefix = format!("{}/", key.as_str());
     let waiter = format!("{prefix}{:x}", lease.id);
-
-    // Callers of this client queue locally for the waiter key name, so
-    // the name stays one per session (no index growth on etcd's side).
-    let queue = inner.lock_queues.queue(&waiter);
-    let permit = tokio::select! {
-        permit = tokio::time::timeout_at(deadline, queue.lock_owned()) => match permit {
-            Ok(permit) => permit,
-            Err(_) => return Err(timed_out()),
-        },
-        _ = lease.lost.cancelled() => return Err(session_lost(op, key)),
-        _ = inner.closed.cancelled() => return Err(crate::error::closed(op, Some(key))),
-    };
-    let turn = Turn {
-        inner: Arc::clone(inner),
-        name: waiter.clone(),
-        permit: Some(permit),
-    };
+    let turn = local_turn(inner, key, &waiter, &lease, deadline, options.timeout).await?;
     // Armed before the first request: if this future is dropped anywhere
     // below, the waiter key is deleted in the background (it would
     // otherwise become the holder and block every other client).
@@ -90,8 +69,90 @@ pub(crate) async fn lock(
         lease: lease.clone(),
         turn: Some(turn),
     };
+    let enqueued = enqueue(inner, key, &prefix, &waiter, &lease, read).await?;
+    let mut value = enqueued.value;
+    if enqueued.owner != Some(enqueued.token) {
+        let waiting = wait_for_turn(inner, key, &prefix, &waiter, enqueued.token, read);
+        let waited = tokio::select! {
+            waited = tokio::time::timeout_at(deadline, waiting) => waited,
+            _ = lease.lost.cancelled() => Ok(Err(session_lost(op, key))),
+            _ = inner.closed.cancelled() => Ok(Err(crate::error::closed(op, Some(key)))),
+        };
+        match waited {
+            Ok(Ok(read_value)) => value = read_value,
+            Ok(Err(error)) => {
+                pending.delete_now().await;
+                return Err(error);
+            }
+            Err(_) => {
+                pending.delete_now().await;
+                return Err(lock_timed_out(key, options.timeout));
+            }
+        }
+    }
+    let turn = pending.disarm();
+    Ok((
+        guard(inner, key, waiter, enqueued.token, &lease, turn),
+        value,
+    ))
+}
 
-    // One round trip: create the waiter key and read the oldest waiter.
+fn lock_timed_out(key: &Key, timeout: std::time::Duration) -> Error {
+    Error::new(ErrorKind::LockTimeout, Operation::Lock)
+        .with_key(key)
+        .with_message(format!("not acquired within {timeout:?}"))
+}
+
+/// Callers of this client queue locally for the waiter key name, so the
+/// name stays one per session (no index growth on etcd's side): waits, up
+/// to `deadline`, for this caller's turn at `waiter`.
+async fn local_turn(
+    inner: &Arc<Inner>,
+    key: &Key,
+    waiter: &str,
+    lease: &LeaseHandle,
+    deadline: Instant,
+    timeout: std::time::Duration,
+) -> Result<Turn> {
+    let op = Operation::Lock;
+    let queue = inner.lock_queues.queue(waiter);
+    let permit = tokio::select! {
+        permit = tokio::time::timeout_at(deadline, queue.lock_owned()) => match permit {
+            Ok(permit) => permit,
+            Err(_) => return Err(lock_timed_out(key, timeout)),
+        },
+        _ = lease.lost.cancelled() => return Err(session_lost(op, key)),
+        _ = inner.closed.cancelled() => return Err(crate::error::closed(op, Some(key))),
+    };
+    Ok(Turn {
+        inner: Arc::clone(inner),
+        name: waiter.to_owned(),
+        permit: Some(permit),
+    })
+}
+
+/// What the enqueuing transaction learned.
+struct Enqueued {
+    /// The waiter key's `create_revision`: the fencing token.
+    token: i64,
+    /// The oldest waiter's `create_revision` (the holder), if any.
+    owner: Option<i64>,
+    /// The key read in the same transaction, when one was asked for.
+    value: Option<Versioned>,
+}
+
+/// One round trip: creates the waiter key on the lease and reads the oldest
+/// waiter (and `read`, if given). A waiter key of this session left over
+/// is removed and the transaction tried once more.
+async fn enqueue(
+    inner: &Arc<Inner>,
+    key: &Key,
+    prefix: &str,
+    waiter: &str,
+    lease: &LeaseHandle,
+    read: Option<&Key>,
+) -> Result<Enqueued> {
+    let op = Operation::Lock;
     let oldest = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
@@ -99,19 +160,15 @@ pub(crate) async fn lock(
         .with_keys_only();
     let mut then = vec![
         TxnOp::put(
-            waiter.as_str(),
+            waiter,
             Vec::new(),
             Some(PutOptions::new().with_lease(lease.id)),
         ),
-        TxnOp::get(prefix.as_str(), Some(oldest)),
+        TxnOp::get(prefix, Some(oldest)),
     ];
     then.extend(read.map(|read| TxnOp::get(read.as_str(), None)));
     let txn = Txn::new()
-        .when([Compare::create_revision(
-            waiter.as_str(),
-            CompareOp::Equal,
-            0,
-        )])
+        .when([Compare::create_revision(waiter, CompareOp::Equal, 0)])
         .and_then(then);
     let mut attempt = 0;
     let response = loop {
@@ -121,7 +178,8 @@ pub(crate) async fn lock(
             Err(error) => {
                 poke_if_lost(inner, &error);
                 // The waiter key may have been created (outcome unknown):
-                // `pending` removes it once etcd answers again.
+                // the caller's `PendingWaiter` removes it once etcd answers
+                // again.
                 return Err(error);
             }
         };
@@ -129,39 +187,20 @@ pub(crate) async fn lock(
             break response;
         }
         // A waiter key of this session is left over (only ever deleted by
-        // the holder of `turn`, so this is rare): remove it and try again.
+        // the holder of the local turn, so this is rare): remove it and try
+        // again.
         if attempt > 1 {
             return Err(Error::new(ErrorKind::Other, op)
                 .with_key(key)
                 .with_message(format!("the waiter key {waiter} exists already")));
         }
-        delete_owned_once(inner, Operation::Unlock, key, &waiter, lease.id).await?;
+        delete_owned_once(inner, Operation::Unlock, key, waiter, lease.id).await?;
     };
-    let token = header_revision(response.header(), op, key)?;
-    let owner = first_kv_at(&response, 1).map(|kv| kv.create_revision());
-    let mut value = first_kv_at(&response, 2).map(into_versioned);
-    if owner != Some(token) {
-        let waiting = wait_for_turn(inner, key, &prefix, &waiter, token, read);
-        let waited = tokio::select! {
-            waited = tokio::time::timeout_at(deadline, waiting) => waited,
-            _ = lease.lost.cancelled() => Ok(Err(session_lost(op, key))),
-            _ = inner.closed.cancelled() => Ok(Err(crate::error::closed(op, Some(key)))),
-        };
-        let failure = match waited {
-            Ok(Ok(read_value)) => {
-                value = read_value;
-                None
-            }
-            Ok(Err(error)) => Some(error),
-            Err(_) => Some(timed_out()),
-        };
-        if let Some(error) = failure {
-            pending.delete_now().await;
-            return Err(error);
-        }
-    }
-    let turn = pending.disarm();
-    Ok((guard(inner, key, waiter, token, &lease, turn), value))
+    Ok(Enqueued {
+        token: header_revision(response.header(), op, key)?,
+        owner: first_kv_at(&response, 1).map(|kv| kv.create_revision()),
+        value: first_kv_at(&response, 2).map(into_versioned),
+    })
 }
 
 /// A waiter key that may exist and is not a held lock yet: deleted (in the
