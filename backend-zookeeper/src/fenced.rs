@@ -59,6 +59,12 @@ pub(crate) async fn fenced_put(
         PutMode::Update(expected) => Some(kv::expectation(inner, client, key, expected, op).await?),
         _ => None,
     };
+    // Before the write is sent: its notification may reach our watches
+    // before its answer reaches us (see `own_writes`).
+    let in_flight = match mode {
+        PutMode::Update(expected) => Some(inner.own_writes.begin(key.as_str(), expected)),
+        _ => None,
+    };
     let mut attempt = Attempt {
         inner,
         client,
@@ -79,7 +85,13 @@ pub(crate) async fn fenced_put(
             }
         }
         let (role, source) = match committed {
-            Ok(results) => return attempt.written(&results).await,
+            Ok(results) => {
+                let version = attempt.written(&results).await?;
+                if let Some(in_flight) = in_flight {
+                    in_flight.landed(version, value.clone());
+                }
+                return Ok(version);
+            }
             Err(zk::MultiWriteError::RequestFailed {
                 source: zk::Error::SessionExpired | zk::Error::SessionMoved,
             }) => return Err(lock_lost(key, guard)),

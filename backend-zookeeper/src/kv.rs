@@ -378,11 +378,14 @@ async fn update(
     inner: &Inner,
     client: &zk::Client,
     key: &Key,
-    value: &[u8],
+    value: &Bytes,
     expected: Version,
 ) -> Result<Version> {
     let op = Operation::Put;
     let (mut data_version, mut fence) = expectation(inner, client, key, expected, op).await?;
+    // Before the write is sent: its notification may reach our watches
+    // before its answer reaches us.
+    let in_flight = inner.own_writes.begin(key.as_str(), expected);
     for _ in 0..FENCE_ATTEMPTS {
         let mut writer = client.new_multi_writer();
         let fenced = add_fence(inner, &mut writer, key, &fence, op)?;
@@ -390,7 +393,11 @@ async fn update(
             .add_set_data(key.as_str(), value, Some(data_version))
             .map_err(|e| error::map(e, op, key))?;
         match writer.commit().await {
-            Ok(results) => return written(inner, key, &results, op),
+            Ok(results) => {
+                let version = written(inner, key, &results, op)?;
+                in_flight.landed(version, value.clone());
+                return Ok(version);
+            }
             Err(zk::MultiWriteError::RequestFailed { source }) => {
                 failed_with(client, &fence);
                 return Err(error::map(source, op, key));

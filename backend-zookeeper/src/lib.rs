@@ -63,6 +63,7 @@ mod error;
 mod fenced;
 mod kv;
 mod lock;
+mod own_writes;
 mod registration;
 mod session;
 #[cfg(feature = "tls")]
@@ -113,6 +114,10 @@ pub(crate) struct Inner {
     /// the engine relies on (the supervisor publishes it).
     pub status: SessionPublisher,
     pub versions: version_cache::VersionCache,
+    /// This client's conditional writes, for its watches (see `own_writes`).
+    pub own_writes: own_writes::OwnWrites,
+    /// How many reads the watches made (for tests: `watch_reads`).
+    pub watch_reads: std::sync::atomic::AtomicU64,
     /// The live registrations, re-created on every new session.
     pub registrations: Mutex<Registry>,
     pub closed: CancellationToken,
@@ -199,6 +204,8 @@ impl ZooKeeperBackend {
             }))),
             status: SessionPublisher::new(),
             versions: version_cache::VersionCache::default(),
+            own_writes: own_writes::OwnWrites::default(),
+            watch_reads: Default::default(),
             registrations: Mutex::new(Registry::new()),
             closed: CancellationToken::new(),
         });
@@ -241,6 +248,18 @@ impl ZooKeeperBackend {
     pub async fn force_session_expiry(&self) -> Result<()> {
         let hosts = self.inner.config.hosts.clone();
         session::force_expiry(&self.inner, &hosts).await
+    }
+
+    /// For tests (feature `testing`): how many reads this client's watches
+    /// have made since it was built. A watch reads the znode after each
+    /// notification, except after one of this client's own conditional
+    /// writes, whose result it already knows.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn watch_reads(&self) -> u64 {
+        self.inner
+            .watch_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// [`force_session_expiry`](Self::force_session_expiry) with the twin

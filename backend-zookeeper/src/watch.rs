@@ -1,6 +1,7 @@
 //! `watch`: a persistent ZooKeeper watch per stream, re-reading the znode on
 //! each notification (level-triggered), with `Resync` after a reconnect or a
-//! new session.
+//! new session. After a notification of our own write, the state that
+//! write made is emitted without a read (see the `own_writes` module).
 //!
 //! After every reconnect the persistent watch is registered again before
 //! the `Resync` read: zookeeper-client 0.11.2 drops persistent watches on a
@@ -24,6 +25,7 @@ use sharedstate_core::{
 };
 use zookeeper_client as zk;
 
+use crate::own_writes::ANSWER_WAIT;
 use crate::{error, version_of, Inner};
 
 /// The first pause before re-arming a watch whose request lost its
@@ -47,6 +49,7 @@ pub(crate) async fn watch(inner: &Arc<Inner>, key: &Key) -> Result<WatchStream> 
         inner: inner.clone(),
         key: key.clone(),
         last: current.as_ref().map(|v| v.version),
+        trusted: true,
         epoch: session.epoch,
         tx,
     };
@@ -88,6 +91,43 @@ enum Need {
     NewSession,
 }
 
+/// What a batch of notifications holds.
+struct Batch {
+    need: Need,
+    /// How many of them ask for a read, and how many of those are data
+    /// changes (not a creation or a deletion).
+    reads: usize,
+    data_changes: usize,
+}
+
+impl Batch {
+    fn of(event: &zk::WatchedEvent) -> Self {
+        let mut batch = Batch {
+            need: Need::Nothing,
+            reads: 0,
+            data_changes: 0,
+        };
+        batch.add(event);
+        batch
+    }
+
+    fn add(&mut self, event: &zk::WatchedEvent) {
+        let need = need_of(event);
+        self.need = self.need.max(need);
+        if need == Need::Read {
+            self.reads += 1;
+            if event.event_type == zk::EventType::NodeDataChanged {
+                self.data_changes += 1;
+            }
+        }
+    }
+
+    /// Exactly one change, and it changed the data.
+    fn one_data_change(&self) -> bool {
+        self.reads == 1 && self.data_changes == 1
+    }
+}
+
 fn need_of(event: &zk::WatchedEvent) -> Need {
     match event.event_type {
         zk::EventType::Session => match event.session_state {
@@ -109,6 +149,10 @@ struct Task {
     key: Key,
     /// The version last emitted (`None`: absent).
     last: Option<Version>,
+    /// Whether every notification since `last` was read came after it
+    /// (false after a failed read): only then can a data change be matched
+    /// to our own write.
+    trusted: bool,
     /// The session the watcher belongs to.
     epoch: u64,
     /// The kit's bounded delivery: a slow consumer gets the latest state.
@@ -174,23 +218,41 @@ impl Task {
                 Err(_) => return Outcome::NewSession,
             },
         };
-        let mut need = need_of(&first);
-        while need != Need::NewSession {
+        let mut batch = Batch::of(&first);
+        while batch.need != Need::NewSession {
             match AssertUnwindSafe(watcher.changed())
                 .catch_unwind()
                 .now_or_never()
             {
-                Some(Ok(event)) => need = need.max(need_of(&event)),
+                Some(Ok(event)) => batch.add(&event),
                 Some(Err(_)) => return Outcome::NewSession,
                 None => break,
             }
         }
-        match need {
+        match batch.need {
             Need::Nothing => Outcome::Continue,
             Need::NewSession => Outcome::NewSession,
             Need::Resync => Outcome::Reconnected,
+            Need::Read if batch.one_data_change() => self.own_write_or_refresh().await,
             Need::Read => self.refresh(false).await,
         }
+    }
+
+    /// One data change since our last state: when it is our own write that
+    /// landed (see the `own_writes` module), emits what we wrote without a
+    /// read; else reads.
+    async fn own_write_or_refresh(&mut self) -> Outcome {
+        if let (true, Some(last)) = (self.trusted, self.last) {
+            let landed = tokio::select! {
+                _ = self.inner.closed.cancelled() => return Outcome::Stop,
+                landed = self.inner.own_writes.landed_after(self.key.as_str(), last, ANSWER_WAIT) => landed,
+            };
+            if let Some(written) = landed {
+                self.last = Some(written.version);
+                return self.send(WatchEvent::Changed(written));
+            }
+        }
+        self.refresh(false).await
     }
 
     /// Reads the znode and emits what changed (or `Resync`).
@@ -201,6 +263,12 @@ impl Task {
         if session.epoch != self.epoch {
             return Outcome::NewSession;
         }
+        // Until a read succeeds again, a notification may have been
+        // consumed unread: our own writes prove nothing then.
+        self.trusted = false;
+        self.inner
+            .watch_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let current = match read(&self.inner, &session.client, &self.key, resync).await {
             Ok(current) => current,
             Err(zk::Error::SessionExpired | zk::Error::SessionMoved | zk::Error::AuthFailed) => {
@@ -215,6 +283,7 @@ impl Task {
                 return Outcome::Stop;
             }
         };
+        self.trusted = true;
         if resync {
             self.last = current.as_ref().map(|v| v.version);
             return self.send(WatchEvent::Resync(current));

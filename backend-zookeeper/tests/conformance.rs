@@ -466,3 +466,85 @@ async fn several_hosts_one_down() {
     b.put(&key, "v".into(), PutMode::Create).await.expect("put");
     b.close().await.expect("close");
 }
+
+/// A watch takes this client's own conditional writes from their answers
+/// instead of reading them back (one request per write instead of two):
+/// interleaved with another client's writes, every state still arrives in
+/// version order with the bytes written at that version, the last one is
+/// the latest, and only the other client's writes cost the watch a read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_are_not_read_back_and_foreign_writes_still_arrive() {
+    const ROUNDS: usize = 30;
+    let f = factory().await;
+    let connect = || async {
+        ZooKeeperBackend::builder(f.server.clone())
+            .session_timeout(SESSION_TIMEOUT)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", f.server))
+    };
+    let ours = connect().await;
+    let theirs = connect().await;
+    let key = unique_key("zk_own_writes").child("payload").expect("key");
+    let mut version = ours
+        .put(&key, "start".into(), PutMode::Create)
+        .await
+        .expect("create");
+    let mut stream = ours.watch(&key).await.expect("watch");
+    match within("Initial", stream.next()).await {
+        Some(Ok(WatchEvent::Initial(Some(found)))) => assert_eq!(found.version, version),
+        other => panic!("expected Initial(Some), got {other:?}"),
+    }
+    let reads_before = ours.watch_reads();
+    let mut written = std::collections::BTreeMap::new();
+    for round in 0..ROUNDS {
+        // Ours, twice (a chain the watch may see only after both landed),
+        // then theirs on the version it reads.
+        for step in 0..2 {
+            let bytes = format!("ours-{round}-{step}");
+            version = ours
+                .put(&key, bytes.clone().into(), PutMode::Update(version))
+                .await
+                .expect("our update");
+            written.insert(version, bytes);
+        }
+        let current = theirs.get(&key).await.expect("get").expect("present");
+        assert_eq!(current.version, version);
+        let bytes = format!("theirs-{round}");
+        version = theirs
+            .put(&key, bytes.clone().into(), PutMode::Update(version))
+            .await
+            .expect("their update");
+        written.insert(version, bytes);
+    }
+    let mut last = None;
+    while last != Some(version) {
+        match within("the latest write", stream.next()).await {
+            Some(Ok(WatchEvent::Changed(found))) => {
+                assert!(
+                    last.is_none_or(|l| found.version > l),
+                    "{:?} after {last:?}",
+                    found.version
+                );
+                let expected = written
+                    .get(&found.version)
+                    .unwrap_or_else(|| panic!("{:?} was never written", found.version));
+                assert_eq!(&found.value[..], expected.as_bytes(), "{:?}", found.version);
+                last = Some(found.version);
+            }
+            other => panic!("expected Changed, got {other:?}"),
+        }
+    }
+    // Their writes each cost a read (ZooKeeper's notifications carry no
+    // data); ours cost none, unless a notification of ours was folded
+    // together with one of theirs, or the watch handled it after a later
+    // write of ours had replaced the records (a handful at most).
+    let reads = ours.watch_reads() - reads_before;
+    assert!(
+        reads <= (ROUNDS + ROUNDS / 2) as u64,
+        "{reads} watch reads for {ROUNDS} foreign and {} own writes",
+        2 * ROUNDS
+    );
+    ours.close().await.expect("close");
+    theirs.close().await.expect("close");
+}
