@@ -227,7 +227,7 @@ where
                     shared.config.max_staleness
                 )));
         }
-        Ok(shared.current().value.clone())
+        Ok(shared.current_value())
     }
 
     /// The last good copy and how long ago it was last proven current,
@@ -236,7 +236,7 @@ where
     pub fn last_known(&self) -> (Arc<T>, Duration) {
         let shared = &self.shared;
         (
-            shared.current().value.clone(),
+            shared.current_value(),
             shared.proof.age(Instant::now()),
         )
     }

@@ -1,7 +1,9 @@
 //! The state every handle and the watcher task share: the snapshot, the
 //! apply path that turns new versions into change sets, and freshness.
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -93,7 +95,7 @@ pub(crate) struct StateCore<T> {
     pub session: watch::Receiver<SessionStatus>,
     /// Cancelled by `close()` or when the last handle drops.
     pub closed: CancellationToken,
-    current: RwLock<Arc<Snapshot<T>>>,
+    current: ArcSwap<Snapshot<T>>,
     /// Serialises snapshot replacement and publication, so every subscriber
     /// sees change sets in version order; holds the last publication's
     /// number. Never held across an await.
@@ -221,7 +223,7 @@ where
             proof: ProofClock::new(proven_at),
             session,
             closed: CancellationToken::new(),
-            current: RwLock::new(Arc::new(Snapshot {
+            current: ArcSwap::from_pointee(Snapshot {
                 value: Arc::new(decoded.value),
                 json: decoded.json,
                 raw: decoded.raw,
@@ -229,7 +231,7 @@ where
                 newest_seen: version,
                 problem: None,
                 seq: 0,
-            })),
+            }),
             apply: Mutex::new(0),
             write_gate: tokio::sync::Mutex::new(()),
             update_lock: tokio::sync::Mutex::new(()),
@@ -258,14 +260,17 @@ where
     }
 
     pub fn current(&self) -> Arc<Snapshot<T>> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current.load_full()
+    }
+
+    /// The current value alone: what `read()` returns, without taking a
+    /// reference to the whole snapshot.
+    pub fn current_value(&self) -> Arc<T> {
+        self.current.load().value.clone()
     }
 
     fn replace(&self, snapshot: Snapshot<T>) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
+        self.current.store(Arc::new(snapshot));
         // A permit is kept when the watcher is busy: no wake-up is lost.
         self.changed.notify_one();
         self.contention.snapshot_replaced();
