@@ -17,6 +17,7 @@ mod paired;
 mod plot;
 mod raw_etcd;
 mod raw_etcd_lock;
+mod raw_fanout;
 mod raw_zk;
 mod report;
 mod scale;
