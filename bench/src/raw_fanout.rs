@@ -1,17 +1,21 @@
 //! The raw fan-out floors: the raw clients' sessions in this process,
 //! each watching one key, written in turns with the engine's fan-out
-//! (`scale::fanout`), so the scale target compares moments, not runs.
+//! (`scale::fanout`), so the scale target compares moments, not runs. On
+//! the in-memory backend the floor is the minimum in-process work to tell
+//! N tasks about one change on this runtime: a `tokio::sync::broadcast`
+//! to N tasks, each parsing the ~200-byte JSON payload.
 
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use tokio::sync::mpsc;
 
-use crate::fixture::{small, Ctx};
+use crate::fixture::{small, Ctx, Small};
 use crate::scale::endpoint;
 
 /// The raw fan-out floor: the raw client's sessions in this process, each
-/// watching one key, and a writer session.
+/// watching one key, and a writer session; or, for the in-memory backend,
+/// N tasks on one broadcast channel.
 #[allow(clippy::large_enum_variant)] // one value per fan-out size
 pub(crate) enum RawFan {
     Zk {
@@ -25,6 +29,14 @@ pub(crate) enum RawFan {
         writer: etcd_client::Client,
         key: String,
         data: Vec<u8>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    },
+    /// The in-process floor: one broadcast of the encoded payload, N tasks
+    /// each decoding it into the bench's small struct.
+    Memory {
+        sender: tokio::sync::broadcast::Sender<bytes::Bytes>,
+        /// The counter written in the payload: the version tasks report.
+        counter: u64,
         tasks: Vec<tokio::task::JoinHandle<()>>,
     },
 }
@@ -124,12 +136,47 @@ impl RawFan {
                     tasks,
                 })
             }
+            "memory" => Ok(Self::memory(sessions, tx)),
             other => Err(anyhow!("no raw client for {other}")),
         }
     }
 
-    /// Writes the key; returns the version (ZooKeeper) or revision (etcd)
-    /// the watchers will report.
+    /// N tasks, each awaiting the broadcast and decoding every payload it
+    /// receives (`serde_json::from_slice` into `Small`, as an instance
+    /// decodes a new version), then reporting the payload's counter.
+    fn memory(sessions: usize, tx: mpsc::UnboundedSender<(usize, u64, Instant)>) -> RawFan {
+        // One payload per round: a small capacity never lags.
+        let (sender, _) = tokio::sync::broadcast::channel::<bytes::Bytes>(16);
+        let tasks = (0..sessions)
+            .map(|index| {
+                let (mut rx, tx) = (sender.subscribe(), tx.clone());
+                tokio::spawn(async move {
+                    use tokio::sync::broadcast::error::RecvError;
+                    loop {
+                        let payload = match rx.recv().await {
+                            Ok(payload) => payload,
+                            Err(RecvError::Lagged(_)) => continue,
+                            Err(RecvError::Closed) => break,
+                        };
+                        let Ok(value) = serde_json::from_slice::<Small>(&payload) else {
+                            break;
+                        };
+                        if tx.send((index, value.counter, Instant::now())).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        RawFan::Memory {
+            sender,
+            counter: 0,
+            tasks,
+        }
+    }
+
+    /// Writes the key; returns the version (ZooKeeper) or revision (etcd),
+    /// or the payload's counter (memory), that the watchers will report.
     pub(crate) async fn write(&mut self) -> anyhow::Result<u64> {
         match self {
             RawFan::Zk {
@@ -140,6 +187,20 @@ impl RawFan {
             } => {
                 let put = writer.put(key.as_str(), data.clone(), None).await?;
                 Ok(put.header().map(|h| h.revision()).unwrap_or_default() as u64)
+            }
+            RawFan::Memory {
+                sender, counter, ..
+            } => {
+                *counter += 1;
+                let value = Small {
+                    counter: *counter,
+                    ..small()
+                };
+                let payload = bytes::Bytes::from(serde_json::to_vec(&value)?);
+                sender
+                    .send(payload)
+                    .map_err(|_| anyhow!("no task receives the broadcast"))?;
+                Ok(*counter)
             }
         }
     }
@@ -154,6 +215,10 @@ impl RawFan {
                 "raw etcd-client: {} clients (connections) in this process, each with a watch on the key",
                 tasks.len()
             ),
+            RawFan::Memory { tasks, .. } => format!(
+                "in-process floor: one tokio broadcast to {} tasks, each decoding the ~200-byte JSON payload (serde_json::from_slice into the bench's small struct)",
+                tasks.len()
+            ),
         }
     }
 
@@ -165,7 +230,7 @@ impl RawFan {
                 }
                 drop(readers);
             }
-            RawFan::Etcd { tasks, .. } => {
+            RawFan::Etcd { tasks, .. } | RawFan::Memory { tasks, .. } => {
                 for task in tasks {
                     task.abort();
                 }
