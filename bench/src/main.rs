@@ -1,7 +1,9 @@
 //! `sharedstate-bench`: measures the sharedstate engine on each backend
-//! against the raw clients (the round-trip floor) and the peers (zkstate,
-//! kazoo through `bench/kazoo_bench.py`), then writes `BENCHMARKS.md` and
-//! its plots from the JSON results.
+//! against the raw clients (the round-trip floors; on ZooKeeper also the
+//! contention floors of `raw_zk_contended`; on memory the in-process
+//! fan-out floor of `raw_fanout`) and the peers (zkstate, kazoo through
+//! `bench/kazoo_bench.py`), then writes `BENCHMARKS.md` and its plots from
+//! the JSON results.
 //!
 //! ```text
 //! sharedstate-bench run --zk 127.0.0.1:2181 --etcd 127.0.0.1:2379 [--smoke]
@@ -17,7 +19,9 @@ mod paired;
 mod plot;
 mod raw_etcd;
 mod raw_etcd_lock;
+mod raw_fanout;
 mod raw_zk;
+mod raw_zk_contended;
 mod report;
 mod scale;
 mod targets;
@@ -58,13 +62,16 @@ enum Command {
         #[arg(long)]
         smoke: bool,
         /// Only these suites (comma separated): memory, zk-paired, zk,
-        /// zk-raw, zkstate, etcd-paired, etcd, etcd-raw,
+        /// zk-raw, zk-raw-contended, zkstate, etcd-paired, etcd, etcd-raw,
         /// etcd-raw-lock.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
-        /// Only these engine scenarios (comma separated): read,
+        /// Only these scenarios (comma separated). Engine suites: read,
         /// update-uncontended, locked-split, propagation, contended,
-        /// payload-size, fanout (and any added later).
+        /// payload-size, fanout (with its raw floor interleaved: on memory
+        /// a broadcast to as many tasks), requests-per-update,
+        /// many-states, fleet-cost, engine-cpu. zk-raw-contended:
+        /// contended-lock, contended-chain (`contended` selects both).
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
         /// Where the JSON results go.
@@ -216,6 +223,14 @@ async fn run(
         if wanted("zk-raw") {
             eprintln!("== zk: raw zookeeper-client floors");
             write_records(out, "zk-raw", &raw_zk::run(hosts, &root, &plan).await)?;
+        }
+        if wanted("zk-raw-contended") {
+            eprintln!("== zk: raw zookeeper-client contention floors (lock recipe, watched chain)");
+            write_records(
+                out,
+                "zk-raw-contended",
+                &raw_zk_contended::run(hosts, &root, &plan, scenarios).await,
+            )?;
         }
         if wanted("zk") {
             eprintln!("== zk: sharedstate engine");

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::fixture::{close, open, small, Ctx};
 use crate::harness::{announce, histogram, record_ns, Record};
+use crate::raw_fanout::RawFan;
 
 fn done(record: Record) -> Record {
     announce(&record);
@@ -36,7 +37,7 @@ struct ServerCounters {
 }
 
 /// `host:port` of the server behind a bench URL (`zk://h:p`, `etcd://h:p`).
-fn endpoint(url: &str) -> Option<(&str, &str)> {
+pub(crate) fn endpoint(url: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = url.split_once("://")?;
     Some((scheme, rest.split(['/', ',']).next()?))
 }
@@ -144,7 +145,8 @@ pub async fn fanout(ctx: &Ctx, sessions: usize) -> anyhow::Result<Vec<Record>> {
     let rss_per = rss_bytes().saturating_sub(rss_before) / sessions.max(1) as u64;
     let (idle_rate, watches) = idle_cost(ctx, before_open).await;
     // The floor: the raw client, as many sessions each watching one key in
-    // this same process, written in turns with ours (interleaved rounds).
+    // this same process (memory: a broadcast to as many tasks, each decoding
+    // the payload), written in turns with ours (interleaved rounds).
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
     let mut raw = RawFan::open(ctx, sessions, raw_tx).await;
     let mut all = histogram();
@@ -213,8 +215,6 @@ pub async fn fanout(ctx: &Ctx, sessions: usize) -> anyhow::Result<Vec<Record>> {
             }
             raw.close().await;
         }
-        // The in-process memory backend has no raw client.
-        Err(_) if ctx.label == "memory" => {}
         Err(error) => raw_records.push(done(
             Record::new(
                 &ctx.label,
@@ -300,170 +300,6 @@ async fn arrivals_to_all(
         record_ns(all, last.saturating_duration_since(t0));
     }
     Ok(())
-}
-
-/// The raw fan-out floor: the raw client's sessions in this process, each
-/// watching one key, and a writer session.
-#[allow(clippy::large_enum_variant)] // one value per fan-out size
-enum RawFan {
-    Zk {
-        writer: zookeeper_client::Client,
-        path: String,
-        data: Vec<u8>,
-        readers: Vec<zookeeper_client::Client>,
-        tasks: Vec<tokio::task::JoinHandle<()>>,
-    },
-    Etcd {
-        writer: etcd_client::Client,
-        key: String,
-        data: Vec<u8>,
-        tasks: Vec<tokio::task::JoinHandle<()>>,
-    },
-}
-
-impl RawFan {
-    async fn open(
-        ctx: &Ctx,
-        sessions: usize,
-        tx: mpsc::UnboundedSender<(usize, u64, Instant)>,
-    ) -> anyhow::Result<RawFan> {
-        let Some((scheme, address)) = endpoint(&ctx.url) else {
-            return Err(anyhow!("no raw client for {}", ctx.url));
-        };
-        let data = serde_json::to_vec(&small())?;
-        let key = format!("{}-raw-{sessions}", ctx.path("fanout"));
-        match scheme {
-            "zk" => {
-                let writer = crate::raw_zk::connect(address).await?;
-                crate::raw_zk::ensure(&writer, &key, &data).await?;
-                let mut readers = Vec::new();
-                let mut tasks = Vec::new();
-                for chunk in (0..sessions).collect::<Vec<_>>().chunks(20) {
-                    let opened = futures::future::join_all(
-                        chunk.iter().map(|_| crate::raw_zk::connect(address)),
-                    )
-                    .await;
-                    for (offset, client) in opened.into_iter().enumerate() {
-                        let client = client?;
-                        let index = chunk[0] + offset;
-                        let mut watcher = client
-                            .watch(&key, zookeeper_client::AddWatchMode::Persistent)
-                            .await?;
-                        let (client2, key2, tx) = (client.clone(), key.clone(), tx.clone());
-                        tasks.push(tokio::spawn(async move {
-                            loop {
-                                let _event = watcher.changed().await;
-                                let Ok((_, stat)) = client2.get_data(&key2).await else {
-                                    break;
-                                };
-                                if tx
-                                    .send((index, stat.version as u64, Instant::now()))
-                                    .is_err()
-                                {
-                                    break;
-                                }
-                            }
-                        }));
-                        readers.push(client);
-                    }
-                }
-                Ok(RawFan::Zk {
-                    writer,
-                    path: key,
-                    data,
-                    readers,
-                    tasks,
-                })
-            }
-            "etcd" => {
-                let mut writer = etcd_client::Client::connect([address], None).await?;
-                writer.put(key.as_str(), data.clone(), None).await?;
-                let mut tasks = Vec::new();
-                for chunk in (0..sessions).collect::<Vec<_>>().chunks(20) {
-                    let opened = futures::future::join_all(
-                        chunk
-                            .iter()
-                            .map(|_| etcd_client::Client::connect([address], None)),
-                    )
-                    .await;
-                    for (offset, client) in opened.into_iter().enumerate() {
-                        let mut client = client?;
-                        let index = chunk[0] + offset;
-                        let mut stream = client.watch(key.as_str(), None).await?;
-                        let tx = tx.clone();
-                        tasks.push(tokio::spawn(async move {
-                            let _keep = client;
-                            while let Ok(Some(message)) = stream.message().await {
-                                let now = Instant::now();
-                                for event in message.events() {
-                                    if let Some(kv) = event.kv() {
-                                        if tx.send((index, kv.mod_revision() as u64, now)).is_err()
-                                        {
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                        }));
-                    }
-                }
-                // Let every watch be created on the server.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Ok(RawFan::Etcd {
-                    writer,
-                    key,
-                    data,
-                    tasks,
-                })
-            }
-            other => Err(anyhow!("no raw client for {other}")),
-        }
-    }
-
-    /// Writes the key; returns the version (ZooKeeper) or revision (etcd)
-    /// the watchers will report.
-    async fn write(&mut self) -> anyhow::Result<u64> {
-        match self {
-            RawFan::Zk {
-                writer, path, data, ..
-            } => Ok(writer.set_data(path, data, None).await?.version as u64),
-            RawFan::Etcd {
-                writer, key, data, ..
-            } => {
-                let put = writer.put(key.as_str(), data.clone(), None).await?;
-                Ok(put.header().map(|h| h.revision()).unwrap_or_default() as u64)
-            }
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            RawFan::Zk { readers, .. } => format!(
-                "raw zookeeper-client: {} sessions in this process, each with a persistent watch + getData per event (what the backend does)",
-                readers.len()
-            ),
-            RawFan::Etcd { tasks, .. } => format!(
-                "raw etcd-client: {} clients (connections) in this process, each with a watch on the key",
-                tasks.len()
-            ),
-        }
-    }
-
-    async fn close(self) {
-        match self {
-            RawFan::Zk { readers, tasks, .. } => {
-                for task in tasks {
-                    task.abort();
-                }
-                drop(readers);
-            }
-            RawFan::Etcd { tasks, .. } => {
-                for task in tasks {
-                    task.abort();
-                }
-            }
-        }
-    }
 }
 
 /// The server's request rate while the opened instances sit idle (their
