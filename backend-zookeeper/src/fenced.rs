@@ -1,21 +1,24 @@
-//! Fenced writes: one `multi` that checks the lock node, carries the
-//! incarnation fence of an `Update` (see the `kv` module), writes, and with
+//! Fenced writes: one `multi` that checks the lock node, writes, carries
+//! the incarnation fence of an `Update` (see the `fence` module), and with
 //! `release` deletes the lock node, all or nothing.
 
 use bytes::Bytes;
 use sharedstate_core::{Error, ErrorKind, Key, LockGuard, Operation, PutMode, Result, Version};
 use zookeeper_client as zk;
 
-use crate::kv::{self, Fence};
-use crate::{error, plain, Inner};
+use crate::fence::{self, Fence, FenceFailure, FenceOps};
+use crate::{error, kv, plain, Inner};
 
 /// The role of each operation in the transaction, to read a failure's
 /// index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     LockCheck,
-    Fence,
     Write,
+    /// The fence's counter check (or its learned node).
+    Fence,
+    /// The fence's hint.
+    Hint,
     Release,
 }
 
@@ -56,7 +59,9 @@ pub(crate) async fn fenced_put(
     let session = inner.session(op)?;
     let client = &session.client;
     let expect = match mode {
-        PutMode::Update(expected) => Some(kv::expectation(inner, client, key, expected, op).await?),
+        PutMode::Update(expected) => {
+            Some(fence::expectation(inner, client, key, expected, op).await?)
+        }
         _ => None,
     };
     // Before the write is sent: its notification may reach our watches
@@ -76,12 +81,13 @@ pub(crate) async fn fenced_put(
         create: matches!(mode, PutMode::Create),
         expect,
     };
-    for _ in 0..kv::FENCE_ATTEMPTS {
+    for _ in 0..fence::FENCE_ATTEMPTS {
         let (mut writer, roles) = attempt.transaction()?;
         let committed = writer.commit().await;
         if committed.is_err() {
-            if let Some((_, fence)) = &attempt.expect {
-                kv::failed_with(client, fence);
+            if let Some((data_version, fence)) = attempt.expect.take() {
+                fence::failed_with(client, &fence);
+                attempt.expect = Some((data_version, fence.without_learned_node()));
             }
         }
         let (role, source) = match committed {
@@ -107,7 +113,7 @@ pub(crate) async fn fenced_put(
         }
         attempt.recover(role, source).await?;
     }
-    Err(kv::fence_gave_up(op, key))
+    Err(fence::gave_up(op, key))
 }
 
 /// `LockLost`: `guard`'s lock node is gone.
@@ -119,8 +125,9 @@ fn lock_lost(key: &Key, guard: &LockGuard) -> Error {
 
 impl<'a> Attempt<'a> {
     /// The transaction of one attempt, and the role of each of its
-    /// operations (to read a failure's index): the lock check, the fence of
-    /// an `Update`, the write, and the release.
+    /// operations (to read a failure's index): the lock check, the write,
+    /// the fence of an `Update` (after the write, so that losing to a
+    /// writer that ignores the lock is reported as such), and the release.
     fn transaction(&self) -> Result<(zk::MultiWriter<'a>, Vec<Role>)> {
         let (op, key) = (Operation::FencedPut, self.key);
         let mut roles = vec![Role::LockCheck];
@@ -128,10 +135,6 @@ impl<'a> Attempt<'a> {
         writer
             .add_check_version(self.owner, -1)
             .map_err(|e| error::map(e, op, key))?;
-        if let Some((_, fence)) = &self.expect {
-            let fenced = kv::add_fence(self.inner, &mut writer, key, fence, op)?;
-            roles.extend(std::iter::repeat_n(Role::Fence, fenced));
-        }
         let added = if self.create {
             writer.add_create(
                 key.as_str(),
@@ -147,6 +150,10 @@ impl<'a> Attempt<'a> {
         };
         added.map_err(|e| error::map(e, op, key))?;
         roles.push(Role::Write);
+        if let Some((_, fence)) = &self.expect {
+            let ops = fence::add(self.inner, &mut writer, key, fence, op, roles.len())?;
+            roles.extend((ops.first..ops.first + ops.count).map(|index| role_in(ops, index)));
+        }
         if self.release {
             writer
                 .add_delete(self.owner, None)
@@ -160,7 +167,7 @@ impl<'a> Attempt<'a> {
     async fn written(&self, results: &[zk::MultiWriteResult]) -> Result<Version> {
         let op = Operation::FencedPut;
         match self.expect {
-            Some(_) => kv::written(self.inner, self.key, results, op),
+            Some((_, ref fence)) => kv::written(self.inner, self.key, results, fence, op),
             None => written_plain(self.inner, self.client, self.key, results, op).await,
         }
     }
@@ -171,7 +178,15 @@ impl<'a> Attempt<'a> {
         let (op, key, inner, client) = (Operation::FencedPut, self.key, self.inner, self.client);
         match (role, source, self.mode) {
             (Role::Fence, _, PutMode::Update(expected)) => {
-                self.expect = Some(kv::learn(inner, client, key, expected, op).await?);
+                if let Some((_, failed)) = &self.expect {
+                    self.expect =
+                        Some(fence::relearn(inner, client, key, expected, op, failed).await?);
+                }
+            }
+            (Role::Hint, source, PutMode::Update(_)) => {
+                if let Some((_, fence)) = &mut self.expect {
+                    fence::hint_failed(fence, &source);
+                }
             }
             (Role::Write, zk::Error::NodeExists, PutMode::Create) => {
                 return Err(plain(ErrorKind::AlreadyExists, op, key))
@@ -194,11 +209,21 @@ impl<'a> Attempt<'a> {
                 inner.versions.forget(key.as_str());
                 return Err(kv::conflict_now(inner, client, key, op).await);
             }
-            (Role::LockCheck | Role::Release | Role::Fence | Role::Write, source, _) => {
-                return Err(error::map(source, op, key))
-            }
+            (
+                Role::LockCheck | Role::Release | Role::Fence | Role::Hint | Role::Write,
+                source,
+                _,
+            ) => return Err(error::map(source, op, key)),
         }
         Ok(())
+    }
+}
+
+/// The role of the fence operation at `index`.
+fn role_in(ops: FenceOps, index: usize) -> Role {
+    match ops.failure(index) {
+        FenceFailure::Hint => Role::Hint,
+        FenceFailure::Counter | FenceFailure::None => Role::Fence,
     }
 }
 

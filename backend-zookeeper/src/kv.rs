@@ -1,47 +1,12 @@
-//! get, put, delete, list, and exact conditional writes.
-//!
-//! # Exact conditional writes
-//!
-//! A [`Version`] is the znode's `mzxid`, which never repeats. ZooKeeper
-//! itself can only condition a write on the znode's *data version*, which
-//! starts again at 0 when the znode is deleted and re-created: a plain
-//! `setData(path, data_version)` would succeed against a re-created znode
-//! that happens to be at the same data version (an ABA the contract
-//! forbids), and there is no condition on `czxid`. What re-creating a znode
-//! always does is *create a child of its parent*, which advances the
-//! parent's sequence counter (the number a sequential child is named
-//! after). A transaction can check that counter: the `multi`
-//!
-//! ```text
-//! create(<parent>/sharedstate-fence-, sequential)   -> named after the counter now
-//! delete(<parent>/sharedstate-fence-<expected counter, %010d>)
-//! setData(<path>, data, <expected data version>)
-//! ```
-//!
-//! commits only if no child of the parent was created since the counter was
-//! learned (otherwise the delete finds no such node and the whole
-//! transaction fails), and the data version proves no write to this
-//! incarnation since its stat was read.
-//!
-//! The counter is only ever learned from the names the server gives our own
-//! sequential nodes, never from `stat.cversion`: which operations move
-//! `cversion` differs between ZooKeeper versions (3.8 counts deletes in the
-//! stat but not in the counter; newer releases count neither), and a guess
-//! larger than the real counter could be matched by intervening creates. So
-//! a write that does not know the counter first creates an ephemeral fence
-//! node (its name is the counter), pipelined with the stat read that comes
-//! after it, and deletes that node in the write's transaction: two round
-//! trips. The transaction's answer names its own fence node, so the next
-//! write of this client knows the counter: one round trip while nobody
-//! else creates children of the parent. A counter that went stale makes the
-//! transaction fail, then it is learned again; it never lets a wrong write
-//! through. Fence nodes never show in `list` (they are filtered, and
-//! `Key` reserves the `sharedstate-fence-` prefix).
+//! get, put, delete, list, and exact conditional writes (their incarnation
+//! fence is the `fence` module's).
 
 use bytes::Bytes;
 use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Version, Versioned};
 use zookeeper_client as zk;
 
+use crate::fence::{self, FenceFailure, FENCE_ATTEMPTS};
+use crate::version_cache::{Counter, Source};
 use crate::{error, version_of, Inner};
 
 /// Bound on the create-or-set loop of `Overwrite` (each turn means another
@@ -49,66 +14,6 @@ use crate::{error, version_of, Inner};
 const OVERWRITE_ATTEMPTS: usize = 16;
 /// Bound on re-creating parents that another client keeps deleting.
 const CREATE_ATTEMPTS: usize = 8;
-/// Bound on retrying a conditional write whose fence failed while the key
-/// itself was unchanged (a sibling was created meanwhile).
-pub(crate) const FENCE_ATTEMPTS: usize = 8;
-/// The name prefix of fence nodes (reserved by `Key`).
-pub(crate) const FENCE_PREFIX: &str = "sharedstate-fence-";
-
-fn raw(version: Version) -> i64 {
-    i64::try_from(version.as_u64()).unwrap_or(i64::MAX)
-}
-
-fn fence_prefix(key: &Key) -> String {
-    match key.parent() {
-        None => format!("/{FENCE_PREFIX}"),
-        Some(parent) => format!("{parent}/{FENCE_PREFIX}"),
-    }
-}
-
-/// The counter a sequential node's name carries.
-fn counter_of(path: &str) -> Option<i32> {
-    let split = path.rfind(FENCE_PREFIX)? + FENCE_PREFIX.len();
-    path.get(split..)?.parse().ok()
-}
-
-/// Whether a child name is one of our fence nodes (never listed).
-pub(crate) fn is_fence(name: &str) -> bool {
-    name.starts_with(FENCE_PREFIX)
-}
-
-/// A fence the next transaction must carry: the expected counter, and the
-/// ephemeral node that taught it (deleted in the same transaction).
-#[derive(Debug, Clone)]
-pub(crate) struct Fence {
-    counter: i32,
-    learned_from: Option<String>,
-}
-
-/// Adds the fence operations (see the module docs) to `writer`; returns how
-/// many it added.
-pub(crate) fn add_fence(
-    inner: &Inner,
-    writer: &mut zk::MultiWriter<'_>,
-    key: &Key,
-    fence: &Fence,
-    op: Operation,
-) -> Result<usize> {
-    let prefix = fence_prefix(key);
-    let map = |e| error::map(e, op, key);
-    let mut added = 0;
-    if let Some(node) = &fence.learned_from {
-        writer.add_delete(node, None).map_err(map)?;
-        added += 1;
-    }
-    let options = zk::CreateMode::PersistentSequential.with_acls(inner.acls());
-    writer.add_create(&prefix, &[], &options).map_err(map)?;
-    writer
-        .add_delete(&format!("{prefix}{:010}", fence.counter), None)
-        .map_err(map)?;
-    Ok(added + 2)
-}
-
 /// Reads `key`'s data (or only its stat), after a `sync` when `sync`, and
 /// caches what it found. `Ok(None)` when the key does not exist.
 pub(crate) async fn read(
@@ -209,105 +114,38 @@ pub(crate) async fn get_linearizable(inner: &Inner, key: &Key) -> Result<Option<
     }
 }
 
-/// The data version and fence for a conditional operation at `expected`:
-/// from the cache when it knows the counter, else learned (see the module
-/// docs). A key not at `expected` is a `Conflict` with the version found.
-pub(crate) async fn expectation(
-    inner: &Inner,
-    client: &zk::Client,
-    key: &Key,
-    expected: Version,
-    op: Operation,
-) -> Result<(i32, Fence)> {
-    if let Some(known) = inner.versions.lookup(key.as_str(), raw(expected)) {
-        if let Some(counter) = known.counter {
-            let fence = Fence {
-                counter,
-                learned_from: None,
-            };
-            return Ok((known.data_version, fence));
-        }
-    }
-    learn(inner, client, key, expected, op).await
-}
-
-/// Learns the parent's counter from an ephemeral sequential node, then
-/// reads the key's stat after it, pipelined.
-pub(crate) async fn learn(
-    inner: &Inner,
-    client: &zk::Client,
-    key: &Key,
-    expected: Version,
-    op: Operation,
-) -> Result<(i32, Fence)> {
-    let options = zk::CreateMode::EphemeralSequential.with_acls(inner.acls());
-    let prefix = fence_prefix(key);
-    let created = client.create(&prefix, &[], &options);
-    let found = read(inner, client, key, true, false);
-    let created = created.await;
-    let found = found.await;
-    let node = match created {
-        Ok((_, sequence)) => format!("{prefix}{sequence}"),
-        // The parent is gone, so is the key.
-        Err(zk::Error::NoNode) => return Err(error::conflict(op, key, None)),
-        Err(e) => return Err(error::map(e, op, key)),
-    };
-    let discard = |why: Error| {
-        discard_fence(client, &node);
-        why
-    };
-    let found = found.map_err(|e| discard(error::map(e, op, key)))?;
-    let Some(counter) = counter_of(&node).and_then(|c| c.checked_add(1)) else {
-        return Err(discard(
-            crate::plain(ErrorKind::Other, op, key)
-                .with_message(format!("unexpected fence node name {node}")),
-        ));
-    };
-    match found {
-        None => Err(discard(error::conflict(op, key, None))),
-        Some((_, stat)) if stat.mzxid != raw(expected) => Err(discard(error::conflict(
-            op,
-            key,
-            Some(version_of(stat.mzxid)),
-        ))),
-        Some((_, stat)) => Ok((
-            stat.version,
-            Fence {
-                counter,
-                learned_from: Some(node),
-            },
-        )),
-    }
-}
-
-/// Deletes a fence node that no transaction will delete (it is ephemeral:
-/// it goes with the session at the latest).
-pub(crate) fn discard_fence(client: &zk::Client, node: &str) {
-    let delete = client.delete(node, None);
-    tokio::spawn(async move {
-        if let Err(error) = delete.await {
-            tracing::debug!(%error, "deleting a fence node failed; it goes with the session");
-        }
-    });
-}
-
-/// After a transaction failed: its learned fence node (if any) still exists.
-pub(crate) fn failed_with(client: &zk::Client, fence: &Fence) {
-    if let Some(node) = &fence.learned_from {
-        discard_fence(client, node);
-    }
-}
-
 /// The `Conflict` for a conditional operation that met `BadVersion` or
-/// `NoNode`: carries the version found now.
+/// `NoNode`: carries the version found now. No `sync` before the read: it
+/// follows the failed transaction on this session, which the server
+/// answered only after applying every write before it, so it sees the
+/// write that beat ours. The fence hint is read first, in the same flight,
+/// so that a retry at the version found knows the counter (see the `fence`
+/// module docs).
 pub(crate) async fn conflict_now(
     inner: &Inner,
     client: &zk::Client,
     key: &Key,
     op: Operation,
 ) -> Error {
-    match read(inner, client, key, true, false).await {
-        Ok(found) => error::conflict(op, key, found.map(|(_, s)| version_of(s.mzxid))),
+    let hinted = client.get_data(&fence::hint_path(key));
+    let found = client.check_stat(key.as_str());
+    let hinted = hinted.await;
+    match found.await {
+        Ok(Some(stat)) => {
+            let counter = hinted
+                .ok()
+                .and_then(|(data, _)| fence::parse_hint(&data))
+                .map(|value| Counter {
+                    value,
+                    source: Source::Hint,
+                });
+            inner.versions.record(key.as_str(), &stat, counter);
+            error::conflict(op, key, Some(version_of(stat.mzxid)))
+        }
+        Ok(None) => {
+            inner.versions.forget(key.as_str());
+            error::conflict(op, key, None)
+        }
         Err(e) => error::map(e, op, key),
     }
 }
@@ -373,7 +211,8 @@ pub(crate) async fn put(inner: &Inner, key: &Key, value: Bytes, mode: PutMode) -
     }
 }
 
-/// `Update(expected)`: one fenced `multi` (see the module docs).
+/// `Update(expected)`: one fenced `multi` (see the `fence` module): the
+/// write first, so that losing to another write is reported as such.
 async fn update(
     inner: &Inner,
     client: &zk::Client,
@@ -382,71 +221,66 @@ async fn update(
     expected: Version,
 ) -> Result<Version> {
     let op = Operation::Put;
-    let (mut data_version, mut fence) = expectation(inner, client, key, expected, op).await?;
+    let (mut data_version, mut fence) =
+        fence::expectation(inner, client, key, expected, op).await?;
     // Before the write is sent: its notification may reach our watches
     // before its answer reaches us.
     let in_flight = inner.own_writes.begin(key.as_str(), expected);
     for _ in 0..FENCE_ATTEMPTS {
         let mut writer = client.new_multi_writer();
-        let fenced = add_fence(inner, &mut writer, key, &fence, op)?;
         writer
             .add_set_data(key.as_str(), value, Some(data_version))
             .map_err(|e| error::map(e, op, key))?;
-        match writer.commit().await {
+        let fenced = fence::add(inner, &mut writer, key, &fence, op, 1)?;
+        let failed = match writer.commit().await {
             Ok(results) => {
-                let version = written(inner, key, &results, op)?;
+                let version = written(inner, key, &results, &fence, op)?;
                 in_flight.landed(version, value.clone());
                 return Ok(version);
             }
             Err(zk::MultiWriteError::RequestFailed { source }) => {
-                failed_with(client, &fence);
+                fence::failed_with(client, &fence);
                 return Err(error::map(source, op, key));
             }
-            Err(zk::MultiWriteError::OperationFailed { index, .. }) if index < fenced => {
-                // A child of the parent was created since the counter was
-                // learned: learn it again (the key may be unchanged).
-                failed_with(client, &fence);
-                (data_version, fence) = learn(inner, client, key, expected, op).await?;
+            Err(zk::MultiWriteError::OperationFailed { index, source }) => (index, source),
+        };
+        fence::failed_with(client, &fence);
+        match fenced.failure(failed.0) {
+            FenceFailure::Hint => {
+                fence::hint_failed(&mut fence, &failed.1);
+                fence = fence.without_learned_node();
             }
-            Err(zk::MultiWriteError::OperationFailed { .. }) => {
-                failed_with(client, &fence);
+            // A child of the parent was created since the counter was
+            // learned: learn it again (the key may be unchanged).
+            FenceFailure::Counter => {
+                (data_version, fence) =
+                    fence::relearn(inner, client, key, expected, op, &fence).await?;
+            }
+            FenceFailure::None => {
                 inner.versions.forget(key.as_str());
                 return Err(conflict_now(inner, client, key, op).await);
             }
         }
     }
-    Err(fence_gave_up(op, key))
+    Err(fence::gave_up(op, key))
 }
 
-pub(crate) fn fence_gave_up(op: Operation, key: &Key) -> Error {
-    error::conflict(op, key, None).with_message(format!(
-        "children of the key's parent kept being created ({FENCE_ATTEMPTS} attempts); \
-         the write was not applied"
-    ))
-}
-
-/// The new version of a fenced `setData`; the transaction's own fence node
-/// tells the parent's counter after it, for the next write.
+/// The new version of a fenced `setData`; records it with the parent's
+/// counter after the transaction, for the next write.
 pub(crate) fn written(
     inner: &Inner,
     key: &Key,
     results: &[zk::MultiWriteResult],
+    fence: &fence::Fence,
     op: Operation,
 ) -> Result<Version> {
-    let mut stat = None;
-    let mut counter = None;
-    for result in results {
-        match result {
-            zk::MultiWriteResult::SetData { stat: s } => stat = Some(s),
-            zk::MultiWriteResult::Create { path, .. } if path.contains(FENCE_PREFIX) => {
-                counter = counter_of(path).and_then(|c| c.checked_add(1));
-            }
-            _ => {}
-        }
-    }
+    let stat = results.iter().find_map(|result| match result {
+        zk::MultiWriteResult::SetData { stat } => Some(stat),
+        _ => None,
+    });
     match stat {
         Some(stat) => {
-            inner.versions.record(key.as_str(), stat, counter);
+            fence::committed(inner, key, stat, fence);
             Ok(version_of(stat.mzxid))
         }
         None => Err(crate::plain(ErrorKind::Other, op, key)
@@ -484,55 +318,113 @@ pub(crate) async fn delete(inner: &Inner, key: &Key, expected: Option<Version>) 
             e
         }
     };
+    // A key whose only children are fence nodes (a hint left by writes to
+    // its former children) is deleted with them.
+    let mut reserved: Vec<String> = Vec::new();
     let Some(expected) = expected else {
-        return match client.delete(path, None).await {
-            Ok(()) => {
-                inner.versions.forget(path);
-                Ok(())
+        for _ in 0..FENCE_ATTEMPTS {
+            let mut writer = client.new_multi_writer();
+            for child in &reserved {
+                writer
+                    .add_delete(child, None)
+                    .map_err(|e| error::map(e, op, key))?;
             }
-            Err(e) => Err(error::map(e, op, key)),
-        };
+            writer
+                .add_delete(path, None)
+                .map_err(|e| error::map(e, op, key))?;
+            let source = match writer.commit().await {
+                Ok(_) => {
+                    inner.versions.forget(path);
+                    return Ok(());
+                }
+                Err(zk::MultiWriteError::RequestFailed { source })
+                | Err(zk::MultiWriteError::OperationFailed { source, .. }) => source,
+            };
+            reserved = match source {
+                zk::Error::NotEmpty => only_reserved_children(client, key).await?,
+                // One of the reserved children went meanwhile: list again.
+                zk::Error::NoNode if !reserved.is_empty() => {
+                    only_reserved_children(client, key).await?
+                }
+                source => return Err(error::map(source, op, key)),
+            };
+        }
+        return Err(error::map(zk::Error::NotEmpty, op, key));
     };
-    let (mut data_version, mut fence) = expectation(inner, client, key, expected, op)
+    let (mut data_version, mut fence) = fence::expectation(inner, client, key, expected, op)
         .await
         .map_err(not_found)?;
     for _ in 0..FENCE_ATTEMPTS {
         let mut writer = client.new_multi_writer();
         // Fence first: the delete of the key must not count against it.
-        let fenced = add_fence(inner, &mut writer, key, &fence, op)?;
+        let fenced = fence::add(inner, &mut writer, key, &fence, op, 0)?;
+        for child in &reserved {
+            writer
+                .add_delete(child, None)
+                .map_err(|e| error::map(e, op, key))?;
+        }
         writer
             .add_delete(path, Some(data_version))
             .map_err(|e| error::map(e, op, key))?;
-        match writer.commit().await {
+        let (index, source) = match writer.commit().await {
             Ok(_) => {
                 inner.versions.forget(path);
                 return Ok(());
             }
             Err(zk::MultiWriteError::RequestFailed { source }) => {
-                failed_with(client, &fence);
+                fence::failed_with(client, &fence);
                 return Err(error::map(source, op, key));
             }
-            Err(zk::MultiWriteError::OperationFailed { index, .. }) if index < fenced => {
-                failed_with(client, &fence);
-                (data_version, fence) = learn(inner, client, key, expected, op)
+            Err(zk::MultiWriteError::OperationFailed { index, source }) => (index, source),
+        };
+        fence::failed_with(client, &fence);
+        match (fenced.failure(index), source) {
+            (FenceFailure::Hint, source) => {
+                fence::hint_failed(&mut fence, &source);
+                fence = fence.without_learned_node();
+            }
+            (FenceFailure::Counter, _) => {
+                (data_version, fence) = fence::relearn(inner, client, key, expected, op, &fence)
                     .await
                     .map_err(not_found)?;
             }
-            Err(zk::MultiWriteError::OperationFailed {
-                source: zk::Error::NotEmpty,
-                ..
-            }) => {
-                failed_with(client, &fence);
-                return Err(error::map(zk::Error::NotEmpty, op, key));
+            (FenceFailure::None, zk::Error::NotEmpty) => {
+                reserved = only_reserved_children(client, key).await?;
+                fence = fence.without_learned_node();
             }
-            Err(zk::MultiWriteError::OperationFailed { .. }) => {
-                failed_with(client, &fence);
+            // One of the reserved children went meanwhile: list again.
+            (FenceFailure::None, zk::Error::NoNode)
+                if index < fenced.first + fenced.count + reserved.len() =>
+            {
+                reserved = only_reserved_children(client, key).await?;
+                fence = fence.without_learned_node();
+            }
+            (FenceFailure::None, _) => {
                 inner.versions.forget(path);
                 return Err(not_found(conflict_now(inner, client, key, op).await));
             }
         }
     }
-    Err(fence_gave_up(op, key))
+    Err(fence::gave_up(op, key))
+}
+
+/// The children of `key` as paths, when all of them are fence nodes;
+/// `NotEmpty` when it has others (`delete` refuses a key with children).
+async fn only_reserved_children(client: &zk::Client, key: &Key) -> Result<Vec<String>> {
+    let op = Operation::Delete;
+    let children = match client.list_children(key.as_str()).await {
+        Ok(children) => children,
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(e) => return Err(error::map(e, op, key)),
+    };
+    if children.iter().all(|name| fence::is_fence(name)) {
+        Ok(children
+            .iter()
+            .map(|name| format!("{key}/{name}"))
+            .collect())
+    } else {
+        Err(error::map(zk::Error::NotEmpty, op, key))
+    }
 }
 
 pub(crate) async fn list(inner: &Inner, key: &Key) -> Result<Vec<String>> {
@@ -546,31 +438,11 @@ pub(crate) async fn list(inner: &Inner, key: &Key) -> Result<Vec<String>> {
     synced.map_err(|e| error::map(e, op, key))?;
     match children {
         Ok(mut children) => {
-            children.retain(|name| !is_fence(name));
+            children.retain(|name| !fence::is_fence(name));
             children.sort_unstable();
             Ok(children)
         }
         Err(zk::Error::NoNode) => Ok(Vec::new()),
         Err(e) => Err(error::map(e, op, key)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fence_paths() {
-        let top = Key::new("/top").expect("key");
-        assert_eq!(fence_prefix(&top), "/sharedstate-fence-");
-        let deep = Key::new("/app/state/payload").expect("key");
-        assert_eq!(fence_prefix(&deep), "/app/state/sharedstate-fence-");
-        assert_eq!(
-            counter_of("/app/state/sharedstate-fence-0000000042"),
-            Some(42)
-        );
-        assert_eq!(counter_of("/app/other-0000000042"), None);
-        assert!(is_fence("sharedstate-fence-0000000001"));
-        assert!(!is_fence("payload"));
     }
 }

@@ -60,6 +60,7 @@
 
 mod builder;
 mod error;
+mod fence;
 mod fenced;
 mod kv;
 mod lock;

@@ -35,7 +35,8 @@ use sharedstate_core::{
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use crate::{error, kv, plain, version_of, Inner, Session};
+use crate::version_cache::{Counter, Source};
+use crate::{error, fence, kv, plain, version_of, Inner, Session};
 
 /// Our node names: Curator's protected-mode `InterProcessMutex` names.
 const PROTECTED_PREFIX: &str = "_c_";
@@ -78,8 +79,38 @@ pub(crate) async fn lock(inner: &Arc<Inner>, key: &Key, options: LockOptions) ->
         .map(|(guard, _)| guard)
 }
 
-/// A read pipelined with the lock's first round trip.
-type PipelinedRead = std::result::Result<(Vec<u8>, zk::Stat), zk::Error>;
+/// A read pipelined with a lock flight, and the fence hint read just before
+/// it (when asked for), so that the write under the lock knows the
+/// parent's counter without a round trip of its own (see the `fence`
+/// module docs).
+struct PipelinedRead {
+    hint: Option<i32>,
+    read: std::result::Result<(Vec<u8>, zk::Stat), zk::Error>,
+}
+
+/// Sends the reads of a [`PipelinedRead`] now, in order (the hint first):
+/// the server answers a session's requests in the order they were sent.
+fn send_read(
+    client: &zk::Client,
+    read: &Key,
+    hint: bool,
+) -> impl std::future::Future<Output = PipelinedRead> {
+    let hinted = hint.then(|| client.get_data(&fence::hint_path(read)));
+    let got = client.get_data(read.as_str());
+    async move {
+        let hint = match hinted {
+            Some(hinted) => hinted
+                .await
+                .ok()
+                .and_then(|(data, _)| fence::parse_hint(&data)),
+            None => None,
+        };
+        PipelinedRead {
+            hint,
+            read: got.await,
+        }
+    }
+}
 
 /// The lock, then `read`'s value. When the lock is free, the read travels in
 /// the same pipelined flight as the lock node's create and the children
@@ -95,16 +126,26 @@ pub(crate) async fn lock_and_get(
 ) -> Result<(LockGuard, Option<Versioned>)> {
     let (guard, pipelined) = lock_reading(inner, key, options, Some(read)).await?;
     let value = match pipelined {
-        Some(Ok((data, stat))) => {
-            inner.versions.observe(read.as_str(), &stat);
+        Some(PipelinedRead {
+            hint,
+            read: Ok((data, stat)),
+        }) => {
+            let counter = hint.map(|value| Counter {
+                value,
+                source: Source::Hint,
+            });
+            inner.versions.record(read.as_str(), &stat, counter);
             Ok(Some(Versioned {
                 value: Bytes::from(data),
                 version: version_of(stat.mzxid),
             }))
         }
-        Some(Err(zk::Error::NoNode)) => Ok(None),
-        // Waited, or the pipelined read failed: read again.
-        Some(Err(_)) | None => kv::get(inner, read).await,
+        Some(PipelinedRead {
+            read: Err(zk::Error::NoNode),
+            ..
+        }) => Ok(None),
+        // The pipelined read failed: read again.
+        Some(PipelinedRead { read: Err(_), .. }) | None => kv::get(inner, read).await,
     };
     match value {
         Ok(value) => Ok((guard, value)),
@@ -308,7 +349,10 @@ async fn create_lock_node(
         // them in order, so the listing includes our child.
         let create = client.create(&prefix, &[], &options);
         let list = client.list_children(key.as_str());
-        let get = read.map(|read| client.get_data(read.as_str()));
+        // The hint only when this client does not know the counter already
+        // (its own last write, unless another writer came since).
+        let get =
+            read.map(|read| send_read(client, read, !inner.versions.knows_counter(read.as_str())));
         let created = create.await;
         let listed = list.await;
         let got = match get {
@@ -451,8 +495,9 @@ async fn wait_for_turn(
         // round trip: when the listing shows no predecessor any more, the
         // read that follows it sees every write of the holders before us
         // (each deleted its node with its write, in one multi).
+        // The holder before us wrote: the hint tells the counter after it.
         let list = client.list_children(key.as_str());
-        let get = read.map(|read| client.get_data(read.as_str()));
+        let get = read.map(|read| send_read(client, read, true));
         let listed = list.await;
         let got = match get {
             Some(get) => Some(get.await),

@@ -548,3 +548,261 @@ async fn own_writes_are_not_read_back_and_foreign_writes_still_arrive() {
     ours.close().await.expect("close");
     theirs.close().await.expect("close");
 }
+
+/// The parent of `key` and a raw client's view of its fence hint.
+async fn hint_of(raw: &zk::Client, key: &sharedstate_core::Key) -> Option<i32> {
+    let parent = key.parent().expect("a parent");
+    match raw
+        .get_data(&format!("{parent}/sharedstate-fence-next"))
+        .await
+    {
+        Ok((data, _)) => std::str::from_utf8(&data).ok()?.parse().ok(),
+        Err(zk::Error::NoNode) => None,
+        Err(e) => panic!("reading the hint: {e}"),
+    }
+}
+
+/// The parent's sequence counter now, as a raw client learns it (its own
+/// sequential node, created and deleted; this moves the counter by one).
+async fn counter_now(raw: &zk::Client, key: &sharedstate_core::Key) -> i32 {
+    let parent = key.parent().expect("a parent");
+    let options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    let (_, sequence) = raw
+        .create(&format!("{parent}/probe-"), &[], &options)
+        .await
+        .expect("probe create");
+    raw.delete(&format!("{parent}/probe-{sequence}"), None)
+        .await
+        .expect("probe delete");
+    sequence.to_string().parse().expect("a sequence number")
+}
+
+/// Another client's first conditional write learns the parent's counter
+/// from the hint the last writer left (a read), not from a node of its own
+/// (a write that would move the counter under every other writer): the
+/// counter moves by exactly the one fence node of each write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_learns_the_fence_from_the_hint() {
+    let f = factory().await;
+    let connect = || async {
+        ZooKeeperBackend::builder(f.server.clone())
+            .session_timeout(SESSION_TIMEOUT)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", f.server))
+    };
+    let (a, b) = (connect().await, connect().await);
+    let raw = raw_client(&f.server).await;
+    let key = unique_key("zk_fence_hint").child("payload").expect("key");
+    let v0 = a
+        .put(&key, "0".into(), PutMode::Create)
+        .await
+        .expect("create");
+    let v1 = a
+        .put(&key, "1".into(), PutMode::Update(v0))
+        .await
+        .expect("a's update");
+    let hint = hint_of(&raw, &key).await.expect("the hint after a's write");
+    assert_eq!(
+        counter_now(&raw, &key).await,
+        hint,
+        "the hint names the counter"
+    );
+    // The probe moved the counter: b's hint guess is stale by one, so b
+    // learns exactly once; the next writer after b learns from the hint.
+    let v2 = b
+        .put(&key, "2".into(), PutMode::Update(v1))
+        .await
+        .expect("b's update");
+    let hint = hint_of(&raw, &key).await.expect("the hint after b's write");
+    let v3 = a
+        .put(&key, "3".into(), PutMode::Update(v2))
+        .await
+        .expect("a's update on b's write");
+    assert_eq!(
+        counter_now(&raw, &key).await,
+        hint + 1,
+        "a's write after b's created only its fence node (no learning node)"
+    );
+    assert_eq!(
+        a.get(&key)
+            .await
+            .expect("get")
+            .map(|v| (v.version, v.value)),
+        Some((v3, "3".into()))
+    );
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}
+
+/// A counter guess from the hint, cached with a version, does not let a
+/// write through onto a re-created key at the same data version (no ABA),
+/// and neither does a node an older client made to learn the counter
+/// under the name the stale fence expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_fence_never_lands_on_a_recreated_key() {
+    let f = factory().await;
+    let a = ZooKeeperBackend::builder(f.server.clone())
+        .session_timeout(SESSION_TIMEOUT)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", f.server));
+    let raw = raw_client(&f.server).await;
+    let key = unique_key("zk_fence_recreate")
+        .child("payload")
+        .expect("key");
+    let parent = key.parent().expect("a parent").as_str().to_owned();
+    let v0 = a
+        .put(&key, "0".into(), PutMode::Create)
+        .await
+        .expect("create");
+    let v1 = a
+        .put(&key, "1".into(), PutMode::Update(v0))
+        .await
+        .expect("update");
+    // a now knows (v1, data version 1, the counter after its write).
+    let expected_counter = hint_of(&raw, &key).await.expect("hint");
+    // An older client learns the counter the way earlier builds did: an
+    // ephemeral sequential node named like a fence node, which takes the
+    // very name a's fence expects to delete.
+    let options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    let (_, sequence) = raw
+        .create(&format!("{parent}/sharedstate-fence-"), &[], &options)
+        .await
+        .expect("an old learner's node");
+    assert_eq!(
+        sequence.to_string().parse::<i32>().ok(),
+        Some(expected_counter)
+    );
+    // The operator deletes and re-creates the key and brings it to the
+    // data version a expects.
+    raw.delete(key.as_str(), None)
+        .await
+        .expect("operator delete");
+    raw.create(
+        key.as_str(),
+        b"operator-0",
+        &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+    )
+    .await
+    .expect("operator re-create");
+    raw.set_data(key.as_str(), b"operator", Some(0))
+        .await
+        .expect("operator write");
+    let err = a
+        .put(&key, "lost?".into(), PutMode::Update(v1))
+        .await
+        .expect_err("an update at a version of the deleted key must fail");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let (data, _) = raw.get_data(key.as_str()).await.expect("get");
+    assert_eq!(data, b"operator", "the re-created key was not overwritten");
+    // The same with a guess learned from the hint after a conflict.
+    let now = a.get(&key).await.expect("get").expect("present").version;
+    let stale = a
+        .put(&key, "x".into(), PutMode::Update(v1))
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.current_version(), Some(now));
+    raw.delete(key.as_str(), None)
+        .await
+        .expect("operator delete");
+    raw.create(
+        key.as_str(),
+        b"again-0",
+        &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+    )
+    .await
+    .expect("operator re-create");
+    raw.set_data(key.as_str(), b"again", Some(0))
+        .await
+        .expect("operator write");
+    let err = a
+        .put(&key, "lost?".into(), PutMode::Update(now))
+        .await
+        .expect_err("an update at a version of the deleted key must fail");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let (data, _) = raw.get_data(key.as_str()).await.expect("get");
+    assert_eq!(data, b"again", "the re-created key was not overwritten");
+    a.close().await.expect("close");
+}
+
+/// The hint a conditional write leaves under a key's parent does not keep
+/// the parent from being deleted once its listed children are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_with_only_a_hint_left_can_be_deleted() {
+    let f = factory().await;
+    let client = f.client().await;
+    let b = &client.backend;
+    let base = unique_key("zk_hint_parent");
+    for conditional in [false, true] {
+        let parent = base
+            .child(if conditional { "conditional" } else { "plain" })
+            .expect("key");
+        let kid = parent.child("kid").expect("key");
+        let p = b
+            .put(&parent, "p".into(), PutMode::Create)
+            .await
+            .expect("parent");
+        let v = b.put(&kid, "k".into(), PutMode::Create).await.expect("kid");
+        b.put(&kid, "k2".into(), PutMode::Update(v))
+            .await
+            .expect("a conditional write, which leaves the hint");
+        assert_eq!(b.list(&parent).await.expect("list"), ["kid"]);
+        b.delete(&kid, None).await.expect("delete kid");
+        assert!(b.list(&parent).await.expect("list").is_empty());
+        b.delete(&parent, conditional.then_some(p))
+            .await
+            .expect("delete the parent with only the hint left");
+        assert_eq!(b.get(&parent).await.expect("get"), None);
+    }
+}
+
+/// Two identities that may not touch each other's nodes write keys under
+/// one parent: the fence hint the first leaves (with its ACL) neither
+/// blocks nor misleads the second's conditional writes, in either order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_of_strangers_under_one_parent() {
+    use sharedstate_zookeeper::AclPolicy;
+    let f = factory().await;
+    let base = unique_key("zk_acl_hint");
+    let open = f.client().await;
+    open.backend
+        .put(&base, bytes::Bytes::new(), PutMode::Overwrite)
+        .await
+        .expect("open parent");
+    let connect = |user: &'static str| {
+        ZooKeeperBackend::builder(f.server.clone())
+            .with_auth(user, "secret")
+            .acl(AclPolicy::CreatorAll)
+            .connect()
+    };
+    let (alice, bob) = (
+        connect("alice").await.expect("alice"),
+        connect("bob").await.expect("bob"),
+    );
+    let a = base.child("a").expect("key");
+    let b = base.child("b").expect("key");
+    let mut va = alice.put(&a, "0".into(), PutMode::Create).await.expect("a");
+    let mut vb = bob.put(&b, "0".into(), PutMode::Create).await.expect("b");
+    for round in 0..5 {
+        va = alice
+            .put(&a, format!("a{round}").into(), PutMode::Update(va))
+            .await
+            .unwrap_or_else(|e| panic!("alice's update {round}: {e}"));
+        vb = bob
+            .put(&b, format!("b{round}").into(), PutMode::Update(vb))
+            .await
+            .unwrap_or_else(|e| panic!("bob's update {round}: {e}"));
+    }
+    assert_eq!(
+        alice.get(&a).await.expect("get").map(|v| v.value),
+        Some("a4".into())
+    );
+    assert_eq!(
+        bob.get(&b).await.expect("get").map(|v| v.value),
+        Some("b4".into())
+    );
+    for client in [alice, bob] {
+        client.close().await.expect("close");
+    }
+}

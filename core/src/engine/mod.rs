@@ -235,10 +235,7 @@ where
     /// what it knew (and says so), after [`read`](Self::read) said `Stale`.
     pub fn last_known(&self) -> (Arc<T>, Duration) {
         let shared = &self.shared;
-        (
-            shared.current_value(),
-            shared.proof.age(Instant::now()),
-        )
+        (shared.current_value(), shared.proof.age(Instant::now()))
     }
 
     /// Checks the local version against the service with a linearizable
