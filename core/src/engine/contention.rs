@@ -10,9 +10,14 @@
 //!
 //! The pause: every loser of a round learns the new version at about the
 //! same moment; retrying all at once would make all but one lose again.
-//! Each waits a random part of a window that grows with its attempts and
-//! scales with the measured write latency (a fixed window is too long on a
-//! fast service and too short on a slow one).
+//! Each waits a random part of a window that doubles with its attempts
+//! from one measured write latency (a fixed window is too long on a fast
+//! service and too short on a slow one), up to a cap: a writer that keeps
+//! losing steps aside for longer, so the one that is winning finishes
+//! sooner and fewer doomed writes load the service. (A window that grew by
+//! one latency per attempt kept losers so close behind a chain of wins
+//! that four writers in a tight loop ended updates with `Conflict` after
+//! their 100 attempts.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,9 +35,10 @@ const WATCH_WAIT_LATENCIES: u32 = 4;
 /// Bounds of that wait, whatever was measured.
 const WATCH_WAIT_MIN: Duration = Duration::from_millis(2);
 const WATCH_WAIT_MAX: Duration = Duration::from_millis(250);
-/// The backoff window grows by one write latency per attempt up to this.
-const BACKOFF_MAX_LATENCIES: u32 = 4;
-/// And never beyond this.
+/// The backoff window doubles per attempt up to this many write latencies
+/// (2^6)...
+const BACKOFF_MAX_DOUBLINGS: u32 = 6;
+/// ...and never beyond this.
 const BACKOFF_MAX: Duration = Duration::from_millis(50);
 
 /// Per instance: the measured write latency and the wake-up of writers
@@ -82,10 +88,13 @@ impl Contention {
     }
 
     /// The pause before retry `attempt` (1-based): uniform in a window of
-    /// `min(attempt, 4)` write latencies, capped at 50 ms.
+    /// `2^(attempt - 1)` write latencies (at most 64), capped at 50 ms.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let window =
-            (self.write_latency() * attempt.clamp(1, BACKOFF_MAX_LATENCIES)).min(BACKOFF_MAX);
+        let doublings = attempt.saturating_sub(1).min(BACKOFF_MAX_DOUBLINGS);
+        let window = self
+            .write_latency()
+            .saturating_mul(1 << doublings)
+            .min(BACKOFF_MAX);
         let window_us = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
         Duration::from_micros(fastrand::u64(0..=window_us))
     }
@@ -177,9 +186,24 @@ mod tests {
         assert_eq!(contention.watch_wait(), Duration::from_millis(40));
         for attempt in 1..10 {
             let pause = contention.backoff(attempt);
-            let window = Duration::from_millis(10 * u64::from(attempt.min(4)));
+            let window = Duration::from_millis(10 << (attempt - 1).min(6));
             assert!(pause <= window.min(BACKOFF_MAX), "{pause:?} at {attempt}");
         }
+        // The window doubles: over many draws, later attempts pause longer.
+        let fast = Contention::default();
+        fast.observe_write(Duration::from_micros(500));
+        let mean = |attempt| {
+            (0..2000)
+                .map(|_| fast.backoff(attempt).as_micros())
+                .sum::<u128>()
+                / 2000
+        };
+        let (first, third, last) = (mean(1), mean(3), mean(u32::MAX));
+        assert!(
+            first <= 500 && third > 2 * first && third <= 2000,
+            "{first} {third}"
+        );
+        assert!(last > 10_000 && last <= 25_000, "{last}");
         // The mean moves an eighth of the way to a new sample.
         contention.observe_write(Duration::from_millis(2));
         assert_eq!(contention.write_latency(), Duration::from_millis(9));
