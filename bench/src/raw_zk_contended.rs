@@ -21,7 +21,12 @@
 //!   persistent watch and read once per batch of notifications (folding
 //!   those already queued, as the backend's watcher does). With one
 //!   session it is the raw chain alone, so the two show what keeping the
-//!   copies fresh costs the writer.
+//!   copies fresh costs the writer. The `fenced` variants write as the
+//!   engine must for the same guarantee (an exact conditional write that
+//!   cannot land on a deleted and re-created znode):
+//!   `multi(setData(version), create(<parent>/check-, sequential),
+//!   delete(<parent>/check-<counter>))`, the counter known from the
+//!   previous commit (the engine's transaction also sets its fence hint).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -60,12 +65,18 @@ pub fn lock_variant(writers: usize) -> String {
     format!("{writers} writers")
 }
 
-/// The chain floor's variant for `sessions` sessions, the writer included.
-pub fn chain_variant(sessions: usize) -> String {
-    if sessions == 1 {
-        "1 session".into()
+/// The chain floor's variant for `sessions` sessions, the writer included,
+/// with the incarnation fence in each write when `fenced`.
+pub fn chain_variant(sessions: usize, fenced: bool) -> String {
+    let base = if sessions == 1 {
+        "1 session".to_string()
     } else {
         format!("{sessions} sessions")
+    };
+    if fenced {
+        format!("{base}, fenced")
+    } else {
+        base
     }
 }
 
@@ -98,15 +109,17 @@ pub async fn run(hosts: &str, root: &str, plan: &Plan, scenarios: &[String]) -> 
         }
     }
     if wanted(CHAIN_SCENARIO) {
-        for sessions in CHAIN_SESSIONS {
-            records.push(done(
-                chain(hosts, root, plan, sessions)
-                    .await
-                    .unwrap_or_else(|error| {
-                        record(CHAIN_SCENARIO, "failed")
-                            .note(format!("{sessions} sessions: {error:#}"))
-                    }),
-            ));
+        for fenced in [false, true] {
+            for sessions in CHAIN_SESSIONS {
+                records.push(done(
+                    chain(hosts, root, plan, sessions, fenced)
+                        .await
+                        .unwrap_or_else(|error| {
+                            record(CHAIN_SCENARIO, "failed")
+                                .note(format!("{}: {error:#}", chain_variant(sessions, fenced)))
+                        }),
+                ));
+            }
         }
     }
     records
@@ -379,13 +392,82 @@ async fn keep_fresh(
     Ok((reads, events))
 }
 
-/// One session chaining conditional writes for the contended window while
-/// `sessions - 1` others keep a fresh copy through a persistent watch.
-async fn chain(hosts: &str, root: &str, plan: &Plan, sessions: usize) -> anyhow::Result<Record> {
-    let path = format!("{root}/zk-raw-contended/chain-{sessions}");
+/// The fence of a `fenced` chain: the counter of the value's parent that
+/// the next write's sequential create must be named after.
+struct ChainFence {
+    parent: String,
+    counter: i32,
+}
+
+impl ChainFence {
+    /// Learns the counter of `parent` from a sequential node of its own
+    /// (created and deleted before the window).
+    async fn learn(client: &Client, parent: &str) -> anyhow::Result<Self> {
+        let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let (_, sequence) = client
+            .create(&format!("{parent}/learn-"), &[], &options)
+            .await?;
+        client
+            .delete(&format!("{parent}/learn-{sequence}"), None)
+            .await?;
+        let learned: i32 = sequence.to_string().parse()?;
+        Ok(ChainFence {
+            parent: parent.to_owned(),
+            counter: learned + 1,
+        })
+    }
+
+    /// The fenced conditional write; the new data version.
+    async fn write(
+        &mut self,
+        client: &Client,
+        path: &str,
+        data: &[u8],
+        version: i32,
+    ) -> anyhow::Result<i32> {
+        let mut multi = client.new_multi_writer();
+        multi.add_set_data(path, data, Some(version))?;
+        multi.add_create(
+            &format!("{}/check-", self.parent),
+            &[],
+            &CreateMode::PersistentSequential.with_acls(Acls::anyone_all()),
+        )?;
+        multi.add_delete(&format!("{}/check-{:010}", self.parent, self.counter), None)?;
+        let results = multi.commit().await?;
+        self.counter += 1;
+        results
+            .iter()
+            .find_map(|r| match r {
+                zookeeper_client::MultiWriteResult::SetData { stat } => Some(stat.version),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("the fenced write's answer has no setData result"))
+    }
+}
+
+/// One session chaining conditional writes (with the incarnation fence
+/// when `fenced`) for the contended window while `sessions - 1` others
+/// keep a fresh copy through a persistent watch.
+async fn chain(
+    hosts: &str,
+    root: &str,
+    plan: &Plan,
+    sessions: usize,
+    fenced: bool,
+) -> anyhow::Result<Record> {
+    // A parent of its own: the fenced chain's counter moves only with it.
+    let parent = format!(
+        "{root}/zk-raw-contended/chain-{sessions}{}",
+        if fenced { "-fenced" } else { "" }
+    );
+    let path = format!("{parent}/value");
     let writer = connect(hosts).await?;
     let mut value = small();
     let mut version = ensure(&writer, &path, &serde_json::to_vec(&value)?).await?;
+    let mut fence = match fenced {
+        true => Some(ChainFence::learn(&writer, &parent).await?),
+        false => None,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
     for _ in 1..sessions {
@@ -409,9 +491,15 @@ async fn chain(hosts: &str, root: &str, plan: &Plan, sessions: usize) -> anyhow:
         value.counter += 1;
         let data = serde_json::to_vec(&value)?;
         let op_start = Instant::now();
-        match tokio::time::timeout(OP_TIMEOUT, writer.set_data(&path, &data, Some(version))).await {
-            Ok(Ok(stat)) => {
-                version = stat.version;
+        let write = async {
+            match fence.as_mut() {
+                Some(fence) => fence.write(&writer, &path, &data, version).await,
+                None => Ok(writer.set_data(&path, &data, Some(version)).await?.version),
+            }
+        };
+        match tokio::time::timeout(OP_TIMEOUT, write).await {
+            Ok(Ok(written)) => {
+                version = written;
                 record_ns(&mut hist, op_start.elapsed());
             }
             Ok(Err(error)) => {
@@ -421,6 +509,9 @@ async fn chain(hosts: &str, root: &str, plan: &Plan, sessions: usize) -> anyhow:
                     notes.push(format!("error: {error}"));
                 }
                 version = writer.get_data(&path).await?.1.version;
+                if fenced {
+                    fence = Some(ChainFence::learn(&writer, &parent).await?);
+                }
             }
             Err(_) => {
                 errors += 1;
@@ -458,7 +549,7 @@ async fn chain(hosts: &str, root: &str, plan: &Plan, sessions: usize) -> anyhow:
     let writes = hist.len();
     let watching = sessions - 1;
     let per_change = reads as f64 / (writes.max(1) * watching.max(1) as u64) as f64;
-    let mut r = record(CHAIN_SCENARIO, &chain_variant(sessions))
+    let mut r = record(CHAIN_SCENARIO, &chain_variant(sessions, fenced))
         .with_histogram(&hist, wall)
         .extra("sessions", sessions)
         .extra("watchers", watching)
@@ -468,12 +559,19 @@ async fn chain(hosts: &str, root: &str, plan: &Plan, sessions: usize) -> anyhow:
         .extra("reads_per_change_per_watcher", per_change)
         .extra("catch_up_ms", catch_up.as_secs_f64() * 1e3)
         .extra("window_s", plan.contended_for.as_secs_f64())
-        .note(if watching == 0 {
-            "one session chaining setData(version), nobody watching".to_string()
-        } else {
-            format!(
-                "one session chaining setData(version); {watching} sessions with a persistent watch + one getData per batch of notifications: {per_change:.2} reads per change per watcher, last version read {catch_up:.1?} after the window"
-            )
+        .note({
+            let write = if fenced {
+                "multi(setData(version), create check-, delete check-<counter>)"
+            } else {
+                "setData(version)"
+            };
+            if watching == 0 {
+                format!("one session chaining {write}, nobody watching")
+            } else {
+                format!(
+                    "one session chaining {write}; {watching} sessions with a persistent watch + one getData per batch of notifications: {per_change:.2} reads per change per watcher, last version read {catch_up:.1?} after the window"
+                )
+            }
         });
     r.errors = errors;
     r.notes.extend(notes);
