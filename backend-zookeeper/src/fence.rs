@@ -33,8 +33,13 @@
 //! - the *hint* `<parent>/sharedstate-fence-next`, which every fenced write
 //!   sets, in its own transaction, to the counter right after it: read
 //!   before the key's stat in one pipelined flight, it costs no write. It is
-//!   a guess (a creation since, or a writer that does not keep the hint, makes
-//!   it stale: never too large), which the fence then checks;
+//!   a guess the fence then checks: a creation since, or a writer that does
+//!   not keep the hint, makes it stale, never too large (it was exact when
+//!   written, and the counter only grows). Too large would be unsafe: the
+//!   creations between the stat read and the transaction could bring the
+//!   counter exactly to it, one of them the key's re-creation. So the hint
+//!   is written only by fenced transactions, and nobody should edit it by
+//!   hand;
 //! - when the hint is missing or stale, an ephemeral sequential node
 //!   `<parent>/sharedstate-fence-learn-<counter>` created before the stat
 //!   read (the exact way, but a write, which moves the counter under every

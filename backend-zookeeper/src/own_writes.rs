@@ -230,32 +230,31 @@ mod tests {
         assert!(matches!(writes.after("/k", v(2)), After::Landed(_)));
     }
 
+    /// A watch waiting (in a task) for the answer to our write at `last`.
+    fn waiting(
+        writes: &std::sync::Arc<OwnWrites>,
+        last: Version,
+    ) -> tokio::task::JoinHandle<Option<Versioned>> {
+        let writes = writes.clone();
+        tokio::spawn(async move {
+            writes
+                .landed_after("/k", last, Duration::from_secs(10))
+                .await
+        })
+    }
+
     #[tokio::test]
     async fn a_watch_waits_for_the_answer_then_gets_what_landed() {
         let writes = std::sync::Arc::new(OwnWrites::default());
         let write = writes.begin("/k", v(1));
-        let waiter = {
-            let writes = writes.clone();
-            tokio::spawn(async move {
-                writes
-                    .landed_after("/k", v(1), Duration::from_secs(10))
-                    .await
-            })
-        };
+        let waiter = waiting(&writes, v(1));
         tokio::task::yield_now().await;
         write.landed(v(7), Bytes::from_static(b"y"));
         let found = waiter.await.expect("task").expect("landed");
         assert_eq!(found.version, v(7));
         // Abandoned: the wait ends without a state.
         let write = writes.begin("/k", v(7));
-        let waiter = {
-            let writes = writes.clone();
-            tokio::spawn(async move {
-                writes
-                    .landed_after("/k", v(7), Duration::from_secs(10))
-                    .await
-            })
-        };
+        let waiter = waiting(&writes, v(7));
         tokio::task::yield_now().await;
         drop(write);
         assert_eq!(waiter.await.expect("task"), None);

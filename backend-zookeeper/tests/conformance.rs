@@ -123,6 +123,43 @@ impl FaultInjector for ZkFaults {
 
 sharedstate_conformance::conformance_tests!(factory);
 
+/// A unique key created with the open ACL: the shared parents
+/// (`/conformance`) must stay open for the other tests, and parents created
+/// implicitly get the creating client's ACL policy.
+async fn open_parent(f: &ZkFactory, name: &str) -> sharedstate_core::Key {
+    let base = unique_key(name);
+    let open = f.client().await;
+    open.backend
+        .put(&base, bytes::Bytes::new(), PutMode::Overwrite)
+        .await
+        .expect("open parent");
+    base
+}
+
+/// A backend authenticated as `user` (digest, password `secret`) that
+/// creates nodes with `acl`.
+async fn identity(
+    server: &str,
+    user: &'static str,
+    acl: sharedstate_zookeeper::AclPolicy,
+) -> Result<ZooKeeperBackend> {
+    ZooKeeperBackend::builder(server)
+        .with_auth(user, "secret")
+        .acl(acl)
+        .connect()
+        .await
+}
+
+/// A backend straight to `server` (no proxy): for the tests that need the
+/// concrete `ZooKeeperBackend`.
+async fn direct_client(server: &str) -> ZooKeeperBackend {
+    ZooKeeperBackend::builder(server)
+        .session_timeout(SESSION_TIMEOUT)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {server}: {e}"))
+}
+
 async fn raw_client(server: &str) -> zk::Client {
     zk::Client::connector()
         .with_session_timeout(SESSION_TIMEOUT)
@@ -255,21 +292,8 @@ async fn from_url_with_chroot() {
 async fn digest_auth_and_acl_policies() {
     use sharedstate_zookeeper::AclPolicy;
     let f = factory().await;
-    let base = unique_key("zk_acl");
-    // The shared parents (`/conformance`) must stay open for the other
-    // tests: create them with the default open ACL first (parents created
-    // implicitly get the creating client's ACL policy).
-    let open = f.client().await;
-    open.backend
-        .put(&base, bytes::Bytes::new(), PutMode::Overwrite)
-        .await
-        .expect("open parent");
-    let connect = |user: &'static str, acl: AclPolicy| {
-        ZooKeeperBackend::builder(f.server.clone())
-            .with_auth(user, "secret")
-            .acl(acl)
-            .connect()
-    };
+    let base = open_parent(&f, "zk_acl").await;
+    let connect = |user: &'static str, acl: AclPolicy| identity(&f.server, user, acl);
     let owner = connect("owner", AclPolicy::CreatorAll)
         .await
         .expect("owner");
@@ -316,11 +340,7 @@ async fn digest_auth_and_acl_policies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_session_expiry_without_proxy() {
     let f = factory().await;
-    let b = ZooKeeperBackend::builder(f.server.clone())
-        .session_timeout(SESSION_TIMEOUT)
-        .connect()
-        .await
-        .expect("connect");
+    let b = direct_client(&f.server).await;
     let base = unique_key("zk_force_expiry");
     let member = base
         .child("members")
@@ -476,15 +496,8 @@ async fn several_hosts_one_down() {
 async fn own_writes_are_not_read_back_and_foreign_writes_still_arrive() {
     const ROUNDS: usize = 30;
     let f = factory().await;
-    let connect = || async {
-        ZooKeeperBackend::builder(f.server.clone())
-            .session_timeout(SESSION_TIMEOUT)
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", f.server))
-    };
-    let ours = connect().await;
-    let theirs = connect().await;
+    let ours = direct_client(&f.server).await;
+    let theirs = direct_client(&f.server).await;
     let key = unique_key("zk_own_writes").child("payload").expect("key");
     let mut version = ours
         .put(&key, "start".into(), PutMode::Create)
@@ -577,6 +590,21 @@ async fn counter_now(raw: &zk::Client, key: &sharedstate_core::Key) -> i32 {
     sequence.to_string().parse().expect("a sequence number")
 }
 
+/// Creates `key` and updates it once (an exact conditional write, which
+/// leaves the fence hint); the version it wrote.
+async fn created_and_updated(
+    a: &ZooKeeperBackend,
+    key: &sharedstate_core::Key,
+) -> sharedstate_core::Version {
+    let v0 = a
+        .put(key, "0".into(), PutMode::Create)
+        .await
+        .expect("create");
+    a.put(key, "1".into(), PutMode::Update(v0))
+        .await
+        .expect("update")
+}
+
 /// Another client's first conditional write learns the parent's counter
 /// from the hint the last writer left (a read), not from a node of its own
 /// (a write that would move the counter under every other writer): the
@@ -584,24 +612,13 @@ async fn counter_now(raw: &zk::Client, key: &sharedstate_core::Key) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_writer_learns_the_fence_from_the_hint() {
     let f = factory().await;
-    let connect = || async {
-        ZooKeeperBackend::builder(f.server.clone())
-            .session_timeout(SESSION_TIMEOUT)
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", f.server))
-    };
-    let (a, b) = (connect().await, connect().await);
+    let (a, b) = (
+        direct_client(&f.server).await,
+        direct_client(&f.server).await,
+    );
     let raw = raw_client(&f.server).await;
     let key = unique_key("zk_fence_hint").child("payload").expect("key");
-    let v0 = a
-        .put(&key, "0".into(), PutMode::Create)
-        .await
-        .expect("create");
-    let v1 = a
-        .put(&key, "1".into(), PutMode::Update(v0))
-        .await
-        .expect("a's update");
+    let v1 = created_and_updated(&a, &key).await;
     let hint = hint_of(&raw, &key).await.expect("the hint after a's write");
     assert_eq!(
         counter_now(&raw, &key).await,
@@ -642,24 +659,13 @@ async fn a_second_writer_learns_the_fence_from_the_hint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_fence_never_lands_on_a_recreated_key() {
     let f = factory().await;
-    let a = ZooKeeperBackend::builder(f.server.clone())
-        .session_timeout(SESSION_TIMEOUT)
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", f.server));
+    let a = direct_client(&f.server).await;
     let raw = raw_client(&f.server).await;
     let key = unique_key("zk_fence_recreate")
         .child("payload")
         .expect("key");
     let parent = key.parent().expect("a parent").as_str().to_owned();
-    let v0 = a
-        .put(&key, "0".into(), PutMode::Create)
-        .await
-        .expect("create");
-    let v1 = a
-        .put(&key, "1".into(), PutMode::Update(v0))
-        .await
-        .expect("update");
+    let v1 = created_and_updated(&a, &key).await;
     // a now knows (v1, data version 1, the counter after its write).
     let expected_counter = hint_of(&raw, &key).await.expect("hint");
     // An older client learns the counter the way earlier builds did: an
@@ -676,26 +682,7 @@ async fn a_cached_fence_never_lands_on_a_recreated_key() {
     );
     // The operator deletes and re-creates the key and brings it to the
     // data version a expects.
-    raw.delete(key.as_str(), None)
-        .await
-        .expect("operator delete");
-    raw.create(
-        key.as_str(),
-        b"operator-0",
-        &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
-    )
-    .await
-    .expect("operator re-create");
-    raw.set_data(key.as_str(), b"operator", Some(0))
-        .await
-        .expect("operator write");
-    let err = a
-        .put(&key, "lost?".into(), PutMode::Update(v1))
-        .await
-        .expect_err("an update at a version of the deleted key must fail");
-    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    let (data, _) = raw.get_data(key.as_str()).await.expect("get");
-    assert_eq!(data, b"operator", "the re-created key was not overwritten");
+    recreated_key_refuses_the_update(&a, &raw, &key, v1, b"operator").await;
     // The same with a guess learned from the hint after a conflict.
     let now = a.get(&key).await.expect("get").expect("present").version;
     let stale = a
@@ -703,27 +690,40 @@ async fn a_cached_fence_never_lands_on_a_recreated_key() {
         .await
         .expect_err("stale");
     assert_eq!(stale.current_version(), Some(now));
+    recreated_key_refuses_the_update(&a, &raw, &key, now, b"again").await;
+    a.close().await.expect("close");
+}
+
+/// An operator deletes `key`, re-creates it and writes `data` (data version
+/// 1, the one `a` expects at `at`): `a`'s update at `at` must fail with
+/// `Conflict` and leave `data` in place.
+async fn recreated_key_refuses_the_update(
+    a: &ZooKeeperBackend,
+    raw: &zk::Client,
+    key: &sharedstate_core::Key,
+    at: sharedstate_core::Version,
+    data: &[u8],
+) {
     raw.delete(key.as_str(), None)
         .await
         .expect("operator delete");
     raw.create(
         key.as_str(),
-        b"again-0",
+        b"",
         &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
     )
     .await
     .expect("operator re-create");
-    raw.set_data(key.as_str(), b"again", Some(0))
+    raw.set_data(key.as_str(), data, Some(0))
         .await
         .expect("operator write");
     let err = a
-        .put(&key, "lost?".into(), PutMode::Update(now))
+        .put(key, "lost?".into(), PutMode::Update(at))
         .await
         .expect_err("an update at a version of the deleted key must fail");
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    let (data, _) = raw.get_data(key.as_str()).await.expect("get");
-    assert_eq!(data, b"again", "the re-created key was not overwritten");
-    a.close().await.expect("close");
+    let (found, _) = raw.get_data(key.as_str()).await.expect("get");
+    assert_eq!(found, data, "the re-created key was not overwritten");
 }
 
 /// The hint a conditional write leaves under a key's parent does not keep
@@ -764,18 +764,8 @@ async fn a_parent_with_only_a_hint_left_can_be_deleted() {
 async fn conditional_writes_of_strangers_under_one_parent() {
     use sharedstate_zookeeper::AclPolicy;
     let f = factory().await;
-    let base = unique_key("zk_acl_hint");
-    let open = f.client().await;
-    open.backend
-        .put(&base, bytes::Bytes::new(), PutMode::Overwrite)
-        .await
-        .expect("open parent");
-    let connect = |user: &'static str| {
-        ZooKeeperBackend::builder(f.server.clone())
-            .with_auth(user, "secret")
-            .acl(AclPolicy::CreatorAll)
-            .connect()
-    };
+    let base = open_parent(&f, "zk_acl_hint").await;
+    let connect = |user: &'static str| identity(&f.server, user, AclPolicy::CreatorAll);
     let (alice, bob) = (
         connect("alice").await.expect("alice"),
         connect("bob").await.expect("bob"),
