@@ -60,9 +60,14 @@ const MAX_OPS: u64 = 1_000_000;
 /// The marker between a lock node's writer prefix and its sequence.
 const LOCK_NAME: &str = "-lock-";
 
-/// The lock floor's variant for `writers` sessions.
-pub fn lock_variant(writers: usize) -> String {
-    format!("{writers} writers")
+/// The lock floor's variant for `writers` sessions, each also keeping a
+/// watched copy of the counter when `watched`.
+pub fn lock_variant(writers: usize, watched: bool) -> String {
+    if watched {
+        format!("{writers} writers, watched")
+    } else {
+        format!("{writers} writers")
+    }
 }
 
 /// The chain floor's variant for `sessions` sessions, the writer included,
@@ -97,15 +102,17 @@ pub async fn run(hosts: &str, root: &str, plan: &Plan, scenarios: &[String]) -> 
     };
     let mut records = Vec::new();
     if wanted(LOCK_SCENARIO) {
-        for writers in WRITERS {
-            records.push(done(
-                contended_lock(hosts, root, plan, writers)
-                    .await
-                    .unwrap_or_else(|error| {
-                        record(LOCK_SCENARIO, "failed")
-                            .note(format!("{writers} writers: {error:#}"))
-                    }),
-            ));
+        for watched in [false, true] {
+            for writers in WRITERS {
+                records.push(done(
+                    contended_lock(hosts, root, plan, writers, watched)
+                        .await
+                        .unwrap_or_else(|error| {
+                            record(LOCK_SCENARIO, "failed")
+                                .note(format!("{}: {error:#}", lock_variant(writers, watched)))
+                        }),
+                ));
+            }
         }
     }
     if wanted(CHAIN_SCENARIO) {
@@ -248,22 +255,42 @@ type WriterResult = (hdrhistogram::Histogram<u64>, u64, Option<String>);
 
 /// `writers` raw sessions incrementing one counter under the lock for the
 /// contended window; the same figures as the engine's contended records.
+/// With `watched`, each session also keeps a fresh copy of the counter
+/// through a persistent watch, as every engine instance does.
 async fn contended_lock(
     hosts: &str,
     root: &str,
     plan: &Plan,
     writers: usize,
+    watched: bool,
 ) -> anyhow::Result<Record> {
-    let base = format!("{root}/zk-raw-contended/lock-{writers}");
+    let base = format!(
+        "{root}/zk-raw-contended/lock-{writers}{}",
+        if watched { "-watched" } else { "" }
+    );
     let (dir, counter) = (format!("{base}/lock"), format!("{base}/counter"));
     let admin = connect(hosts).await?;
     ensure(&admin, &dir, b"").await?;
     ensure(&admin, &counter, &serde_json::to_vec(&small())?).await?;
     let before = read_counter(&admin, &counter).await?;
     let mut all = Vec::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut copies = Vec::new();
     for index in 0..writers {
+        let client = connect(hosts).await?;
+        if watched {
+            // On the writer's own session, as an instance's watch is.
+            let watcher = client.watch(&counter, AddWatchMode::Persistent).await?;
+            copies.push(tokio::spawn(keep_fresh(
+                client.clone(),
+                watcher,
+                counter.clone(),
+                Arc::new(AtomicI64::new(0)),
+                stopped.clone(),
+            )));
+        }
         all.push(LockWriter {
-            client: connect(hosts).await?,
+            client,
             dir: dir.clone(),
             counter: counter.clone(),
             name: format!("w{index}"),
@@ -324,11 +351,19 @@ async fn contended_lock(
         }
     }
     let wall = t0.elapsed();
+    let _ = stop.send(true);
+    let mut copy_reads = 0;
+    for copy in copies {
+        let (reads, _) = tokio::time::timeout(WAIT_TIMEOUT, copy)
+            .await
+            .map_err(|_| anyhow!("a watcher did not stop"))???;
+        copy_reads += reads;
+    }
     let after = read_counter(&admin, &counter).await?;
     let ok = successes.load(Ordering::SeqCst);
     let delta = after.saturating_sub(before);
     let lost = ok as i64 - delta as i64;
-    let mut r = record(LOCK_SCENARIO, &lock_variant(writers))
+    let mut r = record(LOCK_SCENARIO, &lock_variant(writers, watched))
         .with_histogram(&hist, wall)
         .extra("writers", writers)
         .extra("successes", ok)
@@ -343,7 +378,12 @@ async fn contended_lock(
             "final count delta {delta} vs {ok} successful updates: {}",
             if lost == 0 { "exact" } else { "MISMATCH" }
         ))
-        .note("create+list+get pipelined, watch the predecessor, list+get, multi(check, setData, delete)");
+        .extra("copy_reads", copy_reads)
+        .note(if watched {
+            "create+list+get pipelined, watch the predecessor, list+get, multi(check, setData, delete); each session also keeps a watched copy (one getData per batch of notifications)"
+        } else {
+            "create+list+get pipelined, watch the predecessor, list+get, multi(check, setData, delete)"
+        });
     r.ops_per_sec = in_window.load(Ordering::SeqCst) as f64 / run_for.as_secs_f64();
     r.errors = errors;
     r.notes
