@@ -1,9 +1,11 @@
 //! The target comparisons measured interleaved: each round does one raw
 //! CAS, one optimistic and one locked engine update, one raw locked update
-//! (the same round trips as the engine's), one raw propagation,
-//! one engine propagation, one raw read and one `read_consistent()`, so the floor and ours see the same machine load
-//! (the cores are shared with other builds; suites run minutes apart would
-//! compare different moments, not different code).
+//! (the same round trips as the engine's), one raw propagation, one engine
+//! propagation, one raw read and one `read_consistent()`, and on ZooKeeper
+//! the raw floors with the incarnation fence the engine's exact writes
+//! carry (locked update, CAS, propagation), so the floor and ours see the
+//! same machine load (the cores are shared with other builds; suites run
+//! minutes apart would compare different moments, not different code).
 
 use std::time::{Duration, Instant};
 
@@ -226,6 +228,44 @@ impl Raw {
         }
     }
 
+    /// ZooKeeper only (`None` on etcd, whose revision compare is exact by
+    /// itself): the raw conditional write with the incarnation fence the
+    /// same guarantee needs, `multi(setData(version), create a sequential
+    /// child of the key's parent, delete it by the learned counter)`, the
+    /// counter known from the previous commit (the engine's transaction
+    /// also keeps its fence hint: one operation more).
+    async fn cas_fenced(&mut self, data: &[u8]) -> anyhow::Result<Option<Duration>> {
+        let t0 = Instant::now();
+        let Raw::Zk {
+            client, cas, fence, ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        cas.1 = fenced_set(client, &cas.0, data, cas.1, fence).await?;
+        Ok(Some(t0.elapsed()))
+    }
+
+    /// ZooKeeper only: [`propagate`](Self::propagate) with the writer's
+    /// fenced conditional write ([`cas_fenced`](Self::cas_fenced)).
+    async fn propagate_fenced(&mut self, data: &[u8]) -> anyhow::Result<Option<Duration>> {
+        let t0 = Instant::now();
+        let Raw::Zk {
+            client,
+            prop,
+            rx,
+            fence,
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        while rx.try_recv().is_ok() {}
+        prop.1 = fenced_set(client, &prop.0, data, prop.1, fence).await?;
+        let at = raw_zk::arrival(rx, prop.1).await?;
+        Ok(Some(at.saturating_duration_since(t0)))
+    }
+
     /// The plain read of each client: ZooKeeper `sync` + `getData`
     /// pipelined (sequentially consistent), etcd's default (linearizable)
     /// range.
@@ -281,6 +321,47 @@ pub async fn run(ctx: &Ctx, raw: anyhow::Result<Raw>) -> Vec<Record> {
     }
 }
 
+/// The fenced conditional write of `path` at data version `version` (see
+/// [`Raw::cas_fenced`]); the new data version. A failed fence learns the
+/// counter again and fails.
+async fn fenced_set(
+    client: &zookeeper_client::Client,
+    path: &str,
+    data: &[u8],
+    version: i32,
+    fence: &mut i32,
+) -> anyhow::Result<i32> {
+    let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+    let fence_prefix = format!("{parent}/bench-fence-");
+    let mut multi = client.new_multi_writer();
+    multi.add_set_data(path, data, Some(version))?;
+    multi.add_create(
+        &fence_prefix,
+        &[],
+        &zookeeper_client::CreateMode::PersistentSequential
+            .with_acls(zookeeper_client::Acls::anyone_all()),
+    )?;
+    multi.add_delete(&format!("{fence_prefix}{:010}", *fence), None)?;
+    match multi.commit().await {
+        Ok(results) => {
+            *fence += 1;
+            results
+                .iter()
+                .find_map(|r| match r {
+                    zookeeper_client::MultiWriteResult::SetData { stat } => Some(stat.version),
+                    _ => None,
+                })
+                .ok_or_else(|| anyhow!("the fenced write's answer has no setData result"))
+        }
+        Err(error) => {
+            *fence = learn_fence(client, parent).await?;
+            Err(anyhow!(
+                "raw fenced write failed (fence re-learned): {error}"
+            ))
+        }
+    }
+}
+
 /// The child counter of `parent`, learned as the engine learns it: from
 /// the name the server gives a sequential node (created and deleted here,
 /// outside the timed rounds).
@@ -331,6 +412,8 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
         ("raw", "raw read"),
         ("sharedstate", "read_consistent()"),
         ("raw", "raw locked update + fence"),
+        ("raw", "raw fenced CAS"),
+        ("raw", "raw fenced watch"),
     ];
     let mut hists: Vec<_> = names.iter().map(|_| histogram()).collect();
     let mut errors = vec![0u64; names.len()];
@@ -342,7 +425,7 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
             notes.push(format!("stopped by the {budget:?} budget"));
             break;
         }
-        let results: [anyhow::Result<Option<Duration>>; 9] = [
+        let results: [anyhow::Result<Option<Duration>>; 11] = [
             raw.cas(&data).await.map(Some),
             timed(optimistic.1.update(|v| v.counter += 1))
                 .await
@@ -366,6 +449,8 @@ async fn run_inner(ctx: &Ctx, raw: anyhow::Result<Raw>) -> anyhow::Result<Vec<Re
             raw.read().await.map(Some),
             timed(optimistic.1.read_consistent()).await.map(Some),
             raw.locked_update_fenced(&data).await,
+            raw.cas_fenced(&data).await,
+            raw.propagate_fenced(&data).await,
         ];
         for (k, result) in results.into_iter().enumerate() {
             match result {
