@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::fixture::{arrival_of, arrivals, close, open, small, Ctx};
 
+/// The name prefix of the raw floors' fence nodes.
+const FENCE_NAME: &str = "bench-fence-";
+
 /// Warm-up rounds of a full run (see `run_inner`).
 const PAIRED_WARMUP_ROUNDS: usize = 2_000;
 use crate::harness::{announce, histogram, record_ns, Record};
@@ -203,16 +206,9 @@ impl Raw {
         let path = &locked.1;
         let (node, stat) = zk_lock_flight(client, locked).await?;
         let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-        let fence_prefix = format!("{parent}/bench-fence-");
         let mut multi = client.new_multi_writer();
         multi.add_check_version(&node, -1)?;
-        multi.add_create(
-            &fence_prefix,
-            &[],
-            &zookeeper_client::CreateMode::PersistentSequential
-                .with_acls(zookeeper_client::Acls::anyone_all()),
-        )?;
-        multi.add_delete(&format!("{fence_prefix}{:010}", *fence), None)?;
+        raw_zk::add_fence(&mut multi, parent, FENCE_NAME, *fence)?;
         multi.add_set_data(path, data, Some(stat.version))?;
         multi.add_delete(&node, None)?;
         match multi.commit().await {
@@ -335,26 +331,13 @@ async fn fenced_set(
     fence: &mut i32,
 ) -> anyhow::Result<i32> {
     let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-    let fence_prefix = format!("{parent}/bench-fence-");
     let mut multi = client.new_multi_writer();
     multi.add_set_data(path, data, Some(version))?;
-    multi.add_create(
-        &fence_prefix,
-        &[],
-        &zookeeper_client::CreateMode::PersistentSequential
-            .with_acls(zookeeper_client::Acls::anyone_all()),
-    )?;
-    multi.add_delete(&format!("{fence_prefix}{:010}", *fence), None)?;
+    raw_zk::add_fence(&mut multi, parent, FENCE_NAME, *fence)?;
     match multi.commit().await {
         Ok(results) => {
             *fence += 1;
-            results
-                .iter()
-                .find_map(|r| match r {
-                    zookeeper_client::MultiWriteResult::SetData { stat } => Some(stat.version),
-                    _ => None,
-                })
-                .ok_or_else(|| anyhow!("the fenced write's answer has no setData result"))
+            raw_zk::set_data_version(&results)
         }
         Err(error) => {
             *fence = learn_fence(client, parent).await?;
@@ -371,7 +354,7 @@ async fn fenced_set(
 async fn learn_fence(client: &zookeeper_client::Client, parent: &str) -> anyhow::Result<i32> {
     let options = zookeeper_client::CreateMode::EphemeralSequential
         .with_acls(zookeeper_client::Acls::anyone_all());
-    let prefix = format!("{parent}/bench-fence-");
+    let prefix = format!("{parent}/{FENCE_NAME}");
     let (_, sequence) = client.create(&prefix, &[], &options).await?;
     client.delete(&format!("{prefix}{sequence}"), None).await?;
     let learned: i32 = sequence.to_string().parse()?;

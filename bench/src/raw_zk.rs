@@ -48,6 +48,39 @@ pub(crate) async fn ensure(client: &Client, path: &str, data: &[u8]) -> anyhow::
     }
 }
 
+/// Adds the incarnation fence of an exact conditional write to `multi`:
+/// create a sequential child `<parent>/<name>` and delete it by the
+/// expected `counter`, so that the transaction commits only if no child of
+/// `parent` was created since the counter was learned (the engine's
+/// fence, without its hint).
+pub(crate) fn add_fence(
+    multi: &mut zookeeper_client::MultiWriter<'_>,
+    parent: &str,
+    name: &str,
+    counter: i32,
+) -> anyhow::Result<()> {
+    multi.add_create(
+        &format!("{parent}/{name}"),
+        &[],
+        &CreateMode::PersistentSequential.with_acls(Acls::anyone_all()),
+    )?;
+    multi.add_delete(&format!("{parent}/{name}{counter:010}"), None)?;
+    Ok(())
+}
+
+/// The data version a committed transaction's `setData` left.
+pub(crate) fn set_data_version(
+    results: &[zookeeper_client::MultiWriteResult],
+) -> anyhow::Result<i32> {
+    results
+        .iter()
+        .find_map(|r| match r {
+            zookeeper_client::MultiWriteResult::SetData { stat } => Some(stat.version),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("the transaction's answer has no setData result"))
+}
+
 /// Watches `path` from another session with a persistent watch (what the
 /// backend uses), reading the data after each event, timestamping each
 /// version seen.

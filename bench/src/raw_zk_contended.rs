@@ -467,21 +467,10 @@ impl ChainFence {
     ) -> anyhow::Result<i32> {
         let mut multi = client.new_multi_writer();
         multi.add_set_data(path, data, Some(version))?;
-        multi.add_create(
-            &format!("{}/check-", self.parent),
-            &[],
-            &CreateMode::PersistentSequential.with_acls(Acls::anyone_all()),
-        )?;
-        multi.add_delete(&format!("{}/check-{:010}", self.parent, self.counter), None)?;
+        crate::raw_zk::add_fence(&mut multi, &self.parent, "check-", self.counter)?;
         let results = multi.commit().await?;
         self.counter += 1;
-        results
-            .iter()
-            .find_map(|r| match r {
-                zookeeper_client::MultiWriteResult::SetData { stat } => Some(stat.version),
-                _ => None,
-            })
-            .ok_or_else(|| anyhow!("the fenced write's answer has no setData result"))
+        crate::raw_zk::set_data_version(&results)
     }
 }
 
