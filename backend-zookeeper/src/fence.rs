@@ -109,6 +109,18 @@ pub(crate) fn parse_hint(data: &[u8]) -> Option<i32> {
     std::str::from_utf8(data).ok()?.trim().parse().ok()
 }
 
+/// The counter guess a read of the hint node gave, to record with a stat
+/// read after it on the same session (see the module docs).
+pub(crate) fn hint_guess(
+    read: std::result::Result<(Vec<u8>, zk::Stat), zk::Error>,
+) -> Option<Counter> {
+    let (data, _) = read.ok()?;
+    parse_hint(&data).map(|value| Counter {
+        value,
+        source: Source::Hint,
+    })
+}
+
 /// A fence the next transaction must carry.
 #[derive(Debug, Clone)]
 pub(crate) struct Fence {
@@ -145,12 +157,15 @@ impl Fence {
         }
     }
 
-    /// This fence without its learned node, which a failed transaction
-    /// left to be discarded ([`failed_with`]); the counter it taught stays
-    /// a valid guess (deleting a node does not move the counter).
-    pub(crate) fn without_learned_node(mut self) -> Self {
-        self.learned_from = None;
-        self
+    /// After a transaction carrying this fence failed: its learned node
+    /// (if any) still exists and no transaction will delete it, so it is
+    /// deleted in the background and the fence goes on without it (the
+    /// counter it taught stays a valid guess: deleting a node does not move
+    /// the counter).
+    pub(crate) fn discard_learned_node(&mut self, client: &zk::Client) {
+        if let Some(node) = self.learned_from.take() {
+            discard(client, &node);
+        }
     }
 
     /// The parent's counter right after a transaction carrying this fence
@@ -406,13 +421,6 @@ fn discard(client: &zk::Client, node: &str) {
             tracing::debug!(%error, "deleting a fence node failed; it goes with the session");
         }
     });
-}
-
-/// After a transaction failed: its learned node (if any) still exists.
-pub(crate) fn failed_with(client: &zk::Client, fence: &Fence) {
-    if let Some(node) = &fence.learned_from {
-        discard(client, node);
-    }
 }
 
 /// The `Conflict` after our fence kept failing.

@@ -85,9 +85,8 @@ pub(crate) async fn fenced_put(
         let (mut writer, roles) = attempt.transaction()?;
         let committed = writer.commit().await;
         if committed.is_err() {
-            if let Some((data_version, fence)) = attempt.expect.take() {
-                fence::failed_with(client, &fence);
-                attempt.expect = Some((data_version, fence.without_learned_node()));
+            if let Some((_, fence)) = &mut attempt.expect {
+                fence.discard_learned_node(client);
             }
         }
         let (role, source) = match committed {

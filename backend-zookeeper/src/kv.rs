@@ -6,7 +6,6 @@ use sharedstate_core::{Error, ErrorKind, Key, Operation, PutMode, Result, Versio
 use zookeeper_client as zk;
 
 use crate::fence::{self, FenceFailure, FENCE_ATTEMPTS};
-use crate::version_cache::{Counter, Source};
 use crate::{error, version_of, Inner};
 
 /// Bound on the create-or-set loop of `Overwrite` (each turn means another
@@ -132,14 +131,9 @@ pub(crate) async fn conflict_now(
     let hinted = hinted.await;
     match found.await {
         Ok(Some(stat)) => {
-            let counter = hinted
-                .ok()
-                .and_then(|(data, _)| fence::parse_hint(&data))
-                .map(|value| Counter {
-                    value,
-                    source: Source::Hint,
-                });
-            inner.versions.record(key.as_str(), &stat, counter);
+            inner
+                .versions
+                .record(key.as_str(), &stat, fence::hint_guess(hinted));
             error::conflict(op, key, Some(version_of(stat.mzxid)))
         }
         Ok(None) => {
@@ -239,17 +233,14 @@ async fn update(
                 return Ok(version);
             }
             Err(zk::MultiWriteError::RequestFailed { source }) => {
-                fence::failed_with(client, &fence);
+                fence.discard_learned_node(client);
                 return Err(error::map(source, op, key));
             }
             Err(zk::MultiWriteError::OperationFailed { index, source }) => (index, source),
         };
-        fence::failed_with(client, &fence);
+        fence.discard_learned_node(client);
         match fenced.failure(failed.0) {
-            FenceFailure::Hint => {
-                fence::hint_failed(&mut fence, &failed.1);
-                fence = fence.without_learned_node();
-            }
+            FenceFailure::Hint => fence::hint_failed(&mut fence, &failed.1),
             // A child of the parent was created since the counter was
             // learned: learn it again (the key may be unchanged).
             FenceFailure::Counter => {
@@ -324,11 +315,7 @@ pub(crate) async fn delete(inner: &Inner, key: &Key, expected: Option<Version>) 
     let Some(expected) = expected else {
         for _ in 0..FENCE_ATTEMPTS {
             let mut writer = client.new_multi_writer();
-            for child in &reserved {
-                writer
-                    .add_delete(child, None)
-                    .map_err(|e| error::map(e, op, key))?;
-            }
+            add_deletes(&mut writer, &reserved, op, key)?;
             writer
                 .add_delete(path, None)
                 .map_err(|e| error::map(e, op, key))?;
@@ -358,11 +345,7 @@ pub(crate) async fn delete(inner: &Inner, key: &Key, expected: Option<Version>) 
         let mut writer = client.new_multi_writer();
         // Fence first: the delete of the key must not count against it.
         let fenced = fence::add(inner, &mut writer, key, &fence, op, 0)?;
-        for child in &reserved {
-            writer
-                .add_delete(child, None)
-                .map_err(|e| error::map(e, op, key))?;
-        }
+        add_deletes(&mut writer, &reserved, op, key)?;
         writer
             .add_delete(path, Some(data_version))
             .map_err(|e| error::map(e, op, key))?;
@@ -372,17 +355,14 @@ pub(crate) async fn delete(inner: &Inner, key: &Key, expected: Option<Version>) 
                 return Ok(());
             }
             Err(zk::MultiWriteError::RequestFailed { source }) => {
-                fence::failed_with(client, &fence);
+                fence.discard_learned_node(client);
                 return Err(error::map(source, op, key));
             }
             Err(zk::MultiWriteError::OperationFailed { index, source }) => (index, source),
         };
-        fence::failed_with(client, &fence);
+        fence.discard_learned_node(client);
         match (fenced.failure(index), source) {
-            (FenceFailure::Hint, source) => {
-                fence::hint_failed(&mut fence, &source);
-                fence = fence.without_learned_node();
-            }
+            (FenceFailure::Hint, source) => fence::hint_failed(&mut fence, &source),
             (FenceFailure::Counter, _) => {
                 (data_version, fence) = fence::relearn(inner, client, key, expected, op, &fence)
                     .await
@@ -390,14 +370,12 @@ pub(crate) async fn delete(inner: &Inner, key: &Key, expected: Option<Version>) 
             }
             (FenceFailure::None, zk::Error::NotEmpty) => {
                 reserved = only_reserved_children(client, key).await?;
-                fence = fence.without_learned_node();
             }
             // One of the reserved children went meanwhile: list again.
             (FenceFailure::None, zk::Error::NoNode)
                 if index < fenced.first + fenced.count + reserved.len() =>
             {
                 reserved = only_reserved_children(client, key).await?;
-                fence = fence.without_learned_node();
             }
             (FenceFailure::None, _) => {
                 inner.versions.forget(path);
@@ -406,6 +384,21 @@ pub(crate) async fn delete(inner: &Inner, key: &Key, expected: Option<Version>) 
         }
     }
     Err(fence::gave_up(op, key))
+}
+
+/// Adds the deletes of `paths` (reserved children of `key`) to `writer`.
+fn add_deletes(
+    writer: &mut zk::MultiWriter<'_>,
+    paths: &[String],
+    op: Operation,
+    key: &Key,
+) -> Result<()> {
+    for path in paths {
+        writer
+            .add_delete(path, None)
+            .map_err(|e| error::map(e, op, key))?;
+    }
+    Ok(())
 }
 
 /// The children of `key` as paths, when all of them are fence nodes;

@@ -35,7 +35,7 @@ use sharedstate_core::{
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use crate::version_cache::{Counter, Source};
+use crate::version_cache::Counter;
 use crate::{error, fence, kv, plain, version_of, Inner, Session};
 
 /// Our node names: Curator's protected-mode `InterProcessMutex` names.
@@ -84,7 +84,7 @@ pub(crate) async fn lock(inner: &Arc<Inner>, key: &Key, options: LockOptions) ->
 /// parent's counter without a round trip of its own (see the `fence`
 /// module docs).
 struct PipelinedRead {
-    hint: Option<i32>,
+    hint: Option<Counter>,
     read: std::result::Result<(Vec<u8>, zk::Stat), zk::Error>,
 }
 
@@ -99,10 +99,7 @@ fn send_read(
     let got = client.get_data(read.as_str());
     async move {
         let hint = match hinted {
-            Some(hinted) => hinted
-                .await
-                .ok()
-                .and_then(|(data, _)| fence::parse_hint(&data)),
+            Some(hinted) => fence::hint_guess(hinted.await),
             None => None,
         };
         PipelinedRead {
@@ -117,7 +114,9 @@ fn send_read(
 /// listing: the server answers a session's requests in order, so a read
 /// that follows a listing with no predecessor sees every write the previous
 /// holder made before releasing. Two round trips for a locked update instead
-/// of four. When we had to wait, the read is a fresh get.
+/// of four. After a wait, the listing and the read travel together again
+/// (with the fence hint: the holder before us wrote); only a pipelined read
+/// that failed is read again.
 pub(crate) async fn lock_and_get(
     inner: &Arc<Inner>,
     key: &Key,
@@ -130,11 +129,7 @@ pub(crate) async fn lock_and_get(
             hint,
             read: Ok((data, stat)),
         }) => {
-            let counter = hint.map(|value| Counter {
-                value,
-                source: Source::Hint,
-            });
-            inner.versions.record(read.as_str(), &stat, counter);
+            inner.versions.record(read.as_str(), &stat, hint);
             Ok(Some(Versioned {
                 value: Bytes::from(data),
                 version: version_of(stat.mzxid),
